@@ -1,0 +1,90 @@
+//! Money as integer micro-dollars, so sums over millions of ledger rows are exact.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign};
+
+/// An amount in millionths of a US dollar.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Micros(pub i64);
+
+impl Micros {
+    pub const ZERO: Micros = Micros(0);
+
+    /// Rounds half away from zero to the nearest micro-dollar.
+    pub fn from_usd(usd: f64) -> Micros {
+        Micros((usd * 1_000_000.0).round() as i64)
+    }
+
+    pub fn as_usd(self) -> f64 {
+        self.0 as f64 / 1_000_000.0
+    }
+
+    /// Price of `cpu_seconds` of one core at `usd_per_core_hour`. Sub-micro-dollar
+    /// amounts round to the nearest micro-dollar, so tiny stages may cost zero.
+    pub fn for_cpu_seconds(cpu_seconds: f64, usd_per_core_hour: f64) -> Micros {
+        Micros::from_usd(cpu_seconds * usd_per_core_hour / 3600.0)
+    }
+
+    /// Storage of `bytes` for one month at `usd_per_gb_month` (GB = 10^9 bytes, as
+    /// cloud providers bill).
+    pub fn for_storage_month(bytes: u64, usd_per_gb_month: f64) -> Micros {
+        Micros::from_usd(bytes as f64 / 1e9 * usd_per_gb_month)
+    }
+}
+
+impl Add for Micros {
+    type Output = Micros;
+    fn add(self, rhs: Micros) -> Micros {
+        Micros(self.0 + rhs.0)
+    }
+}
+
+impl AddAssign for Micros {
+    fn add_assign(&mut self, rhs: Micros) {
+        self.0 += rhs.0;
+    }
+}
+
+impl Sum for Micros {
+    fn sum<I: Iterator<Item = Micros>>(iter: I) -> Micros {
+        iter.fold(Micros::ZERO, Add::add)
+    }
+}
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}${}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_round_trips_at_micro_precision() {
+        assert_eq!(Micros::from_usd(0.04), Micros(40_000));
+        assert_eq!(Micros::from_usd(0.0000005), Micros(1));
+        assert_eq!(Micros(40_213).to_string(), "$0.040213");
+        assert_eq!(Micros(-5).to_string(), "-$0.000005");
+    }
+
+    #[test]
+    fn compute_and_storage_prices() {
+        // One core-hour at $0.036 is $0.036; one CPU second is $0.00001.
+        assert_eq!(Micros::for_cpu_seconds(3600.0, 0.036), Micros(36_000));
+        assert_eq!(Micros::for_cpu_seconds(1.0, 0.036), Micros(10));
+        // 1 GB-month at $0.023.
+        assert_eq!(
+            Micros::for_storage_month(1_000_000_000, 0.023),
+            Micros(23_000)
+        );
+    }
+}

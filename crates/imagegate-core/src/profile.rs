@@ -1,0 +1,250 @@
+//! Render profiles: how a generated image becomes the files an app serves.
+//! Every field here changes output bytes, so every field is part of the content key.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    Avif,
+    Webp,
+    Jpeg,
+}
+
+impl ImageFormat {
+    pub fn extension(self) -> &'static str {
+        match self {
+            ImageFormat::Avif => "avif",
+            ImageFormat::Webp => "webp",
+            ImageFormat::Jpeg => "jpeg",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ImageFormat::Avif => "image/avif",
+            ImageFormat::Webp => "image/webp",
+            ImageFormat::Jpeg => "image/jpeg",
+        }
+    }
+
+    pub fn from_extension(ext: &str) -> Option<ImageFormat> {
+        match ext {
+            "avif" => Some(ImageFormat::Avif),
+            "webp" => Some(ImageFormat::Webp),
+            "jpeg" | "jpg" => Some(ImageFormat::Jpeg),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for ImageFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ImageFormat, String> {
+        ImageFormat::from_extension(s)
+            .ok_or_else(|| format!("format {s:?} is not one of avif, webp, jpeg"))
+    }
+}
+
+impl fmt::Display for ImageFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.extension())
+    }
+}
+
+/// rav1e settings through ravif.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvifSettings {
+    /// 1..=100, ravif's quality scale.
+    pub quality: f32,
+    /// 1 (slowest, smallest) ..= 10 (fastest).
+    pub speed: u8,
+}
+
+impl Default for AvifSettings {
+    fn default() -> Self {
+        AvifSettings {
+            quality: 60.0,
+            speed: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JpegSettings {
+    /// 1..=100.
+    pub quality: u8,
+}
+
+impl Default for JpegSettings {
+    fn default() -> Self {
+        JpegSettings { quality: 80 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WatermarkPosition {
+    TopLeft,
+    TopRight,
+    BottomLeft,
+    BottomRight,
+    Center,
+}
+
+/// What is stamped: text in the bundled font, or a logo image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum WatermarkMark {
+    Text {
+        text: String,
+        /// RGB colour; opacity is separate.
+        #[serde(default = "white")]
+        color: [u8; 3],
+    },
+    Logo {
+        path: PathBuf,
+        /// blake3 of the logo file, filled in when the configuration is loaded, so the
+        /// content key changes when the logo does even if its path does not.
+        #[serde(default, skip_serializing)]
+        digest: String,
+    },
+}
+
+fn white() -> [u8; 3] {
+    [255, 255, 255]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    pub mark: WatermarkMark,
+    #[serde(default = "default_position")]
+    pub position: WatermarkPosition,
+    /// 0.0 (invisible) ..= 1.0 (opaque).
+    #[serde(default = "default_opacity")]
+    pub opacity: f32,
+    /// Width of the mark as a fraction of the variant's width.
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    /// Gap to the edges as a fraction of the variant's width.
+    #[serde(default = "default_margin")]
+    pub margin: f32,
+}
+
+fn default_position() -> WatermarkPosition {
+    WatermarkPosition::BottomRight
+}
+fn default_opacity() -> f32 {
+    0.5
+}
+fn default_scale() -> f32 {
+    0.25
+}
+fn default_margin() -> f32 {
+    0.02
+}
+
+/// NSFW score thresholds: at or above `blur_at` the image is blurred, at or above
+/// `block_at` it is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyThresholds {
+    pub blur_at: f32,
+    pub block_at: f32,
+}
+
+impl Default for SafetyThresholds {
+    fn default() -> Self {
+        SafetyThresholds {
+            blur_at: 0.2,
+            block_at: 0.8,
+        }
+    }
+}
+
+/// A named set of output decisions, chosen per request by `profile`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderProfile {
+    #[serde(default)]
+    pub name: String,
+    /// Target widths in pixels; never upscaled beyond the generated width.
+    pub variants: Vec<u32>,
+    pub formats: Vec<ImageFormat>,
+    #[serde(default)]
+    pub avif: AvifSettings,
+    #[serde(default)]
+    pub jpeg: JpegSettings,
+    #[serde(default)]
+    pub webp_quality: Option<u8>,
+    #[serde(default)]
+    pub watermark: Option<WatermarkSpec>,
+    #[serde(default)]
+    pub safety: SafetyThresholds,
+}
+
+impl RenderProfile {
+    /// Checks the invariants a configuration file could break.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        if self.variants.is_empty() {
+            return Err(format!("profile {name:?}: variants is empty"));
+        }
+        if let Some(w) = self.variants.iter().find(|w| !(16..=8192).contains(*w)) {
+            return Err(format!(
+                "profile {name:?}: variant width {w} is outside 16..=8192"
+            ));
+        }
+        if self.formats.is_empty() {
+            return Err(format!("profile {name:?}: formats is empty"));
+        }
+        if !(1.0..=100.0).contains(&self.avif.quality) {
+            return Err(format!("profile {name:?}: avif.quality must be 1..=100"));
+        }
+        if !(1..=10).contains(&self.avif.speed) {
+            return Err(format!("profile {name:?}: avif.speed must be 1..=10"));
+        }
+        if !(1..=100).contains(&self.jpeg.quality) {
+            return Err(format!("profile {name:?}: jpeg.quality must be 1..=100"));
+        }
+        if let Some(wm) = &self.watermark {
+            if !(0.0..=1.0).contains(&wm.opacity) {
+                return Err(format!("profile {name:?}: watermark.opacity must be 0..=1"));
+            }
+            if !(0.01..=1.0).contains(&wm.scale) {
+                return Err(format!(
+                    "profile {name:?}: watermark.scale must be 0.01..=1"
+                ));
+            }
+            if !(0.0..=0.25).contains(&wm.margin) {
+                return Err(format!(
+                    "profile {name:?}: watermark.margin must be 0..=0.25"
+                ));
+            }
+            if let WatermarkMark::Text { text, .. } = &wm.mark {
+                if text.trim().is_empty() {
+                    return Err(format!("profile {name:?}: watermark text is empty"));
+                }
+            }
+        }
+        let s = self.safety;
+        if !(0.0..=1.0).contains(&s.blur_at) || !(0.0..=1.0).contains(&s.block_at) {
+            return Err(format!("profile {name:?}: safety thresholds must be 0..=1"));
+        }
+        Ok(())
+    }
+
+    /// Variant widths sorted ascending without duplicates.
+    pub fn widths(&self) -> Vec<u32> {
+        let mut w = self.variants.clone();
+        w.sort_unstable();
+        w.dedup();
+        w
+    }
+}
