@@ -80,6 +80,8 @@ pub fn normalize_text(text: &str) -> String {
 #[derive(Serialize)]
 struct Canonical<'a> {
     v: u32,
+    /// blake3 of the caller's own image for `process`; None for generations.
+    source: Option<String>,
     prompt: String,
     negative_prompt: Option<String>,
     model: String,
@@ -116,6 +118,24 @@ struct CanonicalWatermark<'a> {
 
 /// The content key of `request` rendered with `profile`.
 pub fn content_key(request: &GenerationRequest, profile: &RenderProfile) -> ContentKey {
+    canonical_key(None, request, profile)
+}
+
+/// The content key of an image the caller already has (`imagegate process`), rendered
+/// with `profile`: the source bytes' blake3 takes the place of the prompt.
+pub fn source_key(source: &[u8], profile: &RenderProfile) -> ContentKey {
+    let placeholder = GenerationRequest {
+        prompt: String::new(),
+        negative_prompt: None,
+        model: ModelChoice::Pinned { provider: "source".into(), model: "upload".into() },
+        size: crate::request::Size { width: 0, height: 0 },
+        seed: 0,
+        template: None,
+    };
+    canonical_key(Some(blake3::hash(source).to_hex().to_string()), &placeholder, profile)
+}
+
+fn canonical_key(source: Option<String>, request: &GenerationRequest, profile: &RenderProfile) -> ContentKey {
     let negative = request
         .negative_prompt
         .as_deref()
@@ -145,6 +165,7 @@ pub fn content_key(request: &GenerationRequest, profile: &RenderProfile) -> Cont
     });
     let canonical = Canonical {
         v: PIPELINE_VERSION,
+        source,
         prompt: normalize_text(&request.prompt),
         negative_prompt: negative,
         model,
@@ -229,6 +250,16 @@ mod tests {
         let a = content_key(&request("caf\u{e9} at night"), &profile());
         let b = content_key(&request("cafe\u{301}  at\tnight "), &profile());
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn source_keys_follow_bytes_and_profile() {
+        let p = profile();
+        assert_eq!(source_key(b"png bytes", &p), source_key(b"png bytes", &p));
+        assert_ne!(source_key(b"png bytes", &p), source_key(b"png bytez", &p));
+        let mut q = profile();
+        q.variants.push(1024);
+        assert_ne!(source_key(b"png bytes", &p), source_key(b"png bytes", &q));
     }
 
     #[test]

@@ -14,11 +14,11 @@ pub mod profile;
 pub mod request;
 
 pub use cost::{Stage, StageCost};
-pub use key::{content_key, ContentKey, PIPELINE_VERSION};
+pub use key::{content_key, source_key, ContentKey, PIPELINE_VERSION};
 pub use manifest::{Manifest, ManifestStatus, SafetyAction, SafetyVerdict, VariantRef};
 pub use money::Micros;
 pub use profile::{
-    AvifSettings, ImageFormat, JpegSettings, RenderProfile, WatermarkMark, WatermarkPosition,
-    WatermarkSpec,
+    AvifSettings, ImageFormat, JpegSettings, RenderProfile, SafetyThresholds, WatermarkMark,
+    WatermarkPosition, WatermarkSpec,
 };
-pub use request::{GenerationRequest, ModelChoice, ModelClass, RequestError, Size};
+pub use request::{GenerationRequest, ModelChoice, ModelClass, RequestError, Size, TemplateRef};

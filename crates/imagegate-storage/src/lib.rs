@@ -1,1 +1,94 @@
-//! placeholder
+//! Where finished files live: the [`ObjectStore`] trait, the local directory store
+//! ([`LocalStore`]) and the mapping from object keys to public (CDN) URLs.
+//!
+//! It knows nothing about manifests or the order of uploads (the pipeline owns
+//! "variants first, manifest last"); it only promises that a `put` is atomic: a
+//! reader sees the whole old object, the whole new one, or nothing.
+
+mod local;
+
+pub use local::{LocalStore, LocalStoreConfig};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object key {0:?} is not allowed (empty, absolute, or has '..' or odd characters)")]
+    BadKey(String),
+    #[error("local store at {root}: {action} failed: {source}")]
+    Io {
+        root: String,
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A stored object as read back.
+#[derive(Debug, Clone)]
+pub struct Object {
+    pub bytes: Bytes,
+    pub content_type: String,
+    /// Strong validator, quoted as HTTP wants it.
+    pub etag: String,
+}
+
+/// Immutable content-addressed objects: every key is written once with bytes that
+/// never change meaning, which is why they may be cached for a year.
+pub const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Short name for logs and ledger details ("local", "s3").
+    fn kind(&self) -> &'static str;
+    async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError>;
+    async fn get(&self, key: &str) -> Result<Option<Object>, StorageError>;
+    /// The URL a browser fetches the object from.
+    fn public_url(&self, key: &str) -> String;
+    /// Cheap check that the store can be written, for readiness probes.
+    async fn check(&self) -> Result<(), StorageError>;
+}
+
+/// Strong ETag of some bytes.
+pub fn etag_of(bytes: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(&blake3::hash(bytes).as_bytes()[..16]))
+}
+
+/// Rejects keys that could escape the store root or confuse URL mapping.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let ok = !key.is_empty()
+        && key.len() <= 512
+        && !key.starts_with('/')
+        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::BadKey(key.chars().take(100).collect()))
+    }
+}
+
+pub fn content_type_for(key: &str) -> &'static str {
+    match key.rsplit_once('.').map(|(_, ext)| ext) {
+        Some("avif") => "image/avif",
+        Some("webp") => "image/webp",
+        Some("jpeg") | Some("jpg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("json") => "application/json",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_escape_are_refused() {
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/b/", "a b", "a\\b", "%2e%2e"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
+        }
+        validate_key("i/ab/0123/768.avif").unwrap();
+    }
+}
