@@ -127,15 +127,29 @@ pub fn source_key(source: &[u8], profile: &RenderProfile) -> ContentKey {
     let placeholder = GenerationRequest {
         prompt: String::new(),
         negative_prompt: None,
-        model: ModelChoice::Pinned { provider: "source".into(), model: "upload".into() },
-        size: crate::request::Size { width: 0, height: 0 },
+        model: ModelChoice::Pinned {
+            provider: "source".into(),
+            model: "upload".into(),
+        },
+        size: crate::request::Size {
+            width: 0,
+            height: 0,
+        },
         seed: 0,
         template: None,
     };
-    canonical_key(Some(blake3::hash(source).to_hex().to_string()), &placeholder, profile)
+    canonical_key(
+        Some(blake3::hash(source).to_hex().to_string()),
+        &placeholder,
+        profile,
+    )
 }
 
-fn canonical_key(source: Option<String>, request: &GenerationRequest, profile: &RenderProfile) -> ContentKey {
+fn canonical_key(
+    source: Option<String>,
+    request: &GenerationRequest,
+    profile: &RenderProfile,
+) -> ContentKey {
     let negative = request
         .negative_prompt
         .as_deref()

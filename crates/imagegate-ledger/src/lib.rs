@@ -89,17 +89,25 @@ pub struct Ledger {
 impl Ledger {
     pub async fn open(config: &LedgerConfig) -> Result<Ledger, LedgerError> {
         let url = config.url.clone();
-        let path = url.strip_prefix("sqlite://").ok_or_else(|| LedgerError::BadUrl {
-            url: url.clone(),
-            reason: "expected sqlite://PATH".into(),
-        })?;
-        if let Some(parent) = std::path::Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        let path = url
+            .strip_prefix("sqlite://")
+            .ok_or_else(|| LedgerError::BadUrl {
+                url: url.clone(),
+                reason: "expected sqlite://PATH".into(),
+            })?;
+        if let Some(parent) = std::path::Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(parent).map_err(|e| LedgerError::Database {
                 url: url.clone(),
                 source: sqlx::Error::Io(e),
             })?;
         }
-        let db = |source| LedgerError::Database { url: url.clone(), source };
+        let db = |source| LedgerError::Database {
+            url: url.clone(),
+            source,
+        };
         let options = SqliteConnectOptions::from_str(&url)
             .map_err(db)?
             .create_if_missing(true)
@@ -116,16 +124,26 @@ impl Ledger {
         sqlx::migrate!("migrations/sqlite")
             .run(&pool)
             .await
-            .map_err(|source| LedgerError::Migrate { url: url.clone(), source })?;
+            .map_err(|source| LedgerError::Migrate {
+                url: url.clone(),
+                source,
+            })?;
         Ok(Ledger { pool, url })
     }
 
     fn db(&self, source: sqlx::Error) -> LedgerError {
-        LedgerError::Database { url: self.url.clone(), source }
+        LedgerError::Database {
+            url: self.url.clone(),
+            source,
+        }
     }
 
     /// Writes a request and its stages in one transaction; returns the request row id.
-    pub async fn record(&self, request: &RequestRecord, stages: &[StageCost]) -> Result<i64, LedgerError> {
+    pub async fn record(
+        &self,
+        request: &RequestRecord,
+        stages: &[StageCost],
+    ) -> Result<i64, LedgerError> {
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         let total: Micros = stages.iter().map(|s| s.micros).sum();
         let mut tx = self.pool.begin().await.map_err(|e| self.db(e))?;
@@ -184,7 +202,11 @@ impl Ledger {
     }
 
     /// Requests answered for `key` with the given cache outcome.
-    pub async fn request_count(&self, key: ContentKey, cache: CacheOutcome) -> Result<i64, LedgerError> {
+    pub async fn request_count(
+        &self,
+        key: ContentKey,
+        cache: CacheOutcome,
+    ) -> Result<i64, LedgerError> {
         sqlx::query_scalar("SELECT COUNT(*) FROM requests WHERE content_key = ? AND cache = ?")
             .bind(key.to_hex())
             .bind(cache.as_str())
@@ -217,7 +239,11 @@ impl Ledger {
 
     /// For readiness probes.
     pub async fn ping(&self) -> Result<(), LedgerError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(|e| self.db(e))
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.db(e))
     }
 
     pub async fn close(&self) {
@@ -248,7 +274,9 @@ mod tests {
     #[tokio::test]
     async fn records_survive_reopen_and_sum_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let config = LedgerConfig { url: format!("sqlite://{}/sub/ledger.db", dir.path().display()) };
+        let config = LedgerConfig {
+            url: format!("sqlite://{}/sub/ledger.db", dir.path().display()),
+        };
         let ledger = Ledger::open(&config).await.unwrap();
         let rec = RequestRecord {
             request_id: "r1".into(),
@@ -261,14 +289,35 @@ mod tests {
             profile: "default".into(),
             wall_ms: 10.0,
         };
-        ledger.record(&rec, &[stage(Stage::Generate, 40_000), stage(Stage::Encode, 12)]).await.unwrap();
-        ledger.record(&RequestRecord { cache: CacheOutcome::Hit, ..rec.clone() }, &[stage(Stage::Cache, 0)]).await.unwrap();
+        ledger
+            .record(
+                &rec,
+                &[stage(Stage::Generate, 40_000), stage(Stage::Encode, 12)],
+            )
+            .await
+            .unwrap();
+        ledger
+            .record(
+                &RequestRecord {
+                    cache: CacheOutcome::Hit,
+                    ..rec.clone()
+                },
+                &[stage(Stage::Cache, 0)],
+            )
+            .await
+            .unwrap();
         ledger.close().await;
 
         let again = Ledger::open(&config).await.unwrap();
         assert_eq!(again.stage_count(key(1), Stage::Generate).await.unwrap(), 1);
         assert_eq!(again.stage_count(key(2), Stage::Generate).await.unwrap(), 0);
-        assert_eq!(again.request_count(key(1), CacheOutcome::Hit).await.unwrap(), 1);
+        assert_eq!(
+            again
+                .request_count(key(1), CacheOutcome::Hit)
+                .await
+                .unwrap(),
+            1
+        );
         let totals = again.stage_totals().await.unwrap();
         let generate = totals.iter().find(|t| t.stage == "generate").unwrap();
         assert_eq!(generate.micros, Micros(40_000));
@@ -278,7 +327,12 @@ mod tests {
 
     #[tokio::test]
     async fn unsupported_url_is_a_clear_error() {
-        let err = Ledger::open(&LedgerConfig { url: "mysql://x".into() }).await.err().unwrap();
+        let err = Ledger::open(&LedgerConfig {
+            url: "mysql://x".into(),
+        })
+        .await
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("mysql://x"), "{err}");
     }
 }

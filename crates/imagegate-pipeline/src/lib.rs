@@ -1,1 +1,724 @@
-//! placeholder
+//! One request end to end: resolve the request against its profile, compute the
+//! content key, answer from the cache (memory, then the manifest in the object
+//! store) or run the stages once per key however many callers wait (single flight),
+//! publish variants then the manifest, and commit every stage's cost to the ledger
+//! before answering.
+//!
+//! It owns order, concurrency limits and cost capture; the stages themselves live in
+//! their crates. Entry points: [`Pipeline::start`], [`Pipeline::generate`],
+//! [`Pipeline::process`].
+
+pub mod config;
+pub mod cpu;
+mod error;
+mod render;
+
+pub use config::PipelineConfig;
+pub use error::PipelineError;
+pub use imagegate_ledger::CacheOutcome;
+
+use bytes::Bytes;
+use chrono::{SecondsFormat, Utc};
+use cpu::CpuPool;
+use imagegate_core::{
+    content_key, source_key, ContentKey, GenerationRequest, ImageFormat, Manifest, ManifestStatus,
+    Micros, ModelChoice, RenderProfile, SafetyVerdict, Size, Stage, StageCost, VariantRef,
+    PIPELINE_VERSION,
+};
+use imagegate_imaging::{DecodeLimits, Watermarker};
+use imagegate_ledger::{Ledger, RequestRecord};
+use imagegate_providers::{ProviderRequest, ProviderSet};
+use imagegate_safety::{Classifier, ClassifierConfig, PromptScreen};
+use imagegate_storage::{LocalStore, ObjectStore};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// How a request treats the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Answer from the cache when the key exists; otherwise generate once.
+    #[default]
+    Use,
+    /// Generate again and replace the published entry.
+    Refresh,
+    /// Generate without reading the cache or coalescing with other callers.
+    Bypass,
+}
+
+/// A generation request as callers spell it (`POST /v1/images`, templates).
+/// Everything but `prompt` defaults from the profile and `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub variants: Option<Vec<u32>>,
+    #[serde(default)]
+    pub formats: Option<Vec<ImageFormat>>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Routing policy (`cheapest`, `fastest`, `balanced`); the spine routes cheapest.
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub cache: CacheMode,
+}
+
+/// Who is asking, for the ledger and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// Id of the API key used (never the secret itself).
+    pub api_key: Option<String>,
+}
+
+/// What a request got: the manifest, whether it was a hit, and what this request
+/// itself cost (a miss: every stage; a hit: the lookup).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub manifest: Arc<Manifest>,
+    pub cache: CacheOutcome,
+    pub stages: Vec<StageCost>,
+}
+
+impl Outcome {
+    pub fn total(&self) -> Micros {
+        self.stages.iter().map(|s| s.micros).sum()
+    }
+}
+
+/// Where a manifest handed out by the cache came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Produced,
+    StoreTier,
+}
+
+pub struct Pipeline {
+    config: PipelineConfig,
+    profiles: BTreeMap<String, RenderProfile>,
+    watermarkers: HashMap<String, Arc<Watermarker>>,
+    providers: ProviderSet,
+    classifier: Option<Arc<Classifier>>,
+    screen: PromptScreen,
+    store: Arc<dyn ObjectStore>,
+    ledger: Ledger,
+    cache: moka::future::Cache<ContentKey, Arc<Manifest>>,
+    cpu: CpuPool,
+    generation_slots: Arc<Semaphore>,
+    generation_admission: Arc<Semaphore>,
+}
+
+impl Pipeline {
+    /// Builds every component and fails here, not at the first request, when one
+    /// cannot start (missing model, unwritable store, bad profile...).
+    pub async fn start(config: PipelineConfig) -> Result<Pipeline, PipelineError> {
+        config.validate().map_err(PipelineError::BadRequest)?;
+        let profiles = config
+            .resolved_profiles()
+            .map_err(PipelineError::BadRequest)?;
+        let mut watermarkers = HashMap::new();
+        for (name, p) in &profiles {
+            if let Some(spec) = &p.watermark {
+                let wm = Watermarker::new(spec).map_err(|e| {
+                    PipelineError::BadRequest(format!("profile {name:?} watermark: {e}"))
+                })?;
+                watermarkers.insert(name.clone(), Arc::new(wm));
+            }
+        }
+        let providers = ProviderSet::from_config(&config.providers)?;
+        let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
+            .map_err(|e| PipelineError::Safety(e.to_string()))?;
+        let classifier = if config.safety.classifier {
+            let cc = ClassifierConfig {
+                model_path: config.safety.model.clone(),
+                runtime_library: config.safety.runtime_library.clone(),
+                sessions: config.safety.sessions,
+                intra_threads: config.safety.intra_threads,
+            };
+            // Loading builds ONNX sessions: seconds of CPU, so not on the async workers.
+            let loaded = tokio::task::spawn_blocking(move || Classifier::load(&cc))
+                .await
+                .map_err(|e| PipelineError::Internal(e.to_string()))?
+                .map_err(|e| PipelineError::Safety(e.to_string()))?;
+            Some(Arc::new(loaded))
+        } else {
+            None
+        };
+        let store: Arc<dyn ObjectStore> = match &config.storage {
+            config::StorageConfig::Local(lc) => Arc::new(LocalStore::open(lc).await?),
+        };
+        let ledger = Ledger::open(&config.ledger).await?;
+        let c = &config.concurrency;
+        let workers = if c.cpu_workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            c.cpu_workers
+        };
+        Ok(Pipeline {
+            cache: moka::future::Cache::new(c.cache_entries),
+            cpu: CpuPool::new(workers, c.cpu_queue),
+            generation_slots: Arc::new(Semaphore::new(c.generations.max(1))),
+            generation_admission: Arc::new(Semaphore::new(
+                c.generations.max(1) + c.generation_queue,
+            )),
+            profiles,
+            watermarkers,
+            providers,
+            classifier,
+            screen,
+            store,
+            ledger,
+            config,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// The public URL of one stored variant.
+    pub fn url_of(&self, variant: &VariantRef) -> String {
+        self.store.public_url(&variant.object)
+    }
+
+    /// Is every dependency usable right now?
+    pub async fn ready(&self) -> Result<(), PipelineError> {
+        self.store.check().await?;
+        self.ledger.ping().await?;
+        Ok(())
+    }
+
+    /// Resolves a caller's request into what decides the output.
+    pub fn resolve(
+        &self,
+        req: &ImageRequest,
+    ) -> Result<(GenerationRequest, RenderProfile), PipelineError> {
+        let limits = &self.config.limits;
+        let defaults = &self.config.defaults;
+        let normalized = imagegate_core::key::normalize_text(&req.prompt);
+        if normalized.is_empty() {
+            return Err(PipelineError::BadRequest("prompt is empty".into()));
+        }
+        for (field, text) in [
+            ("prompt", Some(&req.prompt)),
+            ("negative_prompt", req.negative_prompt.as_ref()),
+        ] {
+            if let Some(t) = text {
+                let n = t.chars().count();
+                if n > limits.max_prompt_chars {
+                    return Err(PipelineError::BadRequest(format!(
+                        "{field} has {n} characters; the limit is {}",
+                        limits.max_prompt_chars
+                    )));
+                }
+            }
+        }
+        let profile_name = req.profile.as_deref().unwrap_or(&defaults.profile);
+        let mut profile = self
+            .profiles
+            .get(profile_name)
+            .cloned()
+            .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
+        if let Some(v) = &req.variants {
+            if v.is_empty() || v.len() > limits.max_variants {
+                return Err(PipelineError::BadRequest(format!(
+                    "variants must list 1 to {} widths",
+                    limits.max_variants
+                )));
+            }
+            profile.variants = v.clone();
+        }
+        if let Some(f) = &req.formats {
+            if f.is_empty() {
+                return Err(PipelineError::BadRequest("formats is empty".into()));
+            }
+            profile.formats = f.clone();
+        }
+        profile.validate().map_err(PipelineError::BadRequest)?;
+        let size: Size = req
+            .size
+            .as_deref()
+            .unwrap_or(&defaults.size)
+            .parse()
+            .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+        let model: ModelChoice = req
+            .model
+            .as_deref()
+            .unwrap_or(&defaults.model)
+            .parse()
+            .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+        if let Some(max) = req.max_cost_usd {
+            if !(max.is_finite() && max >= 0.0) {
+                return Err(PipelineError::BadRequest(
+                    "max_cost_usd must be a non-negative number".into(),
+                ));
+            }
+        }
+        if let Some(policy) = &req.policy {
+            if !["cheapest", "fastest", "balanced"].contains(&policy.as_str()) {
+                return Err(PipelineError::BadRequest(format!(
+                    "policy {policy:?} is not one of cheapest, fastest, balanced"
+                )));
+            }
+        }
+        let gen = GenerationRequest::new(
+            &req.prompt,
+            req.negative_prompt.as_deref(),
+            model,
+            size,
+            req.seed.unwrap_or(defaults.seed),
+        )
+        .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+        Ok((gen, profile))
+    }
+
+    /// `POST /v1/images`: generate (or fetch from cache) and deliver.
+    pub async fn generate(
+        &self,
+        req: &ImageRequest,
+        ctx: &RequestContext,
+    ) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let (gen, profile) = self.resolve(req)?;
+        if let Some(hit) = self.screen.check(&gen.prompt) {
+            metrics::counter!("imagegate_prompts_blocked_total").increment(1);
+            return Err(PipelineError::PromptBlocked {
+                rule: hit.rule().to_string(),
+            });
+        }
+        let key = content_key(&gen, &profile);
+        let (provider, model) = self.providers.choose(&gen.model, gen.size)?;
+        if let Some(max) = req.max_cost_usd {
+            let quote = provider.quote(&model, gen.size);
+            if quote > Micros::from_usd(max) {
+                return Err(PipelineError::CostLimit {
+                    quote_usd: quote.as_usd(),
+                    max_usd: max,
+                });
+            }
+        }
+        let produce = || async {
+            let generation = self.call_provider(&gen, &*provider, &model).await?;
+            self.finish(key, &profile, generation).await
+        };
+        self.single_flight(key, req.cache, &profile.name, ctx, started, produce)
+            .await
+    }
+
+    /// `imagegate process`: the post-generation stages on an image the caller has.
+    pub async fn process(
+        &self,
+        image: Bytes,
+        profile_name: Option<&str>,
+        ctx: &RequestContext,
+    ) -> Result<Outcome, PipelineError> {
+        let started = Instant::now();
+        let name = profile_name.unwrap_or(&self.config.defaults.profile);
+        let profile = self
+            .profiles
+            .get(name)
+            .cloned()
+            .ok_or_else(|| PipelineError::UnknownProfile(name.into()))?;
+        if image.len() > self.config.limits.max_input_bytes {
+            return Err(PipelineError::BadImage(format!(
+                "the file has {} bytes; the limit is {}",
+                image.len(),
+                self.config.limits.max_input_bytes
+            )));
+        }
+        let key = source_key(&image, &profile);
+        let produce = || async {
+            let generation = Generated {
+                bytes: image.clone(),
+                provider: "source".into(),
+                model: "upload".into(),
+                stage: StageCost::new(Stage::Generate),
+            };
+            self.finish(key, &profile, generation).await
+        };
+        self.single_flight(key, CacheMode::Use, &profile.name, ctx, started, produce)
+            .await
+    }
+
+    /// The manifest of a key, if it was ever published.
+    pub async fn manifest(&self, key: ContentKey) -> Result<Option<Arc<Manifest>>, PipelineError> {
+        if let Some(m) = self.cache.get(&key).await {
+            return Ok(Some(m));
+        }
+        let Some(m) = self.read_manifest(key).await? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        self.cache.insert(key, m.clone()).await;
+        Ok(Some(m))
+    }
+
+    async fn read_manifest(&self, key: ContentKey) -> Result<Option<Manifest>, PipelineError> {
+        let Some(obj) = self.store.get(&Manifest::object_key(key)).await? else {
+            return Ok(None);
+        };
+        let manifest: Manifest = serde_json::from_slice(&obj.bytes)
+            .map_err(|e| PipelineError::Storage(format!("manifest of {key} is unreadable: {e}")))?;
+        Ok(Some(manifest))
+    }
+
+    /// Runs `produce` at most once per key for all concurrent callers, then records
+    /// this caller's own cost and answers.
+    async fn single_flight<F, Fut>(
+        &self,
+        key: ContentKey,
+        mode: CacheMode,
+        profile: &str,
+        ctx: &RequestContext,
+        started: Instant,
+        produce: F,
+    ) -> Result<Outcome, PipelineError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Manifest, PipelineError>>,
+    {
+        let origin: Arc<Mutex<Option<Origin>>> = Arc::default();
+        let manifest = match mode {
+            CacheMode::Use => {
+                let slot = origin.clone();
+                let init = async move {
+                    if let Some(m) = self.read_manifest(key).await? {
+                        *slot.lock().expect("origin lock is never poisoned") =
+                            Some(Origin::StoreTier);
+                        return Ok(Arc::new(m));
+                    }
+                    let m = produce().await?;
+                    *slot.lock().expect("origin lock is never poisoned") = Some(Origin::Produced);
+                    Ok::<_, PipelineError>(Arc::new(m))
+                };
+                let entry = self
+                    .cache
+                    .entry(key)
+                    .or_try_insert_with(init)
+                    .await
+                    .map_err(|e: Arc<PipelineError>| (*e).clone())?;
+                let ran_init = entry.is_fresh();
+                let manifest = entry.into_value();
+                let origin = *origin.lock().expect("origin lock is never poisoned");
+                match (ran_init, origin) {
+                    (true, Some(Origin::Produced)) => {
+                        return self
+                            .answer_miss(manifest, CacheOutcome::Miss, profile, ctx, started)
+                            .await
+                    }
+                    (true, _) => {
+                        return self
+                            .answer_hit(manifest, "store", profile, ctx, started)
+                            .await
+                    }
+                    _ => manifest,
+                }
+            }
+            CacheMode::Refresh | CacheMode::Bypass => {
+                let manifest = Arc::new(produce().await?);
+                if mode == CacheMode::Refresh {
+                    self.cache.insert(key, manifest.clone()).await;
+                } else {
+                    self.cache.invalidate(&key).await;
+                }
+                let outcome = if mode == CacheMode::Refresh {
+                    CacheOutcome::Miss
+                } else {
+                    CacheOutcome::Bypass
+                };
+                return self
+                    .answer_miss(manifest, outcome, profile, ctx, started)
+                    .await;
+            }
+        };
+        self.answer_hit(manifest, "memory", profile, ctx, started)
+            .await
+    }
+
+    async fn answer_miss(
+        &self,
+        manifest: Arc<Manifest>,
+        outcome: CacheOutcome,
+        profile: &str,
+        ctx: &RequestContext,
+        started: Instant,
+    ) -> Result<Outcome, PipelineError> {
+        let stages = manifest.stages.clone();
+        self.record(&manifest, outcome, profile, ctx, started, &stages)
+            .await?;
+        metrics::counter!("imagegate_cache_requests_total", "outcome" => outcome.as_str())
+            .increment(1);
+        Ok(Outcome {
+            manifest,
+            cache: outcome,
+            stages,
+        })
+    }
+
+    async fn answer_hit(
+        &self,
+        manifest: Arc<Manifest>,
+        tier: &'static str,
+        profile: &str,
+        ctx: &RequestContext,
+        started: Instant,
+    ) -> Result<Outcome, PipelineError> {
+        let mut lookup = StageCost::new(Stage::Cache);
+        lookup.wall_ms = started.elapsed().as_secs_f64() * 1e3;
+        if tier == "store" {
+            // One GET of the manifest from the object store.
+            lookup.micros = Micros::from_usd(self.config.costs.get_usd_per_1000 / 1000.0);
+        }
+        lookup.detail = serde_json::json!({
+            "tier": tier,
+            "original_usd": manifest.cost_micros.as_usd(),
+        });
+        let stages = vec![lookup];
+        self.record(&manifest, CacheOutcome::Hit, profile, ctx, started, &stages)
+            .await?;
+        metrics::counter!("imagegate_cache_requests_total", "outcome" => "hit").increment(1);
+        Ok(Outcome {
+            manifest,
+            cache: CacheOutcome::Hit,
+            stages,
+        })
+    }
+
+    async fn record(
+        &self,
+        manifest: &Manifest,
+        outcome: CacheOutcome,
+        profile: &str,
+        ctx: &RequestContext,
+        started: Instant,
+        stages: &[StageCost],
+    ) -> Result<(), PipelineError> {
+        let status = match manifest.status {
+            ManifestStatus::Ok => "ok",
+            ManifestStatus::Blocked => "blocked",
+        };
+        let record = RequestRecord {
+            request_id: ctx.request_id.clone(),
+            key: manifest.id,
+            cache: outcome,
+            status: status.into(),
+            provider: Some(manifest.provider.clone()),
+            model: Some(manifest.model.clone()),
+            api_key: ctx.api_key.clone(),
+            profile: profile.into(),
+            wall_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        self.ledger.record(&record, stages).await?;
+        for s in stages {
+            metrics::counter!("imagegate_stage_cost_microdollars_total", "stage" => s.stage.as_str())
+                .increment(s.micros.0.max(0) as u64);
+            metrics::histogram!("imagegate_stage_duration_seconds", "stage" => s.stage.as_str())
+                .record(s.wall_ms / 1e3);
+        }
+        Ok(())
+    }
+
+    async fn call_provider(
+        &self,
+        gen: &GenerationRequest,
+        provider: &dyn imagegate_providers::Provider,
+        model: &str,
+    ) -> Result<Generated, PipelineError> {
+        let _admitted = self
+            .generation_admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PipelineError::Overloaded {
+                what: "generation",
+                retry_after: Duration::from_secs(2),
+            })?;
+        let _slot = self
+            .generation_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let request = ProviderRequest {
+            prompt: imagegate_core::key::normalize_text(&gen.prompt),
+            negative_prompt: gen
+                .negative_prompt
+                .as_deref()
+                .map(imagegate_core::key::normalize_text)
+                .filter(|n| !n.is_empty()),
+            model: model.to_string(),
+            size: gen.size,
+            seed: gen.seed,
+        };
+        let wall = Instant::now();
+        let result = provider.generate(&request).await;
+        if result.is_err() {
+            metrics::counter!("imagegate_provider_errors_total").increment(1);
+        }
+        let generation = result?;
+        if generation.bytes.len() > self.config.limits.max_input_bytes {
+            return Err(PipelineError::BadImage(format!(
+                "provider {} sent {} bytes; the limit is {}",
+                generation.provider,
+                generation.bytes.len(),
+                self.config.limits.max_input_bytes
+            )));
+        }
+        let mut stage = StageCost::new(Stage::Generate);
+        stage.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
+        stage.micros = generation.cost;
+        stage.bytes_out = generation.bytes.len() as u64;
+        stage.detail = serde_json::json!({
+            "provider": generation.provider,
+            "model": generation.model,
+            "usage": generation.usage,
+            "size": gen.size.to_string(),
+        });
+        Ok(Generated {
+            bytes: generation.bytes,
+            provider: generation.provider,
+            model: generation.model,
+            stage,
+        })
+    }
+
+    /// Everything after the provider: render on the CPU pool, upload variants, then
+    /// the manifest.
+    async fn finish(
+        &self,
+        key: ContentKey,
+        profile: &RenderProfile,
+        generated: Generated,
+    ) -> Result<Manifest, PipelineError> {
+        let limits = &self.config.limits;
+        let job = render::RenderJob {
+            source: generated.bytes.clone(),
+            profile: profile.clone(),
+            limits: DecodeLimits {
+                max_pixels: limits.max_pixels,
+                max_side: limits.max_side,
+                max_input_bytes: limits.max_input_bytes,
+            },
+            classifier: self.classifier.clone(),
+            watermarker: self.watermarkers.get(&profile.name).cloned(),
+            usd_per_core_hour: self.config.costs.usd_per_core_hour,
+        };
+        let rendered = self.cpu.run(move || render::render(job)).await??;
+        let mut stages = Vec::with_capacity(8);
+        if generated.provider != "source" {
+            stages.push(generated.stage);
+        }
+        stages.extend(rendered.stages);
+
+        let upload_started = Instant::now();
+        let images: Vec<VariantRef> = rendered
+            .files
+            .iter()
+            .map(|f| VariantRef {
+                width: f.width,
+                height: f.height,
+                format: f.format,
+                object: Manifest::variant_object_key(key, f.width, f.format),
+                bytes: f.bytes.len() as u64,
+            })
+            .collect();
+        // Variants first, in parallel; the manifest only once all of them are stored.
+        let puts = rendered.files.into_iter().zip(&images).map(|(f, v)| {
+            self.store
+                .put(&v.object, Bytes::from(f.bytes), f.format.content_type())
+        });
+        futures::future::try_join_all(puts).await?;
+        let stored_bytes: u64 = images.iter().map(|v| v.bytes).sum();
+        let objects = images.len() as u64 + 1;
+        let mut upload = StageCost::new(Stage::Upload);
+        upload.bytes_in = stored_bytes;
+        upload.bytes_out = stored_bytes;
+        let costs = &self.config.costs;
+        // PUT fees plus the first month of storage; later months are a projection in reports.
+        upload.micros = Micros::from_usd(objects as f64 * costs.put_usd_per_1000 / 1000.0)
+            + Micros::for_storage_month(stored_bytes, costs.storage_usd_per_gb_month);
+        upload.detail = serde_json::json!({
+            "store": self.store.kind(),
+            "objects": objects,
+            "storage_months": 1,
+        });
+
+        let status = if rendered.verdict.action == imagegate_core::SafetyAction::Block {
+            ManifestStatus::Blocked
+        } else {
+            ManifestStatus::Ok
+        };
+        let mut manifest = Manifest {
+            id: key,
+            status,
+            provider: generated.provider,
+            model: generated.model,
+            source_width: rendered.source_width,
+            source_height: rendered.source_height,
+            images,
+            safety: rendered.verdict,
+            cost_micros: Micros::ZERO,
+            stages: Vec::new(),
+            created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            pipeline_version: PIPELINE_VERSION,
+        };
+        let body_len = serde_json::to_vec(&manifest).map(|v| v.len()).unwrap_or(0) as u64;
+        upload.micros += Micros::for_storage_month(body_len, costs.storage_usd_per_gb_month);
+        upload.wall_ms = upload_started.elapsed().as_secs_f64() * 1e3;
+        stages.push(upload);
+        manifest.cost_micros = stages.iter().map(|s| s.micros).sum();
+        manifest.stages = stages;
+        let body = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| PipelineError::Internal(e.to_string()))?;
+        self.store
+            .put(
+                &Manifest::object_key(key),
+                Bytes::from(body),
+                "application/json",
+            )
+            .await?;
+        Ok(manifest)
+    }
+
+    /// The verdict of the last classification, for callers that only need safety.
+    pub fn classifier(&self) -> Option<&Arc<Classifier>> {
+        self.classifier.as_ref()
+    }
+}
+
+/// Provider output on its way into the render stages.
+struct Generated {
+    bytes: Bytes,
+    provider: String,
+    model: String,
+    stage: StageCost,
+}
+
+/// A hit's verdict as the API shows it.
+pub fn safety_json(v: &SafetyVerdict) -> serde_json::Value {
+    serde_json::json!({"nsfw_score": v.nsfw_score, "action": v.action.as_str()})
+}

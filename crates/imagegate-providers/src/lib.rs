@@ -1,1 +1,148 @@
-//! placeholder
+//! Image generation behind one trait: [`Provider`], one module per provider, and the
+//! choice of provider for a request ([`ProviderSet::choose`]).
+//!
+//! Adapters turn our [`ProviderRequest`] into a provider's wire format and its answer
+//! into a [`Generation`] with the fee it charged; they never decode pixels (the
+//! imaging crate does, with limits). The `local` provider draws deterministic
+//! procedural images so the whole service runs offline.
+
+pub mod local;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use imagegate_core::{Micros, ModelChoice, ModelClass, Size};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no configured provider serves model {0}")]
+    NoCandidate(String),
+    #[error("provider {provider} refused the prompt: {message}")]
+    ContentRejected { provider: String, message: String },
+    #[error("provider {provider} is rate limiting us (retry after {retry_after:?})")]
+    RateLimited {
+        provider: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("provider {provider} timed out after {after:?}")]
+    Timeout { provider: String, after: Duration },
+    #[error("provider {provider} failed: {message}")]
+    Upstream { provider: String, message: String },
+    #[error("provider {provider} answered something we cannot use: {message}")]
+    BadResponse { provider: String, message: String },
+    #[error("provider {provider} is misconfigured: {message}")]
+    Config { provider: String, message: String },
+}
+
+/// What a provider is asked to draw, after prompt normalization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderRequest {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub model: String,
+    pub size: Size,
+    pub seed: u64,
+}
+
+/// What a provider returned: encoded image bytes (untrusted: decode with limits)
+/// and what it cost according to the provider's own usage figures.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub provider: String,
+    pub model: String,
+    pub cost: Micros,
+    /// Provider-reported usage (tokens, images, seconds), kept for the ledger.
+    pub usage: serde_json::Value,
+}
+
+/// A model a provider offers and the classes it may serve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelOffer {
+    pub name: String,
+    pub classes: Vec<ModelClass>,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn name(&self) -> &str;
+    fn offers(&self) -> &[ModelOffer];
+    /// Expected fee for one image of `size` from `model`, before calling.
+    fn quote(&self, model: &str, size: Size) -> Micros;
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError>;
+}
+
+/// Provider configuration, one table per provider in `[[providers]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderConfig {
+    Local(local::LocalConfig),
+}
+
+/// The configured providers, in configuration order.
+#[derive(Clone)]
+pub struct ProviderSet {
+    providers: Vec<Arc<dyn Provider>>,
+}
+
+impl ProviderSet {
+    pub fn from_config(configs: &[ProviderConfig]) -> Result<ProviderSet, ProviderError> {
+        let mut providers: Vec<Arc<dyn Provider>> = Vec::new();
+        for c in configs {
+            let p: Arc<dyn Provider> = match c {
+                ProviderConfig::Local(lc) => Arc::new(local::LocalProvider::new(lc.clone())?),
+            };
+            if providers.iter().any(|q| q.name() == p.name()) {
+                return Err(ProviderError::Config {
+                    provider: p.name().to_string(),
+                    message: "two providers share this name".into(),
+                });
+            }
+            providers.push(p);
+        }
+        Ok(ProviderSet { providers })
+    }
+
+    pub fn new(providers: Vec<Arc<dyn Provider>>) -> ProviderSet {
+        ProviderSet { providers }
+    }
+
+    /// The cheapest provider model serving `choice` at `size` (ties: configuration order).
+    pub fn choose(
+        &self,
+        choice: &ModelChoice,
+        size: Size,
+    ) -> Result<(Arc<dyn Provider>, String), ProviderError> {
+        let mut best: Option<(Micros, Arc<dyn Provider>, String)> = None;
+        for p in &self.providers {
+            for offer in p.offers() {
+                let serves = match choice {
+                    ModelChoice::Class(class) => offer.classes.contains(class),
+                    ModelChoice::Pinned { provider, model } => {
+                        provider == p.name() && model == &offer.name
+                    }
+                };
+                if !serves {
+                    continue;
+                }
+                let price = p.quote(&offer.name, size);
+                if best.as_ref().is_none_or(|(b, _, _)| price < *b) {
+                    best = Some((price, p.clone(), offer.name.clone()));
+                }
+            }
+        }
+        best.map(|(_, p, m)| (p, m))
+            .ok_or_else(|| ProviderError::NoCandidate(choice.to_string()))
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect()
+    }
+}

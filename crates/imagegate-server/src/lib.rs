@@ -1,1 +1,53 @@
-//! placeholder
+//! The HTTP surface: axum routes for `/v1/images`, the local CDN, health, readiness
+//! and metrics; JSON errors mapped from pipeline errors in one place ([`ApiError`]).
+//!
+//! It parses and answers; every decision about images and money is the pipeline's.
+//! Entry points: [`router`] and [`serve`].
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+pub use routes::outcome_body;
+
+use imagegate_pipeline::Pipeline;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+
+/// Shared state built once at start-up.
+pub struct AppState {
+    pub pipeline: Pipeline,
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade allows one).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .expect("bucket list is non-empty")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process")
+        })
+        .clone()
+}
+
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    routes::router(state)
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -60,8 +60,12 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     let ok = !key.is_empty()
         && key.len() <= 512
         && !key.starts_with('/')
-        && key.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        && key
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
     if ok {
         Ok(())
     } else {
@@ -86,7 +90,17 @@ mod tests {
 
     #[test]
     fn keys_that_escape_are_refused() {
-        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./a", "a/b/", "a b", "a\\b", "%2e%2e"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/b/",
+            "a b",
+            "a\\b",
+            "%2e%2e",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
         }
         validate_key("i/ab/0123/768.avif").unwrap();

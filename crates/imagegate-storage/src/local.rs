@@ -25,7 +25,9 @@ impl LocalStore {
         let root = config.root.clone();
         // Temp files live inside the root so the final rename never crosses a filesystem.
         let tmp = root.join(".tmp");
-        tokio::fs::create_dir_all(&tmp).await.map_err(|e| io(&root, "create directory", e))?;
+        tokio::fs::create_dir_all(&tmp)
+            .await
+            .map_err(|e| io(&root, "create directory", e))?;
         Ok(LocalStore {
             root,
             tmp,
@@ -44,7 +46,11 @@ impl LocalStore {
 }
 
 fn io(root: &Path, action: &str, source: std::io::Error) -> StorageError {
-    StorageError::Io { root: root.display().to_string(), action: action.to_string(), source }
+    StorageError::Io {
+        root: root.display().to_string(),
+        action: action.to_string(),
+        source,
+    }
 }
 
 #[async_trait]
@@ -60,9 +66,12 @@ impl ObjectStore for LocalStore {
         // Blocking file I/O with fsync: kept off the async workers.
         tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
             use std::io::Write;
-            let parent = dest.parent().expect("validated keys have a parent under the root");
+            let parent = dest
+                .parent()
+                .expect("validated keys have a parent under the root");
             std::fs::create_dir_all(parent).map_err(|e| io(&root, "create directory", e))?;
-            let mut file = std::fs::File::create(&tmp).map_err(|e| io(&root, "create temp file", e))?;
+            let mut file =
+                std::fs::File::create(&tmp).map_err(|e| io(&root, "create temp file", e))?;
             file.write_all(&bytes).map_err(|e| io(&root, "write", e))?;
             file.sync_all().map_err(|e| io(&root, "fsync", e))?;
             std::fs::rename(&tmp, &dest).map_err(|e| {
@@ -76,7 +85,13 @@ impl ObjectStore for LocalStore {
             Ok(())
         })
         .await
-        .map_err(|e| io(&self.root, "join writer", std::io::Error::other(e.to_string())))?
+        .map_err(|e| {
+            io(
+                &self.root,
+                "join writer",
+                std::io::Error::other(e.to_string()),
+            )
+        })?
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
@@ -100,8 +115,12 @@ impl ObjectStore for LocalStore {
 
     async fn check(&self) -> Result<(), StorageError> {
         let probe = self.tmp.join("ready-probe");
-        tokio::fs::write(&probe, b"ok").await.map_err(|e| io(&self.root, "write probe", e))?;
-        tokio::fs::remove_file(&probe).await.map_err(|e| io(&self.root, "remove probe", e))
+        tokio::fs::write(&probe, b"ok")
+            .await
+            .map_err(|e| io(&self.root, "write probe", e))?;
+        tokio::fs::remove_file(&probe)
+            .await
+            .map_err(|e| io(&self.root, "remove probe", e))
     }
 }
 
@@ -122,24 +141,43 @@ mod tests {
     async fn put_then_get_round_trips_and_leaves_no_temp_files() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path()).await;
-        s.put("i/ab/k/768.avif", Bytes::from_static(b"avifbytes"), "image/avif").await.unwrap();
+        s.put(
+            "i/ab/k/768.avif",
+            Bytes::from_static(b"avifbytes"),
+            "image/avif",
+        )
+        .await
+        .unwrap();
         let o = s.get("i/ab/k/768.avif").await.unwrap().unwrap();
         assert_eq!(&o.bytes[..], b"avifbytes");
         assert_eq!(o.content_type, "image/avif");
         assert_eq!(o.etag, etag_of(b"avifbytes"));
         assert!(s.get("i/ab/k/512.avif").await.unwrap().is_none());
         assert!(s.get("i/ab").await.unwrap().is_none());
-        assert_eq!(std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
-        assert_eq!(s.public_url("i/ab/k/768.avif"), "http://cdn.test/cdn/i/ab/k/768.avif");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+            0
+        );
+        assert_eq!(
+            s.public_url("i/ab/k/768.avif"),
+            "http://cdn.test/cdn/i/ab/k/768.avif"
+        );
     }
 
     #[tokio::test]
     async fn overwrite_replaces_whole_object() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path()).await;
-        s.put("a/b.json", Bytes::from_static(b"old"), "application/json").await.unwrap();
-        s.put("a/b.json", Bytes::from_static(b"newer"), "application/json").await.unwrap();
-        assert_eq!(&s.get("a/b.json").await.unwrap().unwrap().bytes[..], b"newer");
+        s.put("a/b.json", Bytes::from_static(b"old"), "application/json")
+            .await
+            .unwrap();
+        s.put("a/b.json", Bytes::from_static(b"newer"), "application/json")
+            .await
+            .unwrap();
+        assert_eq!(
+            &s.get("a/b.json").await.unwrap().unwrap().bytes[..],
+            b"newer"
+        );
     }
 
     #[tokio::test]
@@ -147,7 +185,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path()).await;
         assert!(matches!(
-            s.put("../evil", Bytes::from_static(b"x"), "text/plain").await,
+            s.put("../evil", Bytes::from_static(b"x"), "text/plain")
+                .await,
             Err(StorageError::BadKey(_))
         ));
         assert!(!dir.path().parent().unwrap().join("evil").exists());

@@ -1,1 +1,252 @@
-fn main() {}
+//! The `imagegate` command: `serve`, `process` and `classify`, on one configuration
+//! tree loaded from TOML and `IMAGEGATE_<SECTION>__<KEY>` environment variables.
+
+mod config;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use imagegate_pipeline::{Pipeline, RequestContext};
+use imagegate_server::AppState;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "imagegate",
+    version,
+    about = "Prompts in, CDN-ready images out, every stage costed."
+)]
+struct Cli {
+    /// Configuration file (default: config/imagegate.toml, or IMAGEGATE_CONFIG).
+    #[arg(long, global = true, env = "IMAGEGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the post-generation stages (safety, variants, watermark, encode, store) on
+    /// an image you already have, printing the same JSON as POST /v1/images.
+    Process {
+        file: PathBuf,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Score images with the NSFW classifier and print the action per file.
+    Classify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Profile whose thresholds decide the action.
+        #[arg(long)]
+        profile: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let config = config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { listen } => serve(config, listen).await,
+        Command::Process { file, profile } => process(config, file, profile).await,
+        Command::Classify {
+            files,
+            json,
+            profile,
+        } => classify(config, files, json, profile).await,
+    }
+}
+
+async fn serve(
+    mut config: imagegate_pipeline::PipelineConfig,
+    listen: Option<String>,
+) -> Result<std::process::ExitCode> {
+    if let Some(l) = listen {
+        config.server.listen = l;
+    }
+    let addr = config.server.listen.clone();
+    let pipeline = Pipeline::start(config)
+        .await
+        .context("starting the pipeline")?;
+    let state = Arc::new(AppState {
+        pipeline,
+        metrics: imagegate_server::metrics_handle(),
+    });
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when asked for port 0.
+    println!("imagegate listening on http://{local}");
+    tracing::info!(%local, "listening");
+    imagegate_server::serve(listener, state.clone(), shutdown_signal()).await?;
+    state.pipeline.ledger().close().await;
+    tracing::info!("stopped");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn process(
+    config: imagegate_pipeline::PipelineConfig,
+    file: PathBuf,
+    profile: Option<String>,
+) -> Result<std::process::ExitCode> {
+    let max = config.limits.max_input_bytes as u64;
+    let size = std::fs::metadata(&file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    if size > max {
+        bail!("{} has {size} bytes; the limit is {max}", file.display());
+    }
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let pipeline = Pipeline::start(config)
+        .await
+        .context("starting the pipeline")?;
+    let ctx = RequestContext {
+        request_id: format!("cli-process-{}", std::process::id()),
+        api_key: None,
+    };
+    let outcome = pipeline
+        .process(Bytes::from(bytes), profile.as_deref(), &ctx)
+        .await
+        .with_context(|| format!("processing {}", file.display()))?;
+    let (status, body) = imagegate_server::outcome_body(&pipeline, &outcome);
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    pipeline.ledger().close().await;
+    Ok(if status.is_success() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
+    })
+}
+
+async fn classify(
+    config: imagegate_pipeline::PipelineConfig,
+    files: Vec<PathBuf>,
+    json: bool,
+    profile: Option<String>,
+) -> Result<std::process::ExitCode> {
+    let profile_name = profile.unwrap_or_else(|| config.defaults.profile.clone());
+    let thresholds = config
+        .profiles
+        .get(&profile_name)
+        .with_context(|| format!("profile {profile_name:?} is not configured"))?
+        .safety;
+    let classifier_config = imagegate_safety::ClassifierConfig {
+        model_path: config.safety.model.clone(),
+        runtime_library: config.safety.runtime_library.clone(),
+        sessions: config.safety.sessions,
+        intra_threads: config.safety.intra_threads,
+    };
+    let limits = imagegate_imaging::DecodeLimits {
+        max_pixels: config.limits.max_pixels,
+        max_side: config.limits.max_side,
+        max_input_bytes: config.limits.max_input_bytes,
+    };
+    let rows = tokio::task::spawn_blocking(
+        move || -> Result<Vec<(PathBuf, Result<(f32, &'static str)>)>> {
+            let classifier = imagegate_safety::Classifier::load(&classifier_config)?;
+            Ok(files
+                .into_iter()
+                .map(|f| {
+                    let scored = (|| -> Result<(f32, &'static str)> {
+                        let bytes = std::fs::read(&f)
+                            .with_context(|| format!("reading {}", f.display()))?;
+                        let image = imagegate_imaging::decode(&bytes, &limits)?;
+                        let score = classifier.score(&image)?;
+                        Ok((score, imagegate_safety::decide(score, thresholds).as_str()))
+                    })();
+                    (f, scored)
+                })
+                .collect())
+        },
+    )
+    .await??;
+    let mut failed = false;
+    if !json {
+        println!("{:<8} {:<6} file", "nsfw", "action");
+    }
+    for (file, result) in rows {
+        match (result, json) {
+            (Ok((score, action)), true) => println!(
+                "{}",
+                serde_json::json!({"file": file.display().to_string(), "nsfw_score": score, "action": action})
+            ),
+            (Ok((score, action)), false) => println!("{score:<8.4} {action:<6} {}", file.display()),
+            (Err(e), true) => {
+                failed = true;
+                println!(
+                    "{}",
+                    serde_json::json!({"file": file.display().to_string(), "error": format!("{e:#}")})
+                )
+            }
+            (Err(e), false) => {
+                failed = true;
+                println!("{:<8} {:<6} {}: {e:#}", "-", "error", file.display())
+            }
+        }
+    }
+    Ok(if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}

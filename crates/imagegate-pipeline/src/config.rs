@@ -1,0 +1,269 @@
+//! The pipeline's part of the configuration tree. Each component's own section type
+//! lives beside the component (providers, storage, ledger, safety); this module
+//! composes them and validates what spans several.
+
+use imagegate_core::{ModelChoice, RenderProfile, Size};
+use imagegate_ledger::LedgerConfig;
+use imagegate_providers::ProviderConfig;
+use imagegate_storage::LocalStoreConfig;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Read by the HTTP server; kept in this one tree so a typo anywhere fails at start-up.
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub concurrency: ConcurrencyConfig,
+    #[serde(default)]
+    pub defaults: DefaultsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub costs: CostsConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub storage: StorageConfig,
+    pub ledger: LedgerConfig,
+    pub safety: SafetyConfig,
+    pub profiles: BTreeMap<String, RenderProfile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// HTTP requests in flight at once; past that, 503 with Retry-After.
+    pub max_in_flight: usize,
+    /// Whole-request deadline.
+    pub request_timeout_secs: u64,
+    /// Serve the local store's files under `/cdn/`.
+    pub serve_cdn: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 64 * 1024,
+            max_in_flight: 1024,
+            request_timeout_secs: 300,
+            serve_cdn: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConcurrencyConfig {
+    /// CPU stages running at once; 0 means one per core.
+    pub cpu_workers: usize,
+    /// CPU jobs allowed to wait for a worker before requests get 503.
+    pub cpu_queue: usize,
+    /// Provider calls in flight at once.
+    pub generations: usize,
+    /// Misses allowed to wait for a provider slot before requests get 503.
+    pub generation_queue: usize,
+    /// Manifests kept in memory.
+    pub cache_entries: u64,
+}
+
+impl Default for ConcurrencyConfig {
+    fn default() -> Self {
+        ConcurrencyConfig {
+            cpu_workers: 0,
+            cpu_queue: 64,
+            generations: 16,
+            generation_queue: 256,
+            cache_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    pub profile: String,
+    pub size: String,
+    pub model: String,
+    pub seed: u64,
+}
+
+impl Default for DefaultsConfig {
+    fn default() -> Self {
+        DefaultsConfig {
+            profile: "default".into(),
+            size: "1024x1024".into(),
+            model: "standard".into(),
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Decoded pixels any image (provider output or upload) may have.
+    pub max_pixels: u64,
+    pub max_side: u32,
+    /// Encoded bytes a provider or a caller may hand us.
+    pub max_input_bytes: usize,
+    /// Characters in a prompt or negative prompt, after normalization.
+    pub max_prompt_chars: usize,
+    /// Variant widths a request may ask for.
+    pub max_variants: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_pixels: 64_000_000,
+            max_side: 8192,
+            max_input_bytes: 64 * 1024 * 1024,
+            max_prompt_chars: 4000,
+            max_variants: 8,
+        }
+    }
+}
+
+/// Prices of what imagegate itself spends, beside the providers' fees.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostsConfig {
+    /// One vCPU for an hour.
+    pub usd_per_core_hour: f64,
+    pub storage_usd_per_gb_month: f64,
+    /// Object PUT requests, per thousand.
+    pub put_usd_per_1000: f64,
+    /// Object GET requests, per thousand.
+    pub get_usd_per_1000: f64,
+    /// Delivery bytes, for projections.
+    pub egress_usd_per_gb: f64,
+}
+
+impl Default for CostsConfig {
+    fn default() -> Self {
+        // AWS list prices (us-east-1, 2024): c7g vCPU-hour on demand, S3 Standard
+        // storage, PUT and GET requests, CloudFront first-tier egress.
+        CostsConfig {
+            usd_per_core_hour: 0.0363,
+            storage_usd_per_gb_month: 0.023,
+            put_usd_per_1000: 0.005,
+            get_usd_per_1000: 0.0004,
+            egress_usd_per_gb: 0.085,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StorageConfig {
+    Local(LocalStoreConfig),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Run the NSFW classifier on every image. Off means every image is allowed and
+    /// the verdict says so (`source: "none"`).
+    pub classifier: bool,
+    pub model: PathBuf,
+    pub runtime_library: PathBuf,
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    #[serde(default = "default_intra_threads")]
+    pub intra_threads: usize,
+    #[serde(default)]
+    pub deny_words: Vec<String>,
+    #[serde(default)]
+    pub deny_patterns: Vec<String>,
+}
+
+fn default_sessions() -> usize {
+    2
+}
+fn default_intra_threads() -> usize {
+    1
+}
+
+impl PipelineConfig {
+    /// Checks what serde cannot: cross-field rules and value ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.providers.is_empty() {
+            return Err("[[providers]] is empty: configure at least one provider".into());
+        }
+        if self.profiles.is_empty() {
+            return Err("[profiles] is empty: configure at least one render profile".into());
+        }
+        for (name, profile) in &self.profiles {
+            let mut p = profile.clone();
+            p.name = name.clone();
+            p.validate()?;
+            if p.variants.len() > self.limits.max_variants {
+                return Err(format!(
+                    "profile {name:?} has more variants than limits.max_variants"
+                ));
+            }
+        }
+        if !self.profiles.contains_key(&self.defaults.profile) {
+            return Err(format!(
+                "defaults.profile {:?} is not a configured profile",
+                self.defaults.profile
+            ));
+        }
+        self.defaults
+            .size
+            .parse::<Size>()
+            .map_err(|e| format!("defaults.size: {e}"))?;
+        self.defaults
+            .model
+            .parse::<ModelChoice>()
+            .map_err(|e| format!("defaults.model: {e}"))?;
+        let c = &self.costs;
+        for (name, v) in [
+            ("usd_per_core_hour", c.usd_per_core_hour),
+            ("storage_usd_per_gb_month", c.storage_usd_per_gb_month),
+            ("put_usd_per_1000", c.put_usd_per_1000),
+            ("get_usd_per_1000", c.get_usd_per_1000),
+            ("egress_usd_per_gb", c.egress_usd_per_gb),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("costs.{name} must be a non-negative number"));
+            }
+        }
+        if self.limits.max_pixels == 0
+            || self.limits.max_side == 0
+            || self.limits.max_prompt_chars == 0
+        {
+            return Err("limits must be positive".into());
+        }
+        if self.safety.sessions == 0 {
+            return Err("safety.sessions must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Profiles with their names filled in and logo digests computed, so the content
+    /// key follows the logo's bytes.
+    pub fn resolved_profiles(&self) -> Result<BTreeMap<String, RenderProfile>, String> {
+        let mut out = BTreeMap::new();
+        for (name, profile) in &self.profiles {
+            let mut p = profile.clone();
+            p.name = name.clone();
+            if let Some(wm) = &mut p.watermark {
+                if let imagegate_core::WatermarkMark::Logo { path, digest } = &mut wm.mark {
+                    let bytes = std::fs::read(&*path).map_err(|e| {
+                        format!("profile {name:?}: watermark logo {}: {e}", path.display())
+                    })?;
+                    *digest = blake3::hash(&bytes).to_hex().to_string();
+                }
+            }
+            out.insert(name.clone(), p);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! The bounded pool that CPU stages run on, and per-thread CPU time.
+
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Runs CPU-bound closures on tokio's blocking threads, at most `workers` at once and
+/// at most `queue` more waiting; past that the caller is told to come back later
+/// instead of the queue growing without bound.
+#[derive(Clone)]
+pub struct CpuPool {
+    running: Arc<Semaphore>,
+    admitted: Arc<Semaphore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("the CPU pool is full ({0} jobs running or waiting)")]
+    Full(usize),
+    #[error("a CPU job panicked: {0}")]
+    Panicked(String),
+}
+
+impl CpuPool {
+    pub fn new(workers: usize, queue: usize) -> CpuPool {
+        let workers = workers.max(1);
+        CpuPool {
+            running: Arc::new(Semaphore::new(workers)),
+            admitted: Arc::new(Semaphore::new(workers + queue)),
+        }
+    }
+
+    pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let _admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PoolError::Full(self.capacity()))?;
+        let _running = self
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool semaphore is never closed");
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| PoolError::Panicked(e.to_string()))
+    }
+
+    fn capacity(&self) -> usize {
+        // Upper bound for the message only; exactness does not matter here.
+        self.running.available_permits() + self.admitted.available_permits()
+    }
+}
+
+/// CPU time consumed by the calling thread so far, in milliseconds.
+pub fn thread_cpu_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_THREAD_CPUTIME_ID is
+    // supported on every Linux this runs on.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// Wall and thread-CPU time of one piece of synchronous work.
+pub struct Measured<T> {
+    pub value: T,
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+}
+
+pub fn measure<T>(work: impl FnOnce() -> T) -> Measured<T> {
+    let wall = std::time::Instant::now();
+    let cpu = thread_cpu_ms();
+    let value = work();
+    Measured {
+        value,
+        wall_ms: wall.elapsed().as_secs_f64() * 1e3,
+        cpu_ms: thread_cpu_ms() - cpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_pool_refuses_instead_of_queueing() {
+        let pool = CpuPool::new(1, 1);
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let blocker = {
+            let pool = pool.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move { pool.run(move || rx.lock().unwrap().recv().unwrap()).await })
+        };
+        let queued = {
+            let pool = pool.clone();
+            let rx = rx.clone();
+            tokio::spawn(async move { pool.run(move || rx.lock().unwrap().recv().unwrap()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(matches!(pool.run(|| ()).await, Err(PoolError::Full(_))));
+        tx.send(()).unwrap();
+        tx.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        pool.run(|| ()).await.unwrap();
+    }
+
+    #[test]
+    fn cpu_time_counts_work_not_sleep() {
+        let busy = measure(|| (0..20_000_000u64).fold(0u64, |a, b| a.wrapping_add(b * b)));
+        std::hint::black_box(busy.value);
+        let idle = measure(|| std::thread::sleep(std::time::Duration::from_millis(50)));
+        assert!(busy.cpu_ms > 1.0, "busy cpu {}", busy.cpu_ms);
+        assert!(
+            idle.cpu_ms < 10.0 && idle.wall_ms >= 50.0,
+            "idle cpu {} wall {}",
+            idle.cpu_ms,
+            idle.wall_ms
+        );
+    }
+}

@@ -1,0 +1,89 @@
+//! One error type for the whole request path. Variants carry a message a person can
+//! act on; `Clone` because one failed generation answers every caller waiting on it.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("profile {0:?} is not configured")]
+    UnknownProfile(String),
+    #[error("prompt blocked by rule {rule:?}")]
+    PromptBlocked { rule: String },
+    #[error("the cheapest candidate costs ${quote_usd:.6}, above max_cost_usd ${max_usd:.6}")]
+    CostLimit { quote_usd: f64, max_usd: f64 },
+    #[error("no provider serves model {0}")]
+    NoProvider(String),
+    #[error("provider {provider} refused the prompt: {message}")]
+    UpstreamContentBlocked { provider: String, message: String },
+    #[error("provider {provider} is rate limiting; retry later")]
+    ProviderRateLimited {
+        provider: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("provider {provider} timed out")]
+    ProviderTimeout { provider: String },
+    #[error("provider failed: {0}")]
+    ProviderFailed(String),
+    #[error("the image is unusable: {0}")]
+    BadImage(String),
+    #[error("{what} is at capacity; retry shortly")]
+    Overloaded {
+        what: &'static str,
+        retry_after: Duration,
+    },
+    #[error("object store: {0}")]
+    Storage(String),
+    #[error("ledger: {0}")]
+    Ledger(String),
+    #[error("safety: {0}")]
+    Safety(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<imagegate_providers::ProviderError> for PipelineError {
+    fn from(e: imagegate_providers::ProviderError) -> Self {
+        use imagegate_providers::ProviderError as P;
+        match e {
+            P::NoCandidate(m) => PipelineError::NoProvider(m),
+            P::ContentRejected { provider, message } => {
+                PipelineError::UpstreamContentBlocked { provider, message }
+            }
+            P::RateLimited {
+                provider,
+                retry_after,
+            } => PipelineError::ProviderRateLimited {
+                provider,
+                retry_after,
+            },
+            P::Timeout { provider, .. } => PipelineError::ProviderTimeout { provider },
+            other => PipelineError::ProviderFailed(other.to_string()),
+        }
+    }
+}
+
+impl From<imagegate_storage::StorageError> for PipelineError {
+    fn from(e: imagegate_storage::StorageError) -> Self {
+        PipelineError::Storage(e.to_string())
+    }
+}
+
+impl From<imagegate_ledger::LedgerError> for PipelineError {
+    fn from(e: imagegate_ledger::LedgerError) -> Self {
+        PipelineError::Ledger(e.to_string())
+    }
+}
+
+impl From<crate::cpu::PoolError> for PipelineError {
+    fn from(e: crate::cpu::PoolError) -> Self {
+        match e {
+            crate::cpu::PoolError::Full(_) => PipelineError::Overloaded {
+                what: "the image processing pool",
+                retry_after: Duration::from_secs(1),
+            },
+            crate::cpu::PoolError::Panicked(m) => PipelineError::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The synchronous, CPU-only part of a miss: decode with limits, classify, blur or
+//! block, resize to each variant, watermark, encode. Runs on the [`CpuPool`]; every
+//! stage's wall and thread-CPU time is measured and priced here.
+//!
+//! [`CpuPool`]: crate::cpu::CpuPool
+
+use crate::cpu::measure;
+use crate::error::PipelineError;
+use imagegate_core::{
+    ImageFormat, Micros, RenderProfile, SafetyAction, SafetyVerdict, Stage, StageCost,
+};
+use imagegate_imaging::{DecodeLimits, Watermarker};
+use imagegate_safety::Classifier;
+use std::sync::Arc;
+
+pub(crate) struct RenderJob {
+    pub source: bytes::Bytes,
+    pub profile: RenderProfile,
+    pub limits: DecodeLimits,
+    pub classifier: Option<Arc<Classifier>>,
+    pub watermarker: Option<Arc<Watermarker>>,
+    pub usd_per_core_hour: f64,
+}
+
+pub(crate) struct EncodedFile {
+    pub width: u32,
+    pub height: u32,
+    pub format: ImageFormat,
+    pub bytes: Vec<u8>,
+}
+
+pub(crate) struct Rendered {
+    pub verdict: SafetyVerdict,
+    pub source_width: u32,
+    pub source_height: u32,
+    /// Empty when the verdict is `block`.
+    pub files: Vec<EncodedFile>,
+    pub stages: Vec<StageCost>,
+}
+
+/// How strongly a `blur` verdict blurs: sigma as a fraction of the width, enough
+/// that nothing in the picture stays recognisable.
+const BLUR_SIGMA_FRACTION: f32 = 0.03;
+
+fn stage(stage: Stage, wall_ms: f64, cpu_ms: f64, usd_per_core_hour: f64) -> StageCost {
+    let mut s = StageCost::new(stage);
+    s.wall_ms = wall_ms;
+    s.cpu_ms = cpu_ms;
+    s.micros = Micros::for_cpu_seconds(cpu_ms / 1e3, usd_per_core_hour);
+    s
+}
+
+pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
+    let price = job.usd_per_core_hour;
+    let mut stages = Vec::with_capacity(5);
+
+    let decoded = measure(|| imagegate_imaging::decode(&job.source, &job.limits));
+    let mut image = decoded
+        .value
+        .map_err(|e| PipelineError::BadImage(e.to_string()))?;
+    let (source_width, source_height) = image.dimensions();
+    let mut s = stage(Stage::Decode, decoded.wall_ms, decoded.cpu_ms, price);
+    s.bytes_in = job.source.len() as u64;
+    s.bytes_out = u64::from(source_width) * u64::from(source_height) * 3;
+    s.detail = serde_json::json!({"width": source_width, "height": source_height});
+    stages.push(s);
+
+    let thresholds = job.profile.safety;
+    let classified = measure(|| -> Result<SafetyVerdict, PipelineError> {
+        let verdict = match &job.classifier {
+            Some(c) => {
+                let score = c
+                    .score(&image)
+                    .map_err(|e| PipelineError::Safety(e.to_string()))?;
+                SafetyVerdict {
+                    nsfw_score: Some(score),
+                    action: imagegate_safety::decide(score, thresholds),
+                    source: "classifier".into(),
+                }
+            }
+            None => SafetyVerdict {
+                nsfw_score: None,
+                action: SafetyAction::Allow,
+                source: "none".into(),
+            },
+        };
+        if verdict.action == SafetyAction::Blur {
+            image = imagegate_imaging::blur(&image, BLUR_SIGMA_FRACTION);
+        }
+        Ok(verdict)
+    });
+    let verdict = classified.value?;
+    let mut s = stage(Stage::Safety, classified.wall_ms, classified.cpu_ms, price);
+    s.detail = serde_json::json!({
+        "nsfw_score": verdict.nsfw_score,
+        "action": verdict.action.as_str(),
+        "blur_at": thresholds.blur_at,
+        "block_at": thresholds.block_at,
+    });
+    stages.push(s);
+    if verdict.action == SafetyAction::Block {
+        return Ok(Rendered {
+            verdict,
+            source_width,
+            source_height,
+            files: Vec::new(),
+            stages,
+        });
+    }
+
+    let widths = job.profile.widths();
+    let resized = measure(|| -> Result<Vec<image::RgbImage>, PipelineError> {
+        widths
+            .iter()
+            .map(|&w| {
+                imagegate_imaging::resize(&image, w)
+                    .map_err(|e| PipelineError::BadImage(e.to_string()))
+            })
+            .collect()
+    });
+    let mut variants = resized.value?;
+    // Widths above the source collapse to the source size: keep one of each.
+    variants.dedup_by_key(|v| v.width());
+    let mut s = stage(Stage::Resize, resized.wall_ms, resized.cpu_ms, price);
+    s.bytes_out = variants.iter().map(|v| v.as_raw().len() as u64).sum();
+    s.detail =
+        serde_json::json!({"widths": variants.iter().map(|v| v.width()).collect::<Vec<_>>()});
+    stages.push(s);
+
+    if let Some(wm) = &job.watermarker {
+        let marked = measure(|| variants.iter_mut().for_each(|v| wm.apply(v)));
+        let mut s = stage(Stage::Watermark, marked.wall_ms, marked.cpu_ms, price);
+        s.detail = serde_json::json!({"variants": variants.len()});
+        stages.push(s);
+    }
+
+    let mut formats = job.profile.formats.clone();
+    formats.sort_unstable();
+    formats.dedup();
+    let encoded = measure(|| -> Result<Vec<EncodedFile>, PipelineError> {
+        let mut files = Vec::with_capacity(variants.len() * formats.len());
+        for v in &variants {
+            for &format in &formats {
+                let bytes = imagegate_imaging::encode(v, format, &job.profile).map_err(|e| {
+                    PipelineError::Internal(format!("encoding {format} {}px: {e}", v.width()))
+                })?;
+                files.push(EncodedFile {
+                    width: v.width(),
+                    height: v.height(),
+                    format,
+                    bytes,
+                });
+            }
+        }
+        Ok(files)
+    });
+    let files = encoded.value?;
+    let mut s = stage(Stage::Encode, encoded.wall_ms, encoded.cpu_ms, price);
+    s.bytes_in = variants.iter().map(|v| v.as_raw().len() as u64).sum();
+    s.bytes_out = files.iter().map(|f| f.bytes.len() as u64).sum();
+    s.detail = serde_json::json!({
+        "files": files.len(),
+        "avif_quality": job.profile.avif.quality,
+        "avif_speed": job.profile.avif.speed,
+        "jpeg_quality": job.profile.jpeg.quality,
+    });
+    stages.push(s);
+
+    Ok(Rendered {
+        verdict,
+        source_width,
+        source_height,
+        files,
+        stages,
+    })
+}

@@ -1,0 +1,201 @@
+//! The `local` provider: deterministic procedural pictures drawn on this machine.
+//!
+//! It is the embedded default, not a test double: it has a price and a latency like
+//! a paid provider, so the cost path runs for real. Same prompt, negative prompt,
+//! seed, size and model give the same PNG bytes; different prompts give clearly
+//! different pictures (another palette, sky, sun, ridges and texture).
+
+mod procedural;
+
+use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest};
+use async_trait::async_trait;
+use bytes::Bytes;
+use imagegate_core::{Micros, ModelClass, Size};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub use procedural::draw;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Fee per image at 1024x1024; other sizes pay in proportion to their pixels.
+    #[serde(default = "default_price")]
+    pub usd_per_image: f64,
+    /// Simulated provider latency added before the picture is returned.
+    #[serde(default = "default_latency_ms")]
+    pub latency_ms: u64,
+    #[serde(default = "default_models")]
+    pub models: Vec<ModelOffer>,
+}
+
+fn default_name() -> String {
+    "local".into()
+}
+fn default_price() -> f64 {
+    0.002
+}
+fn default_latency_ms() -> u64 {
+    200
+}
+fn default_models() -> Vec<ModelOffer> {
+    vec![ModelOffer {
+        name: "procedural-v1".into(),
+        classes: vec![ModelClass::Draft, ModelClass::Standard, ModelClass::Premium],
+    }]
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            name: default_name(),
+            usd_per_image: default_price(),
+            latency_ms: default_latency_ms(),
+            models: default_models(),
+        }
+    }
+}
+
+pub struct LocalProvider {
+    config: LocalConfig,
+}
+
+impl LocalProvider {
+    pub fn new(config: LocalConfig) -> Result<LocalProvider, ProviderError> {
+        if !(config.usd_per_image.is_finite() && config.usd_per_image >= 0.0) {
+            return Err(ProviderError::Config {
+                provider: config.name.clone(),
+                message: format!(
+                    "usd_per_image must be a non-negative number, not {}",
+                    config.usd_per_image
+                ),
+            });
+        }
+        if config.models.is_empty() {
+            return Err(ProviderError::Config {
+                provider: config.name.clone(),
+                message: "models is empty".into(),
+            });
+        }
+        Ok(LocalProvider { config })
+    }
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn offers(&self) -> &[ModelOffer] {
+        &self.config.models
+    }
+
+    fn quote(&self, _model: &str, size: Size) -> Micros {
+        Micros::from_usd(self.config.usd_per_image * size.pixels() as f64 / (1024.0 * 1024.0))
+    }
+
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
+        if !self.config.models.iter().any(|m| m.name == request.model) {
+            return Err(ProviderError::Config {
+                provider: self.config.name.clone(),
+                message: format!("no model named {:?}", request.model),
+            });
+        }
+        let started = std::time::Instant::now();
+        let req = request.clone();
+        // Drawing is CPU work: keep it off the async workers.
+        let drawing = tokio::task::spawn_blocking(move || procedural::draw_png(&req));
+        let latency = tokio::time::sleep(Duration::from_millis(self.config.latency_ms));
+        let (png, ()) = tokio::join!(drawing, latency);
+        let png = png
+            .map_err(|e| ProviderError::Upstream {
+                provider: self.config.name.clone(),
+                message: e.to_string(),
+            })?
+            .map_err(|e| ProviderError::Upstream {
+                provider: self.config.name.clone(),
+                message: e,
+            })?;
+        Ok(Generation {
+            bytes: Bytes::from(png),
+            media_type: "image/png".into(),
+            provider: self.config.name.clone(),
+            model: request.model.clone(),
+            cost: self.quote(&request.model, request.size),
+            usage: serde_json::json!({
+                "images": 1,
+                "megapixels": request.size.pixels() as f64 / 1e6,
+                "provider_ms": started.elapsed().as_millis() as u64,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(prompt: &str, seed: u64) -> ProviderRequest {
+        ProviderRequest {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            model: "procedural-v1".into(),
+            size: Size {
+                width: 256,
+                height: 192,
+            },
+            seed,
+        }
+    }
+
+    fn provider() -> LocalProvider {
+        LocalProvider::new(LocalConfig {
+            latency_ms: 1,
+            ..LocalConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn same_request_same_bytes_and_priced_by_pixels() {
+        let p = provider();
+        let a = p.generate(&req("a lighthouse at dusk", 7)).await.unwrap();
+        let b = p.generate(&req("a lighthouse at dusk", 7)).await.unwrap();
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(&a.bytes[1..4], b"PNG");
+        // 256x192 is 3/64 of 1024x1024 at $0.002.
+        assert_eq!(a.cost, Micros(94));
+        assert_eq!(
+            p.quote(
+                "procedural-v1",
+                Size {
+                    width: 1024,
+                    height: 1024
+                }
+            ),
+            Micros(2000)
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_model_is_a_config_error() {
+        let mut r = req("x", 1);
+        r.model = "nope".into();
+        assert!(matches!(
+            provider().generate(&r).await,
+            Err(ProviderError::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn negative_price_is_refused() {
+        let bad = LocalConfig {
+            usd_per_image: -1.0,
+            ..LocalConfig::default()
+        };
+        assert!(LocalProvider::new(bad).is_err());
+    }
+}

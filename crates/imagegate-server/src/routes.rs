@@ -1,0 +1,292 @@
+//! Route handlers and the response shapes of API.md.
+
+use crate::{ApiError, AppState};
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{BoxError, Json, Router};
+use imagegate_core::{ContentKey, ImageFormat, Manifest, ManifestStatus, StageCost};
+use imagegate_pipeline::{ImageRequest, Outcome, Pipeline, RequestContext};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceBuilder;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let server = state.pipeline.config().server.clone();
+    let mut app = Router::new()
+        .route("/v1/images", post(create_image))
+        .route("/v1/images/{id}", get(get_image))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics));
+    if server.serve_cdn && state.pipeline.store().kind() == "local" {
+        app = app.route("/cdn/{*path}", get(cdn));
+    }
+    app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(server.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(overload_or_timeout))
+                .load_shed()
+                .concurrency_limit(server.max_in_flight.max(1))
+                .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
+        )
+        .layer(axum::middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+async fn overload_or_timeout(err: BoxError) -> ApiError {
+    if err.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            "the request took longer than the server allows",
+        )
+    } else if err.is::<tower::load_shed::error::Overloaded>() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight",
+        );
+        e.retry_after = Some(Duration::from_secs(1));
+        e
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            err.to_string(),
+        )
+    }
+}
+
+#[derive(Clone)]
+struct RequestId(String);
+
+/// Every request gets an id (the caller's `x-request-id` if sane), echoed back.
+async fn request_id(mut req: Request<axum::body::Body>, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "invalid_json",
+    };
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    ApiError::new(status, code, rejection.body_text())
+}
+
+async fn create_image(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    body: Result<Json<ImageRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(json_rejection)?;
+    let ctx = RequestContext {
+        request_id,
+        api_key: None,
+    };
+    let outcome = state.pipeline.generate(&req, &ctx).await?;
+    Ok(answer(&state, &outcome))
+}
+
+fn answer(state: &AppState, outcome: &Outcome) -> Response {
+    let (status, body) = outcome_body(&state.pipeline, outcome);
+    (status, Json(body)).into_response()
+}
+
+/// The body (and status) `POST /v1/images` answers for an outcome; `imagegate
+/// process` prints the same.
+pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serde_json::Value) {
+    let m = &outcome.manifest;
+    let cost = cost_json(&outcome.stages);
+    if m.status == ManifestStatus::Blocked {
+        let body = serde_json::json!({
+            "error": {"code": "content_blocked", "message": "the generated image was blocked by the safety policy"},
+            "id": m.id,
+            "cache": outcome.cache.as_str(),
+            "safety": imagegate_pipeline::safety_json(&m.safety),
+            "cost": cost,
+        });
+        return (StatusCode::UNPROCESSABLE_ENTITY, body);
+    }
+    let mut body = manifest_json(pipeline, m);
+    body["cache"] = outcome.cache.as_str().into();
+    body["cost"] = cost;
+    (StatusCode::OK, body)
+}
+
+fn cost_json(stages: &[StageCost]) -> serde_json::Value {
+    let total: imagegate_core::Micros = stages.iter().map(|s| s.micros).sum();
+    serde_json::json!({
+        "total_usd": total.as_usd(),
+        "stages": stages.iter().map(|s| {
+            let mut v = serde_json::json!({
+                "stage": s.stage.as_str(),
+                "usd": s.micros.as_usd(),
+                "ms": (s.wall_ms * 10.0).round() / 10.0,
+                "cpu_ms": (s.cpu_ms * 10.0).round() / 10.0,
+            });
+            if !s.detail.is_null() {
+                v["detail"] = s.detail.clone();
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+fn manifest_json(pipeline: &Pipeline, m: &Manifest) -> serde_json::Value {
+    let images: Vec<serde_json::Value> = m
+        .images
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "width": v.width,
+                "height": v.height,
+                "format": v.format,
+                "url": pipeline.url_of(v),
+                "bytes": v.bytes,
+            })
+        })
+        .collect();
+    let mut srcset: BTreeMap<ImageFormat, Vec<String>> = BTreeMap::new();
+    for v in &m.images {
+        srcset
+            .entry(v.format)
+            .or_default()
+            .push(format!("{} {}w", pipeline.url_of(v), v.width));
+    }
+    let srcset: serde_json::Map<String, serde_json::Value> = srcset
+        .into_iter()
+        .map(|(f, list)| (f.extension().to_string(), list.join(", ").into()))
+        .collect();
+    serde_json::json!({
+        "id": m.id,
+        "status": m.status,
+        "provider": m.provider,
+        "model": m.model,
+        "images": images,
+        "srcset": srcset,
+        "safety": imagegate_pipeline::safety_json(&m.safety),
+        "created_at": m.created_at,
+    })
+}
+
+async fn get_image(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key: ContentKey = id.parse().map_err(|e: imagegate_core::key::BadKey| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string())
+    })?;
+    let manifest = state.pipeline.manifest(key).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no image with id {key}"),
+        )
+    })?;
+    let mut body = manifest_json(&state.pipeline, &manifest);
+    body["cost"] = cost_json(&manifest.stages);
+    Ok(Json(body).into_response())
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.pipeline.ready().await {
+        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            let mut err =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string());
+            err.retry_after = Some(Duration::from_secs(5));
+            err.into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn cdn(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such object");
+    // Only published images are served: not manifests' temp files or anything else.
+    if path.starts_with('.') || imagegate_storage::validate_key(&path).is_err() {
+        return Err(not_found());
+    }
+    let object = state
+        .pipeline
+        .store()
+        .get(&path)
+        .await
+        .map_err(imagegate_pipeline::PipelineError::from)?
+        .ok_or_else(not_found)?;
+    let etag = HeaderValue::from_str(&object.etag).expect("etags are hex in quotes");
+    let cache_control = HeaderValue::from_static(imagegate_storage::IMMUTABLE_CACHE_CONTROL);
+    let matches = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == object.etag || t.trim() == "*")
+        });
+    if matches {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [(header::ETAG, etag), (header::CACHE_CONTROL, cache_control)],
+        )
+            .into_response());
+    }
+    let content_type =
+        HeaderValue::from_str(&object.content_type).expect("content types are ASCII");
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::ETAG, etag),
+            (header::CACHE_CONTROL, cache_control),
+        ],
+        object.bytes,
+    )
+        .into_response())
+}

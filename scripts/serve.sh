@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs imagegate on its embedded defaults (config/imagegate.toml): local provider,
+# local store under data/, SQLite ledger. Extra arguments go to `imagegate serve`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh
+exec cargo run --release --locked -p imagegate -- serve "$@"

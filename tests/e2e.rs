@@ -1,0 +1,838 @@
+//! End to end: the real `imagegate` binary on an ephemeral port with the embedded
+//! defaults (local provider, local store, SQLite ledger, real ONNX classifier),
+//! driven over HTTP like a user would.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The classifier files the setup fetches; their absence is a failure, not a skip.
+fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"));
+    for f in ["open-nsfw.onnx", "libonnxruntime.so.1.31.1"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Options {
+    latency_ms: u64,
+    generations: usize,
+    generation_queue: usize,
+    block_at: f32,
+    extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            latency_ms: 50,
+            generations: 16,
+            generation_queue: 256,
+            block_at: 0.8,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A data directory and a configuration that outlive server restarts.
+struct Site {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Site {
+    fn new(opts: Options) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let models = models_dir();
+        let data = dir.path().join("data");
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+max_body_bytes = 16384
+
+[concurrency]
+cpu_workers = 2
+generations = {generations}
+generation_queue = {generation_queue}
+
+[limits]
+max_prompt_chars = 500
+
+[[providers]]
+kind = "local"
+latency_ms = {latency}
+
+[storage]
+kind = "local"
+root = "{data}/objects"
+public_base_url = "http://127.0.0.1:{port}/cdn"
+
+[ledger]
+url = "sqlite://{data}/ledger.db"
+
+[safety]
+classifier = true
+model = "{models}/open-nsfw.onnx"
+runtime_library = "{models}/libonnxruntime.so.1.31.1"
+deny_words = ["forbiddenword"]
+
+[profiles.default]
+variants = [256, 512, 768]
+formats = ["avif", "jpeg"]
+avif = {{ quality = 60, speed = 9 }}
+safety = {{ blur_at = {block_at}, block_at = {block_at} }}
+watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scale = 0.25 }}
+{extra}
+"#,
+            generations = opts.generations,
+            generation_queue = opts.generation_queue,
+            latency = opts.latency_ms,
+            data = data.display(),
+            models = models.display(),
+            block_at = opts.block_at,
+            extra = opts.extra,
+        );
+        std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
+        Site { dir, port }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("imagegate.toml")
+    }
+
+    fn objects(&self) -> PathBuf {
+        self.dir.path().join("data/objects")
+    }
+
+    fn start(&self) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .arg("--config")
+            .arg(self.config())
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("imagegate listening on "),
+            "server did not start: {line:?}"
+        );
+        Server {
+            child,
+            base: format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    async fn generations(&self, id: &str) -> i64 {
+        let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+            url: format!("sqlite://{}/data/ledger.db", self.dir.path().display()),
+        })
+        .await
+        .unwrap();
+        let n = ledger
+            .stage_count(id.parse().unwrap(), imagegate_core::Stage::Generate)
+            .await
+            .unwrap();
+        ledger.close().await;
+        n
+    }
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    fn stop(mut self) {
+        // SIGTERM: the graceful path, like an orchestrator would.
+        unsafe_kill_term(self.child.id());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server did not stop within 20 s of SIGTERM");
+    }
+}
+
+fn unsafe_kill_term(pid: u32) {
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn post(server: &Server, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(server.url("/v1/images"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// Decodes an AVIF with libavif's own tool (an independent decoder), returning its size.
+fn avif_dimensions(bytes: &[u8]) -> (u32, u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("in.avif");
+    let out = dir.path().join("out.png");
+    std::fs::write(&src, bytes).unwrap();
+    let status = Command::new("avifdec")
+        .arg(&src)
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect(
+            "avifdec (Debian libavif-bin) is needed to check AVIF output: run scripts/setup.sh",
+        );
+    assert!(status.success(), "avifdec could not decode our AVIF");
+    let png = image::open(&out).unwrap();
+    (png.width(), png.height())
+}
+
+fn stage_names(cost: &serde_json::Value) -> Vec<String> {
+    cost["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn assert_total_is_sum(cost: &serde_json::Value) {
+    let sum: f64 = cost["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["usd"].as_f64().unwrap())
+        .sum();
+    let total = cost["total_usd"].as_f64().unwrap();
+    assert!(
+        (sum - total).abs() < 1e-9,
+        "total {total} != sum of stages {sum}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_request_then_hit_then_hit_after_restart() {
+    let site = Site::new(Options::default());
+    let server = site.start();
+    let body = serde_json::json!({"prompt": "a lighthouse at dusk, watercolor", "seed": 42});
+    let (status, miss) = post(&server, body.clone()).await;
+    assert_eq!(status, 200, "{miss}");
+    assert_eq!(miss["cache"], "miss");
+    assert_eq!(miss["status"], "ok");
+    assert_eq!(miss["provider"], "local");
+    assert_eq!(miss["model"], "procedural-v1");
+    let id = miss["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 64);
+    assert_eq!(miss["safety"]["action"], "allow");
+    assert!(miss["safety"]["nsfw_score"].as_f64().unwrap() < 0.2);
+    assert_eq!(
+        stage_names(&miss["cost"]),
+        [
+            "generate",
+            "decode",
+            "safety",
+            "resize",
+            "watermark",
+            "encode",
+            "upload"
+        ]
+    );
+    assert_eq!(miss["cost"]["stages"][0]["usd"].as_f64().unwrap(), 0.002);
+    assert_total_is_sum(&miss["cost"]);
+
+    let images = miss["images"].as_array().unwrap();
+    assert_eq!(images.len(), 6);
+    for img in images {
+        let (w, h) = (
+            img["width"].as_u64().unwrap() as u32,
+            img["height"].as_u64().unwrap() as u32,
+        );
+        assert!([256, 512, 768].contains(&w) && w == h, "{img}");
+        let url = img["url"].as_str().unwrap();
+        assert!(url.starts_with(&server.url("/cdn/i/")), "{url}");
+        let r = client().get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let headers = r.headers().clone();
+        assert_eq!(
+            headers["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        let etag = headers["etag"].to_str().unwrap().to_string();
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(bytes.len() as u64, img["bytes"].as_u64().unwrap());
+        match img["format"].as_str().unwrap() {
+            "avif" => {
+                assert_eq!(headers["content-type"], "image/avif");
+                assert_eq!(avif_dimensions(&bytes), (w, h));
+            }
+            "jpeg" => {
+                assert_eq!(headers["content-type"], "image/jpeg");
+                let decoded =
+                    image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg).unwrap();
+                assert_eq!((decoded.width(), decoded.height()), (w, h));
+            }
+            other => panic!("unexpected format {other}"),
+        }
+        let revalidated = client()
+            .get(url)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revalidated.status(), 304);
+    }
+    let srcset = miss["srcset"]["avif"].as_str().unwrap();
+    assert!(
+        srcset.contains(" 256w") && srcset.contains(" 768w"),
+        "{srcset}"
+    );
+
+    // Same request spelled differently: a hit with the same id and URLs.
+    let respelled =
+        serde_json::json!({"prompt": "  a lighthouse   at dusk,\twatercolor ", "seed": 42});
+    let (status, hit) = post(&server, respelled).await;
+    assert_eq!(status, 200);
+    assert_eq!(hit["cache"], "hit");
+    assert_eq!(hit["id"], miss["id"]);
+    assert_eq!(hit["images"], miss["images"]);
+    assert_eq!(stage_names(&hit["cost"]), ["cache"]);
+    assert!(hit["cost"]["total_usd"].as_f64().unwrap() < 0.00001);
+
+    // The original cost stays readable.
+    let manifest: serde_json::Value = client()
+        .get(server.url(&format!("/v1/images/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(manifest["cost"]["total_usd"], miss["cost"]["total_usd"]);
+    assert_eq!(manifest["images"], miss["images"]);
+
+    server.stop();
+    let server = site.start();
+    let (status, after_restart) = post(&server, body).await;
+    assert_eq!(status, 200);
+    assert_eq!(after_restart["cache"], "hit");
+    assert_eq!(
+        after_restart["cost"]["stages"][0]["detail"]["tier"],
+        "store"
+    );
+    assert_eq!(after_restart["images"], miss["images"]);
+    assert_eq!(site.generations(&id).await, 1);
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_requests_cause_one_generation() {
+    let site = Site::new(Options {
+        latency_ms: 500,
+        ..Options::default()
+    });
+    let server = site.start();
+    let body = serde_json::json!({"prompt": "thirty-two callers, one painting", "variants": [256]});
+    let answers = futures::future::join_all((0..32).map(|_| post(&server, body.clone()))).await;
+    let mut misses = 0;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["id"], answers[0].1["id"]);
+        if answer["cache"] == "miss" {
+            misses += 1;
+        } else {
+            assert_eq!(answer["cache"], "hit");
+        }
+    }
+    assert_eq!(misses, 1, "exactly one caller runs the generation");
+    assert_eq!(
+        site.generations(answers[0].1["id"].as_str().unwrap()).await,
+        1
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_get_clear_json_errors_and_change_nothing() {
+    let site = Site::new(Options::default());
+    let server = site.start();
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "not json",
+            client()
+                .post(server.url("/v1/images"))
+                .header("content-type", "application/json")
+                .body("{"),
+            400,
+            "invalid_json",
+        ),
+        (
+            "no prompt",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"seed": 1})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "unknown field",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "colour": 1})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong type",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": 5})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "empty prompt",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": " \t "})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "long prompt",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "a".repeat(501)})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "bad size",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "size": "big"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "huge size",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "size": "100000x100000"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "bad model",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "model": "ultra"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown model",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "model": "openai/dall-e-3"})),
+            400,
+            "no_provider",
+        ),
+        (
+            "bad format",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "formats": ["gif"]})),
+            400,
+            "invalid_json",
+        ),
+        (
+            "too many variants",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "variants": [1,2,3,4,5,6,7,8,9]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "tiny variant",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "variants": [4]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown profile",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "profile": "nope"})),
+            400,
+            "unknown_profile",
+        ),
+        (
+            "bad policy",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "policy": "random"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "negative budget",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "max_cost_usd": -1})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "budget too small",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x", "max_cost_usd": 0.001})),
+            402,
+            "cost_limit_exceeded",
+        ),
+        (
+            "deny-listed prompt",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "a ForbiddenWord here"})),
+            422,
+            "prompt_blocked",
+        ),
+        (
+            "body too large",
+            client()
+                .post(server.url("/v1/images"))
+                .json(&serde_json::json!({"prompt": "x".repeat(20_000)})),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "not json content type",
+            client().post(server.url("/v1/images")).body("prompt=x"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "bad id",
+            client().get(server.url("/v1/images/zzz")),
+            400,
+            "invalid_id",
+        ),
+        (
+            "unknown id",
+            client().get(server.url(&format!("/v1/images/{}", "ab".repeat(32)))),
+            404,
+            "not_found",
+        ),
+        (
+            "unknown route",
+            client().get(server.url("/v2/whatever")),
+            404,
+            "not_found",
+        ),
+        (
+            "wrong method",
+            client().get(server.url("/v1/images")),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "cdn escape",
+            client().get(server.url("/cdn/../ledger.db")),
+            404,
+            "not_found",
+        ),
+        (
+            "cdn temp dir",
+            client().get(server.url("/cdn/.tmp/x")),
+            404,
+            "not_found",
+        ),
+    ];
+    for (name, request, status, code) in cases {
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{name}");
+        let body: serde_json::Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: body is not JSON: {e}"));
+        assert_eq!(body["error"]["code"], code, "{name}: {body}");
+        assert!(
+            !body["error"]["message"].as_str().unwrap().is_empty(),
+            "{name}"
+        );
+    }
+    // Nothing was generated or stored by any of them.
+    let stored: Vec<_> = walk(&site.objects())
+        .into_iter()
+        .filter(|p| !p.starts_with(site.objects().join(".tmp")))
+        .collect();
+    assert!(stored.is_empty(), "bad requests stored {stored:?}");
+
+    let health = client().get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client().get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("imagegate_prompts_blocked_total"),
+        "{metrics}"
+    );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_generation_queue_answers_503_with_retry_after() {
+    let site = Site::new(Options {
+        latency_ms: 3000,
+        generations: 1,
+        generation_queue: 0,
+        ..Options::default()
+    });
+    let server = site.start();
+    let url = server.url("/v1/images");
+    let answers = futures::future::join_all((0..3).map(|i| {
+        let url = url.clone();
+        async move {
+        let r = client()
+            .post(url)
+            .json(&serde_json::json!({"prompt": format!("distinct prompt {i}"), "variants": [256], "formats": ["jpeg"]}))
+            .send()
+            .await
+            .unwrap();
+        let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), retry_after, r.json::<serde_json::Value>().await.unwrap())
+    }}))
+    .await;
+    let ok = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 503).collect();
+    assert_eq!(ok, 1, "{answers:?}");
+    assert_eq!(refused.len(), 2, "{answers:?}");
+    for (_, retry_after, body) in refused {
+        assert!(retry_after
+            .as_deref()
+            .is_some_and(|v| v.parse::<u64>().unwrap() >= 1));
+        assert_eq!(body["error"]["code"], "overloaded");
+    }
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocked_images_store_nothing_and_the_verdict_is_cached() {
+    // Thresholds of zero block everything the classifier sees.
+    let site = Site::new(Options {
+        block_at: 0.0,
+        ..Options::default()
+    });
+    let server = site.start();
+    let body = serde_json::json!({"prompt": "anything at all"});
+    let (status, first) = post(&server, body.clone()).await;
+    assert_eq!(status, 422, "{first}");
+    assert_eq!(first["error"]["code"], "content_blocked");
+    assert_eq!(first["safety"]["action"], "block");
+    assert!(stage_names(&first["cost"]).contains(&"generate".to_string()));
+    let (status, second) = post(&server, body).await;
+    assert_eq!(status, 422);
+    assert_eq!(second["cache"], "hit");
+    assert_eq!(site.generations(first["id"].as_str().unwrap()).await, 1);
+    let images: Vec<_> = walk(&site.objects())
+        .into_iter()
+        .filter(|p| !p.ends_with("manifest.json"))
+        .collect();
+    assert!(
+        images
+            .iter()
+            .all(|p| p.starts_with(site.objects().join(".tmp"))),
+        "{images:?}"
+    );
+    server.stop();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A PNG whose header claims 100000x100000 pixels but which is a few bytes long.
+fn decompression_bomb_png() -> Vec<u8> {
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    }
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend(100_000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut png, b"IHDR", &ihdr);
+    // A stored (uncompressed) zlib stream of a few zero bytes.
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[
+            0x78, 0x01, 0x01, 0x04, 0x00, 0xFB, 0xFF, 0, 0, 0, 0, 0x00, 0x04, 0x00, 0x01,
+        ],
+    );
+    chunk(&mut png, b"IEND", &[]);
+    png
+}
+
+#[test]
+fn process_refuses_a_decompression_bomb_and_stores_nothing() {
+    let site = Site::new(Options::default());
+    let bomb = site.dir.path().join("bomb.png");
+    std::fs::write(&bomb, decompression_bomb_png()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("--config")
+        .arg(site.config())
+        .arg("process")
+        .arg(&bomb)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("100000x100000") && stderr.contains("limit"),
+        "{stderr}"
+    );
+    let stored: Vec<_> = walk(&site.objects()).into_iter().collect();
+    assert!(stored.is_empty(), "a refused image stored {stored:?}");
+}
+
+#[test]
+fn process_renders_an_image_the_user_has() {
+    let site = Site::new(Options::default());
+    let src = site.dir.path().join("photo.png");
+    let mut img = image::RgbImage::new(640, 480);
+    for (x, y, p) in img.enumerate_pixels_mut() {
+        *p = image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8]);
+    }
+    img.save(&src).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("--config")
+        .arg(site.config())
+        .arg("process")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["cache"], "miss");
+    assert_eq!(body["provider"], "source");
+    // 768 is wider than the source: never upscaled, so 256, 512 and the 640 original.
+    let widths: Vec<u64> = body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["width"].as_u64().unwrap())
+        .collect();
+    assert_eq!(widths, [256, 256, 512, 512, 640, 640]);
+    for img in body["images"].as_array().unwrap() {
+        let path = site
+            .objects()
+            .join(img["url"].as_str().unwrap().split("/cdn/").nth(1).unwrap());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            img["bytes"].as_u64().unwrap()
+        );
+    }
+    assert!(!stage_names(&body["cost"]).contains(&"generate".to_string()));
+}
