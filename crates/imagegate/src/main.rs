@@ -178,6 +178,9 @@ async fn process(
     })
 }
 
+/// One file's NSFW score and the action it leads to, or why it could not be scored.
+type Scored = Result<(f32, &'static str)>;
+
 async fn classify(
     config: imagegate_pipeline::PipelineConfig,
     files: Vec<PathBuf>,
@@ -201,24 +204,22 @@ async fn classify(
         max_side: config.limits.max_side,
         max_input_bytes: config.limits.max_input_bytes,
     };
-    let rows = tokio::task::spawn_blocking(
-        move || -> Result<Vec<(PathBuf, Result<(f32, &'static str)>)>> {
-            let classifier = imagegate_safety::Classifier::load(&classifier_config)?;
-            Ok(files
-                .into_iter()
-                .map(|f| {
-                    let scored = (|| -> Result<(f32, &'static str)> {
-                        let bytes = std::fs::read(&f)
-                            .with_context(|| format!("reading {}", f.display()))?;
-                        let image = imagegate_imaging::decode(&bytes, &limits)?;
-                        let score = classifier.score(&image)?;
-                        Ok((score, imagegate_safety::decide(score, thresholds).as_str()))
-                    })();
-                    (f, scored)
-                })
-                .collect())
-        },
-    )
+    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<(PathBuf, Scored)>> {
+        let classifier = imagegate_safety::Classifier::load(&classifier_config)?;
+        Ok(files
+            .into_iter()
+            .map(|f| {
+                let scored = (|| -> Scored {
+                    let bytes =
+                        std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+                    let image = imagegate_imaging::decode(&bytes, &limits)?;
+                    let score = classifier.score(&image)?;
+                    Ok((score, imagegate_safety::decide(score, thresholds).as_str()))
+                })();
+                (f, scored)
+            })
+            .collect())
+    })
     .await??;
     let mut failed = false;
     if !json {
