@@ -42,8 +42,9 @@ struct Options {
     latency_ms: u64,
     generations: usize,
     generation_queue: usize,
+    blur_at: f32,
     block_at: f32,
-    extra: String,
+    model: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -52,8 +53,9 @@ impl Default for Options {
             latency_ms: 50,
             generations: 16,
             generation_queue: 256,
+            blur_at: 0.2,
             block_at: 0.8,
-            extra: String::new(),
+            model: None,
         }
     }
 }
@@ -98,7 +100,7 @@ url = "sqlite://{data}/ledger.db"
 
 [safety]
 classifier = true
-model = "{models}/open-nsfw.onnx"
+model = "{model}"
 runtime_library = "{models}/libonnxruntime.so.1.31.1"
 deny_words = ["forbiddenword"]
 
@@ -106,17 +108,20 @@ deny_words = ["forbiddenword"]
 variants = [256, 512, 768]
 formats = ["avif", "jpeg"]
 avif = {{ quality = 60, speed = 9 }}
-safety = {{ blur_at = {block_at}, block_at = {block_at} }}
+safety = {{ blur_at = {blur_at}, block_at = {block_at} }}
 watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scale = 0.25 }}
-{extra}
 "#,
             generations = opts.generations,
             generation_queue = opts.generation_queue,
             latency = opts.latency_ms,
             data = data.display(),
             models = models.display(),
+            model = opts
+                .model
+                .unwrap_or_else(|| models.join("open-nsfw.onnx"))
+                .display(),
+            blur_at = opts.blur_at,
             block_at = opts.block_at,
-            extra = opts.extra,
         );
         std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
         Site { dir, port }
@@ -153,12 +158,16 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
         }
     }
 
-    async fn generations(&self, id: &str) -> i64 {
-        let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+    async fn ledger(&self) -> imagegate_ledger::Ledger {
+        imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
             url: format!("sqlite://{}/data/ledger.db", self.dir.path().display()),
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    async fn generations(&self, id: &str) -> i64 {
+        let ledger = self.ledger().await;
         let n = ledger
             .stage_count(id.parse().unwrap(), imagegate_core::Stage::Generate)
             .await
@@ -622,7 +631,11 @@ async fn bad_requests_get_clear_json_errors_and_change_nothing() {
             "{name}"
         );
     }
-    // Nothing was generated or stored by any of them.
+    // Nothing was generated, paid for or stored by any of them (the deny-listed prompt
+    // included: it never reached the provider).
+    let ledger = site.ledger().await;
+    assert_eq!(ledger.stage_totals().await.unwrap(), vec![]);
+    ledger.close().await;
     let stored: Vec<_> = walk(&site.objects())
         .into_iter()
         .filter(|p| !p.starts_with(site.objects().join(".tmp")))
@@ -835,4 +848,124 @@ fn process_renders_an_image_the_user_has() {
         );
     }
     assert!(!stage_names(&body["cost"]).contains(&"generate".to_string()));
+}
+
+/// Mean absolute difference between horizontally adjacent pixels: detail left in a picture.
+fn detail(img: &image::RgbImage) -> f64 {
+    let mut sum = 0u64;
+    for y in 0..img.height() {
+        for x in 1..img.width() {
+            let (a, b) = (img.get_pixel(x - 1, y), img.get_pixel(x, y));
+            sum += (0..3).map(|c| u64::from(a[c].abs_diff(b[c]))).sum::<u64>();
+        }
+    }
+    sum as f64 / f64::from(img.width() * img.height())
+}
+
+async fn jpeg_768(server: &Server, prompt: &str) -> (serde_json::Value, image::RgbImage) {
+    let (status, body) = post(
+        server,
+        serde_json::json!({"prompt": prompt, "variants": [768], "formats": ["jpeg"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let url = body["images"][0]["url"].as_str().unwrap().to_string();
+    let bytes = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    (body, image::load_from_memory(&bytes).unwrap().to_rgb8())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blur_verdicts_deliver_a_strongly_blurred_image() {
+    let plain_site = Site::new(Options::default());
+    let blur_site = Site::new(Options {
+        blur_at: 0.0,
+        block_at: 1.0,
+        ..Options::default()
+    });
+    let (plain, blurred) = (plain_site.start(), blur_site.start());
+    let prompt = "a busy market street full of detail";
+    let (plain_body, plain_img) = jpeg_768(&plain, prompt).await;
+    let (blur_body, blur_img) = jpeg_768(&blurred, prompt).await;
+    assert_eq!(plain_body["safety"]["action"], "allow");
+    assert_eq!(blur_body["safety"]["action"], "blur");
+    assert_eq!(
+        blur_body["safety"]["nsfw_score"],
+        plain_body["safety"]["nsfw_score"]
+    );
+    let (d_plain, d_blur) = (detail(&plain_img), detail(&blur_img));
+    assert!(
+        d_blur < d_plain / 2.0,
+        "blurred detail {d_blur} vs plain {d_plain}"
+    );
+    plain.stop();
+    blurred.stop();
+}
+
+#[test]
+fn classify_prints_a_score_and_action_per_file() {
+    let site = Site::new(Options::default());
+    let picture = site.dir.path().join("gradient.png");
+    let img = image::RgbImage::from_fn(300, 200, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    });
+    img.save(&picture).unwrap();
+    let missing = site.dir.path().join("missing.png");
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("--config")
+        .arg(site.config())
+        .args(["classify", "--json"])
+        .arg(&picture)
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a file that could not be scored makes the exit status non-zero"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["action"], "allow");
+    assert!(
+        lines[0]["nsfw_score"].as_f64().unwrap() < 0.2,
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1]["error"].as_str().unwrap().contains("missing.png"),
+        "{}",
+        lines[1]
+    );
+}
+
+#[test]
+fn a_missing_model_stops_start_up_naming_the_file() {
+    let absent = PathBuf::from("/nonexistent/models/open-nsfw.onnx");
+    let site = Site::new(Options {
+        model: Some(absent.clone()),
+        ..Options::default()
+    });
+    let out = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("--config")
+        .arg(site.config())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&absent.display().to_string()), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "it never listened"
+    );
 }

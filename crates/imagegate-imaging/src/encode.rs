@@ -7,41 +7,15 @@
 use crate::ImagingError;
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use imagegate_core::profile::{ImageFormat, RenderProfile};
-use std::num::NonZeroUsize;
 
-/// Knobs that change how fast an encode runs, never its output bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EncodeOptions {
-    /// rav1e worker threads for one AVIF encode. `None` uses rayon's global pool
-    /// (all cores). The default, one thread, suits a caller that encodes several
-    /// variants in parallel on a bounded blocking pool.
-    pub avif_threads: Option<NonZeroUsize>,
-}
-
-impl Default for EncodeOptions {
-    fn default() -> Self {
-        EncodeOptions {
-            avif_threads: Some(NonZeroUsize::MIN),
-        }
-    }
-}
-
-/// Encodes `image` as `format` with the profile's quality settings, on one thread
-/// (see [`EncodeOptions`]).
+/// Encodes `image` as `format` with the profile's quality settings, entirely on the
+/// calling thread: ravif is built without its rayon threading, so the caller's
+/// thread CPU time is the encode's true cost and parallelism (across variants) is
+/// the caller's choice.
 pub fn encode(
     image: &RgbImage,
     format: ImageFormat,
     profile: &RenderProfile,
-) -> Result<Vec<u8>, ImagingError> {
-    encode_with(image, format, profile, &EncodeOptions::default())
-}
-
-/// [`encode`] with explicit [`EncodeOptions`].
-pub fn encode_with(
-    image: &RgbImage,
-    format: ImageFormat,
-    profile: &RenderProfile,
-    options: &EncodeOptions,
 ) -> Result<Vec<u8>, ImagingError> {
     let (width, height) = image.dimensions();
     let fail = |reason: String| ImagingError::Encode {
@@ -54,7 +28,7 @@ pub fn encode_with(
         return Err(fail("the image has no pixels".to_owned()));
     }
     match format {
-        ImageFormat::Avif => encode_avif(image, profile, options).map_err(fail),
+        ImageFormat::Avif => encode_avif(image, profile).map_err(fail),
         ImageFormat::Jpeg => {
             let mut out = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, profile.jpeg.quality)
@@ -72,11 +46,7 @@ pub fn encode_with(
     }
 }
 
-fn encode_avif(
-    image: &RgbImage,
-    profile: &RenderProfile,
-    options: &EncodeOptions,
-) -> Result<Vec<u8>, String> {
+fn encode_avif(image: &RgbImage, profile: &RenderProfile) -> Result<Vec<u8>, String> {
     let settings = profile.avif;
     // ravif clamps quality itself but asserts on speed; refuse out-of-range values
     // here with a message instead of a panic.
@@ -99,7 +69,6 @@ fn encode_avif(
     let encoded = ravif::Encoder::new()
         .with_quality(settings.quality)
         .with_speed(settings.speed)
-        .with_num_threads(options.avif_threads.map(NonZeroUsize::get))
         .encode_rgb(ravif::Img::new(
             &pixels[..],
             image.width() as usize,
@@ -177,16 +146,6 @@ mod tests {
         assert_eq!(decoded.dimensions(), (96, 64));
         let diff = mean_abs_diff(&original, &decoded);
         assert!(diff < 12.0, "mean abs difference {diff} is too large");
-    }
-
-    #[test]
-    fn avif_threads_do_not_change_the_output_shape() {
-        let image = picture(64, 64);
-        let options = EncodeOptions {
-            avif_threads: NonZeroUsize::new(2),
-        };
-        let avif = encode_with(&image, ImageFormat::Avif, &profile(), &options).unwrap();
-        assert_eq!(&avif[4..12], b"ftypavif");
     }
 
     #[test]

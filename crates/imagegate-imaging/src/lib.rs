@@ -11,8 +11,8 @@
 //! whether an image is safe, where bytes go and what they cost belong to the
 //! pipeline, safety and storage crates. Every function is synchronous, CPU-only and
 //! free of globals; the only I/O is [`Watermarker::new`] reading a logo file once.
-//! Callers run these on a bounded blocking pool; [`encode`] uses one rav1e thread
-//! per call (see [`EncodeOptions`]) so parallelism is the caller's choice.
+//! Callers run these on a bounded blocking pool; [`encode`] runs entirely on the
+//! calling thread, so parallelism (and CPU accounting) is the caller's choice.
 //!
 //! Pixels are `image::RgbImage` (8-bit RGB) throughout; alpha in inputs is
 //! composited over white when decoding.
@@ -30,7 +30,7 @@ mod watermark;
 
 pub use blur::blur;
 pub use decode::{decode, decode_rgba, DecodeLimits};
-pub use encode::{encode, encode_with, EncodeOptions};
+pub use encode::encode;
 pub use error::ImagingError;
 pub use resize::{resize, resize_all, scaled_height};
 pub use watermark::Watermarker;

@@ -64,6 +64,9 @@ pub struct ConcurrencyConfig {
     pub cpu_workers: usize,
     /// CPU jobs allowed to wait for a worker before requests get 503.
     pub cpu_queue: usize,
+    /// Threads one miss encodes its files on; 0 means one per CPU worker. The files of
+    /// one image are independent, so this cuts a miss's latency when the pool is idle.
+    pub encode_threads: usize,
     /// Provider calls in flight at once.
     pub generations: usize,
     /// Misses allowed to wait for a provider slot before requests get 503.
@@ -77,6 +80,7 @@ impl Default for ConcurrencyConfig {
         ConcurrencyConfig {
             cpu_workers: 0,
             cpu_queue: 64,
+            encode_threads: 0,
             generations: 16,
             generation_queue: 256,
             cache_entries: 100_000,
@@ -173,6 +177,11 @@ pub struct SafetyConfig {
     pub classifier: bool,
     pub model: PathBuf,
     pub runtime_library: PathBuf,
+    /// sha256 the model must have; empty skips the check (for a model of your own).
+    #[serde(default = "pinned_model_sha256")]
+    pub model_sha256: String,
+    #[serde(default = "pinned_runtime_sha256")]
+    pub runtime_sha256: String,
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     #[serde(default = "default_intra_threads")]
@@ -183,11 +192,30 @@ pub struct SafetyConfig {
     pub deny_patterns: Vec<String>,
 }
 
+fn pinned_model_sha256() -> String {
+    imagegate_safety::MODEL_SHA256.into()
+}
+fn pinned_runtime_sha256() -> String {
+    imagegate_safety::RUNTIME_SHA256.into()
+}
 fn default_sessions() -> usize {
     2
 }
 fn default_intra_threads() -> usize {
     1
+}
+
+impl SafetyConfig {
+    pub fn classifier_config(&self) -> imagegate_safety::ClassifierConfig {
+        imagegate_safety::ClassifierConfig {
+            model_path: self.model.clone(),
+            runtime_library: self.runtime_library.clone(),
+            sessions: self.sessions,
+            intra_threads: self.intra_threads,
+            model_sha256: Some(self.model_sha256.clone()),
+            runtime_sha256: Some(self.runtime_sha256.clone()),
+        }
+    }
 }
 
 impl PipelineConfig {

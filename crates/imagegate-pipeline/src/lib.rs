@@ -28,7 +28,7 @@ use imagegate_core::{
 use imagegate_imaging::{DecodeLimits, Watermarker};
 use imagegate_ledger::{Ledger, RequestRecord};
 use imagegate_providers::{ProviderRequest, ProviderSet};
-use imagegate_safety::{Classifier, ClassifierConfig, PromptScreen};
+use imagegate_safety::{Classifier, PromptScreen};
 use imagegate_storage::{LocalStore, ObjectStore};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -121,6 +121,7 @@ pub struct Pipeline {
     cpu: CpuPool,
     generation_slots: Arc<Semaphore>,
     generation_admission: Arc<Semaphore>,
+    encode_threads: usize,
 }
 
 impl Pipeline {
@@ -144,12 +145,7 @@ impl Pipeline {
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
         let classifier = if config.safety.classifier {
-            let cc = ClassifierConfig {
-                model_path: config.safety.model.clone(),
-                runtime_library: config.safety.runtime_library.clone(),
-                sessions: config.safety.sessions,
-                intra_threads: config.safety.intra_threads,
-            };
+            let cc = config.safety.classifier_config();
             // Loading builds ONNX sessions: seconds of CPU, so not on the async workers.
             let loaded = tokio::task::spawn_blocking(move || Classifier::load(&cc))
                 .await
@@ -174,6 +170,11 @@ impl Pipeline {
         Ok(Pipeline {
             cache: moka::future::Cache::new(c.cache_entries),
             cpu: CpuPool::new(workers, c.cpu_queue),
+            encode_threads: if c.encode_threads == 0 {
+                workers
+            } else {
+                c.encode_threads
+            },
             generation_slots: Arc::new(Semaphore::new(c.generations.max(1))),
             generation_admission: Arc::new(Semaphore::new(
                 c.generations.max(1) + c.generation_queue,
@@ -626,6 +627,7 @@ impl Pipeline {
             classifier: self.classifier.clone(),
             watermarker: self.watermarkers.get(&profile.name).cloned(),
             usd_per_core_hour: self.config.costs.usd_per_core_hour,
+            encode_threads: self.encode_threads,
         };
         let rendered = self.cpu.run(move || render::render(job)).await??;
         let mut stages = Vec::with_capacity(8);

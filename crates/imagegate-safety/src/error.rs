@@ -19,6 +19,13 @@ pub enum SafetyError {
     #[error("cannot load NSFW model {path}: {reason} (a corrupt or wrong file? re-run scripts/fetch-models.sh)")]
     ModelLoad { path: PathBuf, reason: String },
 
+    #[error("{path} does not have the pinned sha256 {expected} (found {actual}): re-run scripts/fetch-models.sh")]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
     #[error("invalid classifier configuration: {0}")]
     Config(String),
 

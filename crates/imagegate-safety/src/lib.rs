@@ -20,7 +20,9 @@ mod policy;
 mod preprocess;
 mod prompt_screen;
 
-pub use classifier::{Classifier, ClassifierConfig, MODEL_FILE, RUNTIME_LIBRARY_FILE};
+pub use classifier::{
+    Classifier, ClassifierConfig, MODEL_FILE, MODEL_SHA256, RUNTIME_LIBRARY_FILE, RUNTIME_SHA256,
+};
 pub use error::SafetyError;
 pub use policy::decide;
 pub use preprocess::{preprocess, CROP, INPUT_LEN, MEAN_BGR, RESIZE};

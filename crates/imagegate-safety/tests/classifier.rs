@@ -233,3 +233,26 @@ fn identity_model() -> Vec<u8> {
     let opset = [field(0x0a, b""), vec![0x10, 13]].concat();
     [vec![0x08, 8], field(0x3a, &graph), field(0x42, &opset)].concat()
 }
+
+#[test]
+fn a_file_without_the_pinned_digest_stops_loading_naming_it() {
+    let good = config();
+    let pinned = ClassifierConfig {
+        model_sha256: Some(imagegate_safety::MODEL_SHA256.into()),
+        runtime_sha256: Some(imagegate_safety::RUNTIME_SHA256.into()),
+        ..good.clone()
+    };
+    Classifier::load(&pinned).expect("the fetched files carry the pinned digests");
+
+    let wrong = ClassifierConfig {
+        model_sha256: Some("00".repeat(32)),
+        ..good
+    };
+    let err = Classifier::load(&wrong).expect_err("a digest mismatch must fail");
+    assert!(
+        matches!(&err, SafetyError::DigestMismatch { path, actual, .. }
+            if *path == wrong.model_path && actual == imagegate_safety::MODEL_SHA256),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("scripts/fetch-models.sh"));
+}

@@ -193,12 +193,7 @@ async fn classify(
         .get(&profile_name)
         .with_context(|| format!("profile {profile_name:?} is not configured"))?
         .safety;
-    let classifier_config = imagegate_safety::ClassifierConfig {
-        model_path: config.safety.model.clone(),
-        runtime_library: config.safety.runtime_library.clone(),
-        sessions: config.safety.sessions,
-        intra_threads: config.safety.intra_threads,
-    };
+    let classifier_config = config.safety.classifier_config();
     let limits = imagegate_imaging::DecodeLimits {
         max_pixels: config.limits.max_pixels,
         max_side: config.limits.max_side,
