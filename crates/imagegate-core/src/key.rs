@@ -333,7 +333,7 @@ mod tests {
                 6 => p.variants.push(1024 + delta),
                 7 => p.formats = vec![ImageFormat::Avif],
                 8 => p.avif.quality = 60.0 + delta as f32 / 10.0,
-                9 => p.jpeg.quality = 80 - (delta % 50) as u8,
+                9 => p.jpeg.quality = 79 - (delta % 50) as u8,
                 10 => p.watermark = Some(crate::profile::WatermarkSpec {
                     mark: WatermarkMark::Text { text: "imagegate".into(), color: [255; 3] },
                     position: crate::profile::WatermarkPosition::BottomRight,

@@ -166,6 +166,9 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     })
 }
 
+/// One encode job's position in (variant, format) order and its result.
+type IndexedFile = (usize, Result<EncodedFile, PipelineError>);
+
 /// Encodes every variant in every format on up to `threads` scoped threads. Returns
 /// the files in (variant, format) order and the CPU time summed over the threads,
 /// each measured with its own thread clock.
@@ -181,7 +184,7 @@ fn encode_all(
         .flat_map(|v| formats.iter().map(move |&f| (v, f)))
         .collect();
     let next = AtomicUsize::new(0);
-    let worker = || -> (Vec<(usize, Result<EncodedFile, PipelineError>)>, f64) {
+    let worker = || -> (Vec<IndexedFile>, f64) {
         let measured = measure(|| {
             let mut done = Vec::new();
             loop {
@@ -215,8 +218,7 @@ fn encode_all(
         all
     });
     let cpu_ms = results.iter().map(|(_, cpu)| cpu).sum();
-    let mut indexed: Vec<(usize, Result<EncodedFile, PipelineError>)> =
-        results.into_iter().flat_map(|(files, _)| files).collect();
+    let mut indexed: Vec<IndexedFile> = results.into_iter().flat_map(|(files, _)| files).collect();
     if indexed.len() != jobs.len() {
         return Err(PipelineError::Internal("an encoder thread panicked".into()));
     }

@@ -6,7 +6,19 @@
 //! imaging crate does, with limits). The `local` provider draws deterministic
 //! procedural images so the whole service runs offline.
 
+pub mod automatic1111;
+pub mod breaker;
+pub mod google;
+mod http;
 pub mod local;
+pub mod openai;
+pub mod price_book;
+pub mod replicate;
+pub mod router;
+pub mod stability;
+
+pub use price_book::{PriceBook, PriceError, Quote};
+pub use router::{Decision, Estimate, Policy, RouteError, Routed, Router, RouterConfig};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -55,8 +67,33 @@ pub struct Generation {
     pub provider: String,
     pub model: String,
     pub cost: Micros,
-    /// Provider-reported usage (tokens, images, seconds), kept for the ledger.
-    pub usage: serde_json::Value,
+    /// Provider-reported usage, kept for pricing and the ledger.
+    pub usage: Usage,
+}
+
+/// The billable quantities of one call, as the provider reported them (or, where it
+/// reports nothing, as implied by the request). Prices come from the price book.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub images: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Provider quality tier where it has one ("standard", "hd", "low", "medium", "high").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_text_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_image_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_image_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credits: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds: Option<f64>,
+    /// The provider's own usage object, verbatim, for audits.
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub raw: serde_json::Value,
 }
 
 /// A model a provider offers and the classes it may serve.
@@ -81,6 +118,12 @@ pub trait Provider: Send + Sync {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProviderConfig {
     Local(local::LocalConfig),
+    #[serde(rename = "openai")]
+    OpenAi(openai::OpenAiConfig),
+    Stability(stability::StabilityConfig),
+    Google(google::GoogleConfig),
+    Replicate(replicate::ReplicateConfig),
+    Automatic1111(automatic1111::Automatic1111Config),
 }
 
 /// The configured providers, in configuration order.
@@ -95,6 +138,17 @@ impl ProviderSet {
         for c in configs {
             let p: Arc<dyn Provider> = match c {
                 ProviderConfig::Local(lc) => Arc::new(local::LocalProvider::new(lc.clone())?),
+                ProviderConfig::OpenAi(c) => Arc::new(openai::OpenAiProvider::new(c.clone())?),
+                ProviderConfig::Stability(c) => {
+                    Arc::new(stability::StabilityProvider::new(c.clone())?)
+                }
+                ProviderConfig::Google(c) => Arc::new(google::GoogleProvider::new(c.clone())?),
+                ProviderConfig::Replicate(c) => {
+                    Arc::new(replicate::ReplicateProvider::new(c.clone())?)
+                }
+                ProviderConfig::Automatic1111(c) => {
+                    Arc::new(automatic1111::Automatic1111Provider::new(c.clone())?)
+                }
             };
             if providers.iter().any(|q| q.name() == p.name()) {
                 return Err(ProviderError::Config {

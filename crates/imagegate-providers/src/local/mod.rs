@@ -7,7 +7,7 @@
 
 mod procedural;
 
-use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest};
+use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::{Micros, ModelClass, Size};
@@ -125,11 +125,13 @@ impl Provider for LocalProvider {
             provider: self.config.name.clone(),
             model: request.model.clone(),
             cost: self.quote(&request.model, request.size),
-            usage: serde_json::json!({
-                "images": 1,
-                "megapixels": request.size.pixels() as f64 / 1e6,
-                "provider_ms": started.elapsed().as_millis() as u64,
-            }),
+            usage: Usage {
+                images: 1,
+                width: request.size.width,
+                height: request.size.height,
+                raw: serde_json::json!({"provider_ms": started.elapsed().as_millis() as u64}),
+                ..Usage::default()
+            },
         })
     }
 }

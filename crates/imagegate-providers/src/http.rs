@@ -1,0 +1,349 @@
+//! HTTP plumbing shared by the adapters of remote APIs: the API key wrapper that never
+//! prints, the client with its timeout, bounded body reads, `Retry-After`, the
+//! mapping of HTTP statuses to [`ProviderError`], and the sniffing of returned bytes.
+//!
+//! Each adapter still parses its own error bodies (they differ per provider) and
+//! decides what counts as a content-policy refusal; this module handles the rest.
+
+use crate::ProviderError;
+use base64::Engine as _;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// Largest JSON body we accept from a provider (base64 of a 4096² PNG fits easily).
+pub(crate) const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A secret read from the environment. `Debug` and `Display` print `***`, so the
+/// value cannot leak through logs or error messages by accident.
+#[derive(Clone)]
+pub(crate) struct ApiKey(String);
+
+impl ApiKey {
+    /// Reads the variable named `var`; the error names the variable, never a value.
+    pub(crate) fn from_env(provider: &str, var: &str) -> Result<ApiKey, ProviderError> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(ApiKey(v.trim().to_string())),
+            Ok(_) => Err(ProviderError::Config {
+                provider: provider.to_string(),
+                message: format!("environment variable {var} (the API key) is empty"),
+            }),
+            Err(_) => Err(ProviderError::Config {
+                provider: provider.to_string(),
+                message: format!("environment variable {var} (the API key) is not set"),
+            }),
+        }
+    }
+
+    /// Wraps a secret already taken from somewhere safe (e.g. split out of another).
+    pub(crate) fn from_string(secret: String) -> ApiKey {
+        ApiKey(secret)
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A client whose every request (connect, send, whole body) ends after `timeout`.
+pub(crate) fn client(provider: &str, timeout: Duration) -> Result<reqwest::Client, ProviderError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .user_agent(concat!("imagegate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ProviderError::Config {
+            provider: provider.to_string(),
+            message: format!("cannot build HTTP client: {e}"),
+        })
+}
+
+/// Checks the shared config fields every remote adapter has.
+pub(crate) fn validate_common(
+    provider: &str,
+    base_url: &str,
+    timeout_secs: u64,
+    expected_usd_per_image: f64,
+    models_empty: bool,
+) -> Result<(), ProviderError> {
+    let fail = |message: String| {
+        Err(ProviderError::Config {
+            provider: provider.to_string(),
+            message,
+        })
+    };
+    if reqwest::Url::parse(base_url).is_err() {
+        return fail(format!("base_url {base_url:?} is not a URL"));
+    }
+    if timeout_secs == 0 {
+        return fail("timeout_secs must be at least 1".into());
+    }
+    if !(expected_usd_per_image.is_finite() && expected_usd_per_image >= 0.0) {
+        return fail(format!(
+            "expected_usd_per_image must be a non-negative number, not {expected_usd_per_image}"
+        ));
+    }
+    if models_empty {
+        return fail("models is empty".into());
+    }
+    Ok(())
+}
+
+/// `base` without a trailing slash, so `format!("{base}/path")` is always right.
+pub(crate) fn trim_base(base: &str) -> String {
+    base.trim_end_matches('/').to_string()
+}
+
+/// Maps a transport error (no HTTP status) to ours. The URL is dropped from the
+/// message: some APIs accept keys in query strings, and we never want those echoed.
+pub(crate) fn transport_error(
+    provider: &str,
+    timeout: Duration,
+    e: reqwest::Error,
+) -> ProviderError {
+    if e.is_timeout() {
+        ProviderError::Timeout {
+            provider: provider.to_string(),
+            after: timeout,
+        }
+    } else {
+        ProviderError::Upstream {
+            provider: provider.to_string(),
+            message: format!("request failed: {}", e.without_url()),
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of body; more is refused as a bad response.
+pub(crate) async fn read_limited(
+    provider: &str,
+    timeout: Duration,
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, ProviderError> {
+    let too_big = || ProviderError::BadResponse {
+        provider: provider.to_string(),
+        message: format!("response body is larger than the {limit}-byte limit"),
+    };
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(provider, timeout, e))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(too_big());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs));
+        }
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The error for a non-success status that is not a content-policy refusal.
+/// `detail` is the provider's own message; it is left out for 401/403, whose
+/// messages sometimes quote part of the key.
+pub(crate) fn status_error(
+    provider: &str,
+    key_env: Option<&str>,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: &str,
+) -> ProviderError {
+    let provider = provider.to_string();
+    let detail = truncate(detail, 300);
+    match status.as_u16() {
+        401 | 403 => ProviderError::Config {
+            provider,
+            message: match key_env {
+                Some(var) => {
+                    format!("HTTP {status}: the API key in environment variable {var} was refused")
+                }
+                None => format!("HTTP {status}: the provider refused our credentials"),
+            },
+        },
+        402 => ProviderError::Config {
+            provider,
+            message: format!("HTTP {status}: the account cannot pay for this call: {detail}"),
+        },
+        404 => ProviderError::Config {
+            provider,
+            message: format!("HTTP {status}: unknown model or wrong base_url: {detail}"),
+        },
+        429 => ProviderError::RateLimited {
+            provider,
+            retry_after,
+        },
+        _ => ProviderError::Upstream {
+            provider,
+            message: format!("HTTP {status}: {detail}"),
+        },
+    }
+}
+
+/// A short, single-line excerpt of an untrusted body for error messages.
+pub(crate) fn truncate(s: &str, max_chars: usize) -> String {
+    let one_line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let trimmed = one_line.trim();
+    if trimmed.chars().count() <= max_chars {
+        trimmed.to_string()
+    } else {
+        let mut out: String = trimmed.chars().take(max_chars).collect();
+        out.push('…');
+        out
+    }
+}
+
+pub(crate) fn bad_response(provider: &str, message: impl Into<String>) -> ProviderError {
+    ProviderError::BadResponse {
+        provider: provider.to_string(),
+        message: message.into(),
+    }
+}
+
+pub(crate) fn decode_base64(provider: &str, data: &str) -> Result<Vec<u8>, ProviderError> {
+    // Some servers prefix a data URL; tolerate it rather than fail a paid call.
+    let data = match data.split_once(";base64,") {
+        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
+        _ => data,
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| bad_response(provider, format!("image is not valid base64: {e}")))
+}
+
+/// What the returned bytes are, judged from their header only (no pixel decoding).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Sniffed {
+    pub media_type: &'static str,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Accepts PNG, JPEG and WebP (what the imaging crate decodes) and reads their
+/// dimensions from the header; anything else is a bad response.
+pub(crate) fn sniff_image(provider: &str, bytes: &[u8]) -> Result<Sniffed, ProviderError> {
+    use image::ImageFormat;
+    let format = image::guess_format(bytes)
+        .map_err(|_| bad_response(provider, "returned bytes are not an image"))?;
+    let media_type = match format {
+        ImageFormat::Png => "image/png",
+        ImageFormat::Jpeg => "image/jpeg",
+        ImageFormat::WebP => "image/webp",
+        other => {
+            return Err(bad_response(
+                provider,
+                format!("returned image format {other:?} is not supported"),
+            ))
+        }
+    };
+    let (width, height) = image::ImageReader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| bad_response(provider, format!("returned image header is invalid: {e}")))?;
+    Ok(Sniffed {
+        media_type,
+        width,
+        height,
+    })
+}
+
+/// The entry of `ratios` ("W:H") closest to `width`/`height` in log space, so
+/// 2:1 is as far from 1:1 as 1:2 is.
+pub(crate) fn closest_aspect_ratio<'a>(width: u32, height: u32, ratios: &[&'a str]) -> &'a str {
+    let want = (f64::from(width) / f64::from(height.max(1))).ln();
+    let mut best = ratios.first().copied().unwrap_or("1:1");
+    let mut best_dist = f64::INFINITY;
+    for r in ratios {
+        let Some((w, h)) = r.split_once(':') else {
+            continue;
+        };
+        let (Ok(w), Ok(h)) = (w.parse::<f64>(), h.parse::<f64>()) else {
+            continue;
+        };
+        let dist = ((w / h).ln() - want).abs();
+        if dist < best_dist {
+            best_dist = dist;
+            best = r;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_never_prints() {
+        let k = ApiKey("sk-secret".into());
+        assert_eq!(format!("{k:?} {k}"), "*** ***");
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().expect("valid header"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        h.insert(
+            RETRY_AFTER,
+            httpdate::fmt_http_date(later)
+                .parse()
+                .expect("valid header"),
+        );
+        let d = retry_after(&h).expect("date parsed");
+        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
+        h.insert(RETRY_AFTER, "soon".parse().expect("valid header"));
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn aspect_ratio_picks_nearest() {
+        let r = ["1:1", "16:9", "9:16", "3:2", "2:3"];
+        assert_eq!(closest_aspect_ratio(1024, 1024, &r), "1:1");
+        assert_eq!(closest_aspect_ratio(1920, 1080, &r), "16:9");
+        assert_eq!(closest_aspect_ratio(1200, 800, &r), "3:2");
+        assert_eq!(closest_aspect_ratio(640, 1000, &r), "2:3");
+    }
+
+    #[test]
+    fn sniff_rejects_text() {
+        assert!(sniff_image("p", b"<html>oops</html>").is_err());
+    }
+}

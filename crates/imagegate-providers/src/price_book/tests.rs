@@ -1,0 +1,667 @@
+use super::*;
+use chrono::TimeZone;
+use proptest::prelude::*;
+
+fn book() -> PriceBook {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/pricing.toml");
+    PriceBook::load(path).expect("config/pricing.toml loads")
+}
+
+fn size(s: &str) -> Size {
+    s.parse().expect("test size")
+}
+
+/// A Tuesday afternoon, UTC.
+fn tuesday(h: u32, m: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, h, m, 0)
+        .single()
+        .expect("valid instant")
+}
+
+fn image_usage(s: &str, quality: Option<&str>) -> Usage {
+    let s = size(s);
+    Usage {
+        images: 1,
+        width: s.width,
+        height: s.height,
+        quality: quality.map(str::to_string),
+        ..Usage::default()
+    }
+}
+
+/// Published prices are rounded to the precision they are printed with; a computed
+/// price matches when it lies within half a unit of that last printed digit.
+fn within_published(computed: Micros, published: &str) -> bool {
+    within_units(computed, published, 0.5)
+}
+
+/// Within `units` of the last printed digit of `published`.
+fn within_units(computed: Micros, published: &str, units: f64) -> bool {
+    let decimals = published.split_once('.').map_or(0, |(_, f)| f.len());
+    let tolerance = units * 10f64.powi(-(decimals as i32));
+    let published: f64 = published.parse().expect("published price");
+    (computed.as_usd() - published).abs() <= tolerance + 1e-12
+}
+
+/// Every model in config/pricing.toml, priced for one image the way its provider
+/// reports it, against the price on the provider's page.
+#[test]
+fn each_model_costs_its_published_price() {
+    let book = book();
+    let at = tuesday(12, 0);
+    // (provider, model, usage, published USD as printed)
+    let rows: Vec<(&str, &str, Usage, &str)> = vec![
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1024x1024", Some("standard")),
+            "0.04",
+        ),
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1024x1792", Some("standard")),
+            "0.08",
+        ),
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1792x1024", Some("standard")),
+            "0.08",
+        ),
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1024x1024", Some("hd")),
+            "0.08",
+        ),
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1024x1792", Some("hd")),
+            "0.12",
+        ),
+        (
+            "openai",
+            "dall-e-3",
+            image_usage("1792x1024", Some("hd")),
+            "0.12",
+        ),
+        ("openai", "dall-e-2", image_usage("256x256", None), "0.016"),
+        ("openai", "dall-e-2", image_usage("512x512", None), "0.018"),
+        ("openai", "dall-e-2", image_usage("1024x1024", None), "0.02"),
+        ("stability", "ultra", image_usage("1024x1024", None), "0.08"),
+        ("stability", "core", image_usage("1024x1024", None), "0.03"),
+        (
+            "stability",
+            "sd3.5-large",
+            image_usage("1024x1024", None),
+            "0.065",
+        ),
+        (
+            "stability",
+            "sd3.5-large-turbo",
+            image_usage("1024x1024", None),
+            "0.04",
+        ),
+        (
+            "stability",
+            "sd3.5-medium",
+            image_usage("1024x1024", None),
+            "0.035",
+        ),
+        (
+            "google",
+            "imagen-4.0-fast-generate-001",
+            image_usage("1024x1024", None),
+            "0.02",
+        ),
+        (
+            "google",
+            "imagen-4.0-generate-001",
+            image_usage("1024x1024", None),
+            "0.04",
+        ),
+        (
+            "google",
+            "imagen-4.0-ultra-generate-001",
+            image_usage("1024x1024", None),
+            "0.06",
+        ),
+        (
+            "google",
+            "imagen-3.0-generate-002",
+            image_usage("1024x1024", None),
+            "0.03",
+        ),
+        (
+            "replicate",
+            "black-forest-labs/flux-schnell",
+            image_usage("1024x1024", None),
+            "0.003",
+        ),
+        (
+            "replicate",
+            "black-forest-labs/flux-dev",
+            image_usage("1024x1024", None),
+            "0.025",
+        ),
+        (
+            "replicate",
+            "black-forest-labs/flux-1.1-pro",
+            image_usage("1024x1024", None),
+            "0.04",
+        ),
+        (
+            "local",
+            "procedural-v1",
+            image_usage("1024x1024", None),
+            "0.002",
+        ),
+    ];
+    // Token-billed models: the image-output tokens the provider reports for one image,
+    // and the per-image price the provider publishes for it.
+    let token_rows: Vec<(&str, &str, &str, &str, u64, &str)> = vec![
+        ("openai", "gpt-image-1", "1024x1024", "low", 272, "0.011"),
+        (
+            "openai",
+            "gpt-image-1",
+            "1024x1024",
+            "medium",
+            1056,
+            "0.042",
+        ),
+        ("openai", "gpt-image-1", "1024x1024", "high", 4160, "0.167"),
+        ("openai", "gpt-image-1", "1024x1536", "low", 408, "0.016"),
+        (
+            "openai",
+            "gpt-image-1",
+            "1024x1536",
+            "medium",
+            1584,
+            "0.063",
+        ),
+        ("openai", "gpt-image-1", "1024x1536", "high", 6240, "0.25"),
+        ("openai", "gpt-image-1", "1536x1024", "low", 400, "0.016"),
+        (
+            "openai",
+            "gpt-image-1",
+            "1536x1024",
+            "medium",
+            1568,
+            "0.063",
+        ),
+        ("openai", "gpt-image-1", "1536x1024", "high", 6208, "0.25"),
+        (
+            "google",
+            "gemini-2.5-flash-image",
+            "1024x1024",
+            "",
+            1290,
+            "0.039",
+        ),
+    ];
+    let mut checked = BTreeSet::new();
+    for (provider, model, usage, published) in rows {
+        let charged = book.charge(provider, model, &usage, at).expect("priced");
+        let s = Size {
+            width: usage.width,
+            height: usage.height,
+        };
+        let quoted = book
+            .quote(provider, model, s, usage.quality.as_deref(), at)
+            .expect("quoted");
+        assert!(
+            within_published(charged, published),
+            "{provider}/{model} {s}: computed {charged}, published ${published}"
+        );
+        assert_eq!(
+            quoted.micros, charged,
+            "{provider}/{model}: quote equals charge"
+        );
+        checked.insert((provider, model));
+    }
+    for (provider, model, s, quality, tokens, published) in token_rows {
+        let quality = (!quality.is_empty()).then_some(quality);
+        let mut usage = image_usage(s, quality);
+        usage.output_image_tokens = Some(tokens);
+        let charged = book.charge(provider, model, &usage, at).expect("priced");
+        // OpenAI prints $0.167 for 1024² high although 4160 × $40/M is $0.1664 (its
+        // other figures round to nearest), so that row may be off by one printed unit.
+        let units = if (model, s, quality) == ("gpt-image-1", "1024x1024", Some("high")) {
+            1.0
+        } else {
+            0.5
+        };
+        assert!(
+            within_units(charged, published, units),
+            "{provider}/{model} {s} {quality:?}: computed {charged}, published ${published}"
+        );
+        // The quote, from the book's own token table, is the same figure.
+        let quoted = book
+            .quote(provider, model, size(s), quality, at)
+            .expect("quoted");
+        assert_eq!(quoted.micros, charged, "{provider}/{model} {s} {quality:?}");
+        checked.insert((provider, model));
+    }
+    // Exact figures where the page states them to the micro-dollar.
+    let mut medium = image_usage("1024x1024", Some("medium"));
+    medium.output_image_tokens = Some(1056);
+    assert_eq!(
+        book.charge("openai", "gpt-image-1", &medium, at)
+            .expect("priced"),
+        Micros(42_240)
+    );
+    let mut gemini = image_usage("1024x1024", None);
+    gemini.output_image_tokens = Some(1290);
+    assert_eq!(
+        book.charge("google", "gemini-2.5-flash-image", &gemini, at)
+            .expect("priced"),
+        Micros(38_700)
+    );
+    // Every entry but the GPU-second example (which has no published price) is covered.
+    for e in book.entries() {
+        if matches!(e.pricing, Pricing::PerGpuSecond(_)) {
+            continue;
+        }
+        assert!(
+            checked.contains(&(e.provider.as_str(), e.model.as_str())),
+            "{}/{} has no published-price row in this test",
+            e.provider,
+            e.model
+        );
+    }
+}
+
+#[test]
+fn token_models_charge_the_reported_tokens() {
+    let book = book();
+    let usage = Usage {
+        images: 1,
+        width: 1024,
+        height: 1024,
+        quality: Some("high".into()),
+        input_text_tokens: Some(50),
+        input_image_tokens: Some(0),
+        output_image_tokens: Some(4160),
+        ..Usage::default()
+    };
+    // 50 × $5/M + 4160 × $40/M = $0.00025 + $0.1664.
+    assert_eq!(
+        book.charge("openai", "gpt-image-1", &usage, tuesday(9, 0))
+            .expect("priced"),
+        Micros(166_650)
+    );
+    // No token counts reported: the size and quality imply them.
+    let implied = Usage {
+        output_image_tokens: None,
+        input_text_tokens: None,
+        input_image_tokens: None,
+        ..usage
+    };
+    assert_eq!(
+        book.charge("openai", "gpt-image-1", &implied, tuesday(9, 0))
+            .expect("priced"),
+        Micros(166_400)
+    );
+}
+
+#[test]
+fn per_image_models_charge_images_times_price_and_round_sizes_up() {
+    let book = book();
+    let mut usage = image_usage("1024x1792", Some("hd"));
+    usage.images = 3;
+    assert_eq!(
+        book.charge("openai", "dall-e-3", &usage, tuesday(9, 0))
+            .expect("priced"),
+        Micros(360_000)
+    );
+    // 300x300 is billed as DALL·E 2's 512x512, the smallest size that covers it.
+    let q = book
+        .quote("openai", "dall-e-2", size("300x300"), None, tuesday(9, 0))
+        .expect("quoted");
+    assert_eq!(q.micros, Micros(18_000));
+    // Nothing DALL·E 3 offers covers 2048x2048.
+    assert!(matches!(
+        book.quote("openai", "dall-e-3", size("2048x2048"), None, tuesday(9, 0)),
+        Err(PriceError::NoPriceForSize { .. })
+    ));
+    // An unknown quality tier is an error, not a silent default.
+    assert!(matches!(
+        book.quote(
+            "openai",
+            "dall-e-3",
+            size("1024x1024"),
+            Some("ultra"),
+            tuesday(9, 0)
+        ),
+        Err(PriceError::NoPriceForSize { .. })
+    ));
+}
+
+#[test]
+fn megapixel_and_gpu_second_pricing() {
+    let book = book();
+    // local: $0.002 per 1024², so 256x192 (3/64 of it) is 93.75 µ$, which rounds to 94
+    // exactly as LocalProvider::quote does.
+    let q = book
+        .quote(
+            "local",
+            "procedural-v1",
+            size("256x192"),
+            None,
+            tuesday(9, 0),
+        )
+        .expect("quoted");
+    assert_eq!(q.micros, Micros(94));
+    // automatic1111: 6 s/MP × 1.048576 MP × $0.0002/s.
+    let q = book
+        .quote(
+            "automatic1111",
+            "sd_xl_base_1.0",
+            size("1024x1024"),
+            None,
+            tuesday(9, 0),
+        )
+        .expect("quoted");
+    assert_eq!(q.micros, Micros(1_258));
+    let mut usage = image_usage("1024x1024", None);
+    usage.gpu_seconds = Some(4.5);
+    assert_eq!(
+        book.charge("automatic1111", "sd_xl_base_1.0", &usage, tuesday(9, 0))
+            .expect("priced"),
+        Micros(900)
+    );
+    usage.gpu_seconds = None;
+    assert!(matches!(
+        book.charge("automatic1111", "sd_xl_base_1.0", &usage, tuesday(9, 0)),
+        Err(PriceError::MissingUsage {
+            what: "gpu_seconds",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn credits_use_reported_credits_when_given() {
+    let book = book();
+    let mut usage = image_usage("1024x1024", None);
+    usage.credits = Some(6.5);
+    // Reported credits win over the per-image figure ("ultra" lists 8).
+    assert_eq!(
+        book.charge("stability", "ultra", &usage, tuesday(9, 0))
+            .expect("priced"),
+        Micros(65_000)
+    );
+    let none = Usage::default();
+    assert!(matches!(
+        book.charge("stability", "ultra", &none, tuesday(9, 0)),
+        Err(PriceError::MissingUsage { .. })
+    ));
+}
+
+const MODIFIERS: &str = r#"
+[[model]]
+provider = "replicate"
+model = "flux-dev"
+source = "https://replicate.com/pricing"
+as_of = "2026-11-24"
+adapter_premium_pct = 30.0
+pricing = { type = "per_image", prices = [{ usd = 0.025 }] }
+
+[[model]]
+provider = "stability"
+model = "core"
+source = "https://platform.stability.ai/pricing"
+as_of = 2026-11-24
+pricing = { type = "credits", usd_per_credit = 0.01, credits_per_image = 3.0 }
+
+[[surge]]
+provider = "replicate"
+days = ["mon", "tue", "wed", "thu", "fri"]
+start = "14:00"
+end = "18:00"
+multiplier = 1.5
+
+[[surge]]
+provider = "replicate"
+start = "22:00"
+end = "02:00"
+multiplier = 1.2
+
+[[surge]]
+provider = "replicate"
+model = "flux-dev"
+days = ["tue"]
+start = "15:00"
+end = "16:00"
+multiplier = 2.0
+
+[[discount]]
+provider = "stability"
+kind = "prepaid"
+pct = 10.0
+
+[[discount]]
+provider = "stability"
+model = "core"
+kind = "committed"
+pct = 20.0
+"#;
+
+#[test]
+fn surge_windows_follow_utc_time_and_weekday() {
+    let book = PriceBook::from_toml_str(MODIFIERS).expect("parses");
+    let quote = |at| {
+        book.quote("replicate", "flux-dev", size("1024x1024"), None, at)
+            .expect("quoted")
+            .micros
+    };
+    assert_eq!(quote(tuesday(13, 59)), Micros(25_000));
+    assert_eq!(quote(tuesday(14, 0)), Micros(37_500));
+    // Overlapping windows do not compound: the largest applies.
+    assert_eq!(quote(tuesday(15, 30)), Micros(50_000));
+    assert_eq!(quote(tuesday(18, 0)), Micros(25_000));
+    // A window that wraps midnight.
+    assert_eq!(quote(tuesday(23, 0)), Micros(30_000));
+    assert_eq!(quote(tuesday(1, 59)), Micros(30_000));
+    assert_eq!(quote(tuesday(2, 0)), Micros(25_000));
+    // Saturday afternoon: no weekday surge.
+    let saturday = Utc
+        .with_ymd_and_hms(2026, 11, 28, 15, 0, 0)
+        .single()
+        .expect("valid instant");
+    assert_eq!(quote(saturday), Micros(25_000));
+    let basis = book
+        .quote(
+            "replicate",
+            "flux-dev",
+            size("1024x1024"),
+            None,
+            tuesday(14, 30),
+        )
+        .expect("quoted")
+        .basis;
+    assert_eq!(basis.surge_multiplier, 1.5);
+    assert_eq!(basis.source, "https://replicate.com/pricing");
+}
+
+#[test]
+fn adapter_premium_and_discounts() {
+    let book = PriceBook::from_toml_str(MODIFIERS).expect("parses");
+    let at = tuesday(9, 0);
+    let q = book
+        .quote("replicate", "flux-dev@my-lora", size("1024x1024"), None, at)
+        .expect("quoted");
+    assert_eq!(q.micros, Micros(32_500));
+    assert_eq!(q.basis.adapter_premium_pct, 30.0);
+    // No premium configured: an adapter cannot be priced.
+    assert!(matches!(
+        book.quote("stability", "core@x", size("1024x1024"), None, at),
+        Err(PriceError::NoAdapterPrice { .. })
+    ));
+    // The larger of the provider-wide 10% and the model's 20% applies.
+    let q = book
+        .quote("stability", "core", size("1024x1024"), None, at)
+        .expect("quoted");
+    assert_eq!(q.micros, Micros(24_000));
+    assert_eq!(q.basis.discount_pct, 20.0);
+    assert!(matches!(
+        book.quote("stability", "ultra", size("1024x1024"), None, at),
+        Err(PriceError::NoEntry { .. })
+    ));
+}
+
+#[test]
+fn parse_errors_name_line_and_column() {
+    let err = PriceBook::from_toml_str("[[model]]\nprovider = \"x\"\nmodle = \"y\"\n")
+        .expect_err("unknown field");
+    let text = err.to_string();
+    assert!(text.contains("line 3"), "{text}");
+    assert!(text.contains("modle"), "{text}");
+
+    let negative = r#"
+[[model]]
+provider = "openai"
+model = "dall-e-2"
+source = "s"
+as_of = 2026-11-24
+pricing = { type = "per_image", prices = [{ usd = -0.02 }] }
+"#;
+    match PriceBook::from_toml_str(negative) {
+        Err(PriceError::Invalid { line, message, .. }) => {
+            assert_eq!(line, 2);
+            assert!(message.contains("non-negative"), "{message}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+
+    let bad_type = r#"
+[[model]]
+provider = "openai"
+model = "m"
+source = "s"
+as_of = 2026-11-24
+pricing = { type = "per_banana", usd = 1.0 }
+"#;
+    let text = PriceBook::from_toml_str(bad_type)
+        .expect_err("unknown pricing type")
+        .to_string();
+    assert!(
+        text.contains("per_banana") && text.contains("line 7"),
+        "{text}"
+    );
+
+    let dup = r#"
+[[model]]
+provider = "a"
+model = "m"
+source = "s"
+as_of = 2026-11-24
+pricing = { type = "per_image", prices = [{ usd = 1.0 }] }
+[[model]]
+provider = "a"
+model = "m"
+source = "s"
+as_of = 2026-11-24
+pricing = { type = "per_image", prices = [{ usd = 2.0 }] }
+"#;
+    assert!(matches!(
+        PriceBook::from_toml_str(dup),
+        Err(PriceError::Invalid { line: 8, .. })
+    ));
+    // Quality-keyed rows with no default quality.
+    let no_default = r#"
+[[model]]
+provider = "a"
+model = "m"
+source = "s"
+as_of = 2026-11-24
+pricing = { type = "per_image", prices = [{ quality = "hd", usd = 1.0 }] }
+"#;
+    assert!(PriceBook::from_toml_str(no_default).is_err());
+    let bad_time = "[[surge]]\nstart = \"25:00\"\nend = \"01:00\"\nmultiplier = 2.0\n";
+    assert!(PriceBook::from_toml_str(bad_time).is_err());
+}
+
+fn one_entry(pricing: &str, extra: &str) -> PriceBook {
+    PriceBook::from_toml_str(&format!(
+        "[[model]]\nprovider = \"p\"\nmodel = \"m\"\nsource = \"s\"\nas_of = 2026-11-24\npricing = {pricing}\n{extra}"
+    ))
+    .expect("test book parses")
+}
+
+proptest! {
+    #[test]
+    fn megapixel_quotes_grow_with_pixels(
+        usd in 0.0001f64..1.0,
+        a in 64u32..=4096, b in 64u32..=4096, c in 64u32..=4096, d in 64u32..=4096,
+    ) {
+        let book = one_entry(&format!("{{ type = \"per_megapixel\", usd_per_megapixel = {usd} }}"), "");
+        let small = Size { width: a.min(c), height: b.min(d) };
+        let large = Size { width: a.max(c), height: b.max(d) };
+        let at = tuesday(9, 0);
+        let qs = book.quote("p", "m", small, None, at).expect("quoted").micros;
+        let ql = book.quote("p", "m", large, None, at).expect("quoted").micros;
+        prop_assert!(qs <= ql);
+    }
+
+    #[test]
+    fn token_charges_grow_with_tokens(
+        text in 0u64..100_000, out_a in 0u64..50_000, out_b in 0u64..50_000,
+        price_in in 0.0f64..50.0, price_out in 0.0f64..100.0,
+    ) {
+        let book = one_entry(&format!(
+            "{{ type = \"per_token\", usd_per_m_text_input = {price_in}, usd_per_m_image_output = {price_out}, image_output_tokens = [{{ tokens = 1000 }}] }}"
+        ), "");
+        let usage = |out| Usage {
+            images: 1, width: 1024, height: 1024,
+            input_text_tokens: Some(text), output_image_tokens: Some(out),
+            ..Usage::default()
+        };
+        let at = tuesday(9, 0);
+        let lo = book.charge("p", "m", &usage(out_a.min(out_b)), at).expect("priced");
+        let hi = book.charge("p", "m", &usage(out_a.max(out_b)), at).expect("priced");
+        prop_assert!(lo <= hi);
+        prop_assert!(lo >= Micros::ZERO);
+    }
+
+    #[test]
+    fn discounts_never_make_a_price_negative_or_larger(
+        micros in 0u64..10_000_000, pct in 0.0f64..=100.0,
+    ) {
+        let usd = micros as f64 / 1e6;
+        let pricing = format!("{{ type = \"per_image\", prices = [{{ usd = {usd} }}] }}");
+        let plain = one_entry(&pricing, "");
+        let discounted = one_entry(
+            &pricing,
+            &format!("[[discount]]\nprovider = \"p\"\nkind = \"committed\"\npct = {pct}\n"),
+        );
+        let at = tuesday(9, 0);
+        let s = Size { width: 1024, height: 1024 };
+        let full = plain.quote("p", "m", s, None, at).expect("quoted").micros;
+        let off = discounted.quote("p", "m", s, None, at).expect("quoted").micros;
+        prop_assert!(off >= Micros::ZERO);
+        prop_assert!(off <= full);
+    }
+
+    #[test]
+    fn surge_multiplies_exactly(micros in 0u64..10_000_000, hundredths in 0u32..1_000) {
+        let usd = micros as f64 / 1e6;
+        let multiplier = f64::from(hundredths) / 100.0;
+        let book = one_entry(
+            &format!("{{ type = \"per_image\", prices = [{{ usd = {usd} }}] }}"),
+            &format!("[[surge]]\nstart = \"10:00\"\nend = \"11:00\"\nmultiplier = {multiplier}\n"),
+        );
+        let s = Size { width: 512, height: 512 };
+        let base = book.quote("p", "m", s, None, tuesday(9, 0)).expect("quoted").micros;
+        let surged = book.quote("p", "m", s, None, tuesday(10, 30)).expect("quoted").micros;
+        prop_assert_eq!(base, Micros(micros as i64));
+        // Exactly base × multiplier, up to the one final rounding to a micro-dollar.
+        let exact = micros as f64 * multiplier;
+        prop_assert!((surged.0 as f64 - exact).abs() <= 0.5 + 1e-6, "{} vs {}", surged.0, exact);
+        if hundredths % 100 == 0 {
+            prop_assert_eq!(surged.0, micros as i64 * i64::from(hundredths / 100));
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The Replicate adapter against a local server speaking the predictions API
+//! (https://replicate.com/docs/reference/http#predictions.create): create, poll
+//! starting → processing → succeeded, download the output file.
+
+use imagegate_core::Size;
+use imagegate_providers::replicate::{InputStyle, ReplicateConfig, ReplicateProvider};
+use imagegate_providers::{Provider, ProviderError, ProviderRequest};
+use std::time::Duration;
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+const KEY_ENV: &str = "IMAGEGATE_TEST_REPLICATE_TOKEN";
+const KEY: &str = "r8_testtoken0123456789";
+const FLUX: &str = "black-forest-labs/flux-schnell";
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(width, height, image::Rgb([90, 40, 160]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+fn config(server: &MockServer) -> ReplicateConfig {
+    std::env::set_var(KEY_ENV, KEY);
+    ReplicateConfig {
+        base_url: format!("{}/v1", server.uri()),
+        api_key_env: KEY_ENV.into(),
+        timeout_secs: 5,
+        poll_interval_ms: 10,
+        max_poll_interval_ms: 40,
+        max_wait_secs: 5,
+        ..ReplicateConfig::default()
+    }
+}
+
+fn request(model: &str) -> ProviderRequest {
+    ProviderRequest {
+        prompt: "a glass teapot".into(),
+        negative_prompt: Some("cracks".into()),
+        model: model.into(),
+        size: Size {
+            width: 1344,
+            height: 768,
+        },
+        seed: 5,
+    }
+}
+
+fn prediction(server: &MockServer, status: &str, output: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "id": "gm3qorzdhgbfurvjtvhg6dckhu",
+        "model": FLUX,
+        "version": "hidden",
+        "input": {"prompt": "a glass teapot"},
+        "logs": "",
+        "output": output,
+        "error": null,
+        "status": status,
+        "created_at": "2024-09-08T16:19:34.765994Z",
+        "metrics": if status == "succeeded" { serde_json::json!({"predict_time": 1.25}) } else { serde_json::json!({}) },
+        "urls": {
+            "get": format!("{}/v1/predictions/gm3qorzdhgbfurvjtvhg6dckhu", server.uri()),
+            "cancel": format!("{}/v1/predictions/gm3qorzdhgbfurvjtvhg6dckhu/cancel", server.uri())
+        }
+    })
+}
+
+const POLL_PATH: &str = "/v1/predictions/gm3qorzdhgbfurvjtvhg6dckhu";
+
+#[tokio::test]
+async fn starting_processing_succeeded_then_download() {
+    let server = MockServer::start().await;
+    let image = png(21, 12);
+    let file_url = format!("{}/files/out-0.png", server.uri());
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/models/{FLUX}/predictions")))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .and(header("prefer", "wait=1"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "starting",
+            serde_json::Value::Null,
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(POLL_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "processing",
+            serde_json::Value::Null,
+        )))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(POLL_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "succeeded",
+            serde_json::json!([file_url]),
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files/out-0.png"))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(image.clone(), "image/png"))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let p = ReplicateProvider::new(ReplicateConfig {
+        prefer_wait_secs: Some(1),
+        ..config(&server)
+    })
+    .expect("builds");
+    let g = p
+        .generate(&request(FLUX))
+        .await
+        .expect("generation succeeds");
+
+    let requests = server.received_requests().await.expect("recording on");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({"input": {
+            "prompt": "a glass teapot",
+            "aspect_ratio": "16:9",
+            "seed": 5,
+            "output_format": "png",
+            "num_outputs": 1
+        }})
+    );
+    assert_eq!(g.bytes.as_ref(), image.as_slice());
+    assert_eq!(g.media_type, "image/png");
+    assert_eq!((g.usage.width, g.usage.height), (21, 12));
+    assert_eq!(g.usage.gpu_seconds, Some(1.25));
+    assert_eq!(g.usage.raw["metrics"]["predict_time"], 1.25);
+}
+
+#[tokio::test]
+async fn pinned_version_with_stable_diffusion_inputs_goes_to_predictions() {
+    let server = MockServer::start().await;
+    let file_url = format!("{}/files/sd.png", server.uri());
+    Mock::given(method("POST"))
+        .and(path("/v1/predictions"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "succeeded",
+            serde_json::json!(file_url),
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/files/sd.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(png(8, 8), "image/png"))
+        .mount(&server)
+        .await;
+    let model =
+        "stability-ai/sdxl:7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc";
+    let mut cfg = config(&server);
+    cfg.input_styles
+        .insert(model.into(), InputStyle::StableDiffusion);
+    cfg.models[0].name = model.into();
+    let g = ReplicateProvider::new(cfg)
+        .expect("builds")
+        .generate(&request(model))
+        .await
+        .expect("generation succeeds");
+    let requests = server.received_requests().await.expect("recording on");
+    let body: serde_json::Value = serde_json::from_slice(&requests[0].body).expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "version": "7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc",
+            "input": {
+                "prompt": "a glass teapot",
+                "negative_prompt": "cracks",
+                "width": 1344,
+                "height": 768,
+                "seed": 5,
+                "num_outputs": 1
+            }
+        })
+    );
+    assert_eq!(g.usage.images, 1);
+}
+
+async fn failing(server: &MockServer, error: &str) -> ProviderError {
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            server,
+            "processing",
+            serde_json::Value::Null,
+        )))
+        .mount(server)
+        .await;
+    let mut failed = prediction(server, "failed", serde_json::Value::Null);
+    failed["error"] = serde_json::json!(error);
+    Mock::given(method("GET"))
+        .and(path(POLL_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(failed))
+        .mount(server)
+        .await;
+    ReplicateProvider::new(config(server))
+        .expect("builds")
+        .generate(&request(FLUX))
+        .await
+        .expect_err("prediction fails")
+}
+
+#[tokio::test]
+async fn failed_prediction_is_upstream_and_nsfw_failure_is_content_rejected() {
+    let server = MockServer::start().await;
+    let e = failing(&server, "CUDA out of memory").await;
+    assert!(
+        matches!(e, ProviderError::Upstream { ref message, .. } if message.contains("CUDA")),
+        "{e:?}"
+    );
+    let server = MockServer::start().await;
+    let e = failing(
+        &server,
+        "NSFW content detected. Try running it again, or try a different prompt.",
+    )
+    .await;
+    assert!(matches!(e, ProviderError::ContentRejected { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn oversized_download_is_refused() {
+    let server = MockServer::start().await;
+    let file_url = format!("{}/files/huge.png", server.uri());
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "succeeded",
+            serde_json::json!([file_url]),
+        )))
+        .mount(&server)
+        .await;
+    let mut huge = png(8, 8);
+    huge.resize(4096, 0);
+    Mock::given(method("GET"))
+        .and(path("/files/huge.png"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(huge, "image/png"))
+        .mount(&server)
+        .await;
+    let e = ReplicateProvider::new(ReplicateConfig {
+        max_download_bytes: 1024,
+        ..config(&server)
+    })
+    .expect("builds")
+    .generate(&request(FLUX))
+    .await
+    .expect_err("too big");
+    assert!(
+        matches!(e, ProviderError::BadResponse { ref message, .. } if message.contains("1024")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn prediction_past_max_wait_is_canceled_and_times_out() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/models/{FLUX}/predictions")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "starting",
+            serde_json::Value::Null,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(POLL_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "processing",
+            serde_json::Value::Null,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("{POLL_PATH}/cancel")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "canceled",
+            serde_json::Value::Null,
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let e = ReplicateProvider::new(ReplicateConfig {
+        max_wait_secs: 1,
+        ..config(&server)
+    })
+    .expect("builds")
+    .generate(&request(FLUX))
+    .await
+    .expect_err("times out");
+    assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
+}
+
+async fn create_error(template: ResponseTemplate) -> ProviderError {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    ReplicateProvider::new(ReplicateConfig {
+        timeout_secs: 1,
+        ..config(&server)
+    })
+    .expect("builds")
+    .generate(&request(FLUX))
+    .await
+    .expect_err("create fails")
+}
+
+#[tokio::test]
+async fn create_errors_map_to_ours() {
+    let e = create_error(ResponseTemplate::new(401).set_body_json(serde_json::json!({
+        "title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401
+    })))
+    .await;
+    assert!(
+        matches!(e, ProviderError::Config { ref message, .. } if message.contains(KEY_ENV) && !message.contains(KEY)),
+        "{e:?}"
+    );
+
+    let e = create_error(
+        ResponseTemplate::new(429)
+            .insert_header("retry-after", "3")
+            .set_body_json(serde_json::json!({
+                "title": "Request was throttled", "detail": "Request was throttled. Your rate limit resets in ~3s.", "status": 429
+            })),
+    )
+    .await;
+    assert!(
+        matches!(e, ProviderError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3)),
+        "{e:?}"
+    );
+
+    // The documented body alone, without a Retry-After header.
+    let e = create_error(ResponseTemplate::new(429).set_body_json(serde_json::json!({
+        "detail": "Request was throttled. Expected available in 1 second."
+    })))
+    .await;
+    assert!(
+        matches!(e, ProviderError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(1)),
+        "{e:?}"
+    );
+
+    let e = create_error(ResponseTemplate::new(500).set_body_string("Internal Server Error")).await;
+    assert!(matches!(e, ProviderError::Upstream { .. }), "{e:?}");
+
+    let e = create_error(ResponseTemplate::new(201).set_delay(Duration::from_secs(3))).await;
+    assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
+
+    let e = create_error(ResponseTemplate::new(201).set_body_string("{\"id\": ")).await;
+    assert!(matches!(e, ProviderError::BadResponse { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn non_image_output_is_a_bad_response_and_foreign_hosts_get_no_token() {
+    let server = MockServer::start().await;
+    let other = MockServer::start().await;
+    let file_url = format!("http://localhost:{}/files/x.png", other.address().port());
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "succeeded",
+            serde_json::json!(file_url),
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(b"<html>not found</html>".to_vec(), "text/html"),
+        )
+        .mount(&other)
+        .await;
+    let e = ReplicateProvider::new(config(&server))
+        .expect("builds")
+        .generate(&request(FLUX))
+        .await
+        .expect_err("not an image");
+    assert!(matches!(e, ProviderError::BadResponse { .. }), "{e:?}");
+    let got = other.received_requests().await.expect("recording on");
+    assert_eq!(got.len(), 1);
+    assert!(
+        got[0].headers.get("authorization").is_none(),
+        "token leaked to a foreign host"
+    );
+}
