@@ -74,6 +74,8 @@ impl Site {
         let data = dir.path().join("data");
         let config = format!(
             r#"
+pricing = "{pricing}"
+
 [server]
 listen = "127.0.0.1:{port}"
 max_body_bytes = 16384
@@ -120,6 +122,7 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
                 .model
                 .unwrap_or_else(|| models.join("open-nsfw.onnx"))
                 .display(),
+            pricing = repo_root().join("config/pricing.toml").display(),
             blur_at = opts.blur_at,
             block_at = opts.block_at,
         );
@@ -968,4 +971,51 @@ fn a_missing_model_stops_start_up_naming_the_file() {
         String::from_utf8_lossy(&out.stdout).is_empty(),
         "it never listened"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn estimate_shows_candidates_and_spends_nothing() {
+    let site = Site::new(Options::default());
+    let server = site.start();
+    let body = serde_json::json!({"prompt": "what would this cost", "policy": "balanced"});
+    let url = server.url("/v1/estimate");
+    let estimate = |body: serde_json::Value| {
+        let url = url.clone();
+        async move {
+            let r = client().post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, before) = estimate(body.clone()).await;
+    assert_eq!(status, 200, "{before}");
+    assert_eq!(before["cached"], false);
+    assert_eq!(before["policy"], "balanced");
+    assert_eq!(before["chosen"]["provider"], "local");
+    assert_eq!(before["chosen"]["model"], "procedural-v1");
+    assert_eq!(before["chosen"]["expected_usd"].as_f64().unwrap(), 0.002);
+    let ledger = site.ledger().await;
+    assert_eq!(
+        ledger.stage_totals().await.unwrap(),
+        vec![],
+        "an estimate records no cost"
+    );
+
+    let (status, generated) = post(&server, body.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(generated["id"], before["id"]);
+    let decision = &generated["cost"]["stages"][0]["detail"]["decision"];
+    assert_eq!(decision["chosen"], "local/procedural-v1", "{decision}");
+    let (_, after) = estimate(body).await;
+    assert_eq!(after["cached"], true);
+
+    let (status, bad) = estimate(serde_json::json!({"prompt": "x", "policy": "random"})).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    ledger.close().await;
+    server.stop();
 }

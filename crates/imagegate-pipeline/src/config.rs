@@ -25,6 +25,11 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub costs: CostsConfig,
     pub providers: Vec<ProviderConfig>,
+    /// The price book (`config/pricing.toml`): what each provider model costs.
+    #[serde(default = "default_pricing")]
+    pub pricing: PathBuf,
+    #[serde(default)]
+    pub router: imagegate_providers::RouterConfig,
     pub storage: StorageConfig,
     pub ledger: LedgerConfig,
     pub safety: SafetyConfig,
@@ -192,6 +197,9 @@ pub struct SafetyConfig {
     pub deny_patterns: Vec<String>,
 }
 
+fn default_pricing() -> PathBuf {
+    PathBuf::from("config/pricing.toml")
+}
 fn pinned_model_sha256() -> String {
     imagegate_safety::MODEL_SHA256.into()
 }

@@ -87,3 +87,23 @@ impl From<crate::cpu::PoolError> for PipelineError {
         }
     }
 }
+
+impl From<imagegate_providers::RouteError> for PipelineError {
+    fn from(e: imagegate_providers::RouteError) -> Self {
+        use imagegate_providers::RouteError as R;
+        match e {
+            R::Config(m) => PipelineError::Internal(format!("router configuration: {m}")),
+            R::NoCandidate { choice } => PipelineError::NoProvider(choice),
+            R::OverBudget {
+                cheapest, max_cost, ..
+            } => PipelineError::CostLimit {
+                quote_usd: cheapest.as_usd(),
+                max_usd: max_cost.as_usd(),
+            },
+            R::ContentRejected {
+                provider, message, ..
+            } => PipelineError::UpstreamContentBlocked { provider, message },
+            other => PipelineError::ProviderFailed(other.to_string()),
+        }
+    }
+}

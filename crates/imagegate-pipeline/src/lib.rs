@@ -27,7 +27,7 @@ use imagegate_core::{
 };
 use imagegate_imaging::{DecodeLimits, Watermarker};
 use imagegate_ledger::{Ledger, RequestRecord};
-use imagegate_providers::{ProviderRequest, ProviderSet};
+use imagegate_providers::{Estimate, Policy, PriceBook, ProviderSet, Router};
 use imagegate_safety::{Classifier, PromptScreen};
 use imagegate_storage::{LocalStore, ObjectStore};
 use serde::Deserialize;
@@ -69,7 +69,7 @@ pub struct ImageRequest {
     pub formats: Option<Vec<ImageFormat>>,
     #[serde(default)]
     pub profile: Option<String>,
-    /// Routing policy (`cheapest`, `fastest`, `balanced`); the spine routes cheapest.
+    /// Routing policy (`cheapest`, `fastest`, `balanced`); `[router] policy` by default.
     #[serde(default)]
     pub policy: Option<String>,
     #[serde(default)]
@@ -112,7 +112,7 @@ pub struct Pipeline {
     config: PipelineConfig,
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
-    providers: ProviderSet,
+    router: Router,
     classifier: Option<Arc<Classifier>>,
     screen: PromptScreen,
     store: Arc<dyn ObjectStore>,
@@ -141,7 +141,12 @@ impl Pipeline {
                 watermarkers.insert(name.clone(), Arc::new(wm));
             }
         }
-        let providers = ProviderSet::from_config(&config.providers)?;
+        let providers = ProviderSet::from_config(&config.providers)?.into_providers();
+        let price_book = PriceBook::load(&config.pricing).map_err(|e| {
+            PipelineError::BadRequest(format!("price book {}: {e}", config.pricing.display()))
+        })?;
+        let router = Router::new(providers, Arc::new(price_book), config.router.clone())
+            .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
         let classifier = if config.safety.classifier {
@@ -181,7 +186,7 @@ impl Pipeline {
             )),
             profiles,
             watermarkers,
-            providers,
+            router,
             classifier,
             screen,
             store,
@@ -280,13 +285,7 @@ impl Pipeline {
                 ));
             }
         }
-        if let Some(policy) = &req.policy {
-            if !["cheapest", "fastest", "balanced"].contains(&policy.as_str()) {
-                return Err(PipelineError::BadRequest(format!(
-                    "policy {policy:?} is not one of cheapest, fastest, balanced"
-                )));
-            }
-        }
+        self.policy(req)?;
         let gen = GenerationRequest::new(
             &req.prompt,
             req.negative_prompt.as_deref(),
@@ -313,18 +312,25 @@ impl Pipeline {
             });
         }
         let key = content_key(&gen, &profile);
-        let (provider, model) = self.providers.choose(&gen.model, gen.size)?;
-        if let Some(max) = req.max_cost_usd {
-            let quote = provider.quote(&model, gen.size);
-            if quote > Micros::from_usd(max) {
-                return Err(PipelineError::CostLimit {
-                    quote_usd: quote.as_usd(),
-                    max_usd: max,
-                });
+        let policy = self.policy(req)?;
+        // A hit costs nothing from a provider, so only a miss is held to max_cost_usd,
+        // and it is refused before any provider is called.
+        let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
+        if let (Some(max), false) = (req.max_cost_usd, cached) {
+            let estimate =
+                self.router
+                    .estimate(&gen.model, gen.size, policy, None, chrono::Utc::now())?;
+            if let Some(cheapest) = estimate.candidates.iter().map(|c| c.expected).min() {
+                if cheapest > Micros::from_usd(max) {
+                    return Err(PipelineError::CostLimit {
+                        quote_usd: cheapest.as_usd(),
+                        max_usd: max,
+                    });
+                }
             }
         }
         let produce = || async {
-            let generation = self.call_provider(&gen, &*provider, &model).await?;
+            let generation = self.call_provider(&gen, policy).await?;
             self.finish(key, &profile, generation).await
         };
         self.single_flight(key, req.cache, &profile.name, ctx, started, produce)
@@ -547,8 +553,7 @@ impl Pipeline {
     async fn call_provider(
         &self,
         gen: &GenerationRequest,
-        provider: &dyn imagegate_providers::Provider,
-        model: &str,
+        policy: Policy,
     ) -> Result<Generated, PipelineError> {
         let _admitted = self
             .generation_admission
@@ -564,23 +569,22 @@ impl Pipeline {
             .acquire_owned()
             .await
             .expect("semaphore is never closed");
-        let request = ProviderRequest {
-            prompt: imagegate_core::key::normalize_text(&gen.prompt),
-            negative_prompt: gen
-                .negative_prompt
-                .as_deref()
-                .map(imagegate_core::key::normalize_text)
-                .filter(|n| !n.is_empty()),
-            model: model.to_string(),
-            size: gen.size,
-            seed: gen.seed,
-        };
+        let mut normalized = gen.clone();
+        normalized.prompt = imagegate_core::key::normalize_text(&gen.prompt);
+        normalized.negative_prompt = gen
+            .negative_prompt
+            .as_deref()
+            .map(imagegate_core::key::normalize_text)
+            .filter(|n| !n.is_empty());
         let wall = Instant::now();
-        let result = provider.generate(&request).await;
-        if result.is_err() {
-            metrics::counter!("imagegate_provider_errors_total").increment(1);
-        }
-        let generation = result?;
+        let routed = match self.router.generate(&normalized, policy, None).await {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::counter!("imagegate_provider_errors_total").increment(1);
+                return Err(e.into());
+            }
+        };
+        let generation = routed.generation;
         if generation.bytes.len() > self.config.limits.max_input_bytes {
             return Err(PipelineError::BadImage(format!(
                 "provider {} sent {} bytes; the limit is {}",
@@ -598,6 +602,7 @@ impl Pipeline {
             "model": generation.model,
             "usage": generation.usage,
             "size": gen.size.to_string(),
+            "decision": routed.decision,
         });
         Ok(Generated {
             bytes: generation.bytes,
@@ -605,6 +610,39 @@ impl Pipeline {
             model: generation.model,
             stage,
         })
+    }
+
+    fn policy(&self, req: &ImageRequest) -> Result<Policy, PipelineError> {
+        match &req.policy {
+            Some(p) => p
+                .parse()
+                .map_err(|e: imagegate_providers::router::BadPolicy| {
+                    PipelineError::BadRequest(e.to_string())
+                }),
+            None => Ok(self.config.router.policy),
+        }
+    }
+
+    /// `POST /v1/estimate`: what the router would consider and choose for `req`, and
+    /// whether the key is already published (a hit costs no provider fee). Spends nothing.
+    pub async fn estimate(
+        &self,
+        req: &ImageRequest,
+    ) -> Result<(ContentKey, bool, Estimate), PipelineError> {
+        let (gen, profile) = self.resolve(req)?;
+        if let Some(hit) = self.screen.check(&gen.prompt) {
+            return Err(PipelineError::PromptBlocked {
+                rule: hit.rule().to_string(),
+            });
+        }
+        let key = content_key(&gen, &profile);
+        let policy = self.policy(req)?;
+        let max = req.max_cost_usd.map(Micros::from_usd);
+        let estimate =
+            self.router
+                .estimate(&gen.model, gen.size, policy, max, chrono::Utc::now())?;
+        let cached = self.manifest(key).await?.is_some();
+        Ok((key, cached, estimate))
     }
 
     /// Everything after the provider: render on the CPU pool, upload variants, then

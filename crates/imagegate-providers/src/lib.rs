@@ -22,7 +22,7 @@ pub use router::{Decision, Estimate, Policy, RouteError, Routed, Router, RouterC
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelChoice, ModelClass, Size};
+use imagegate_core::{Micros, ModelClass, Size};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,32 +165,9 @@ impl ProviderSet {
         ProviderSet { providers }
     }
 
-    /// The cheapest provider model serving `choice` at `size` (ties: configuration order).
-    pub fn choose(
-        &self,
-        choice: &ModelChoice,
-        size: Size,
-    ) -> Result<(Arc<dyn Provider>, String), ProviderError> {
-        let mut best: Option<(Micros, Arc<dyn Provider>, String)> = None;
-        for p in &self.providers {
-            for offer in p.offers() {
-                let serves = match choice {
-                    ModelChoice::Class(class) => offer.classes.contains(class),
-                    ModelChoice::Pinned { provider, model } => {
-                        provider == p.name() && model == &offer.name
-                    }
-                };
-                if !serves {
-                    continue;
-                }
-                let price = p.quote(&offer.name, size);
-                if best.as_ref().is_none_or(|(b, _, _)| price < *b) {
-                    best = Some((price, p.clone(), offer.name.clone()));
-                }
-            }
-        }
-        best.map(|(_, p, m)| (p, m))
-            .ok_or_else(|| ProviderError::NoCandidate(choice.to_string()))
+    /// The providers, in configuration order, for the [`Router`].
+    pub fn into_providers(self) -> Vec<Arc<dyn Provider>> {
+        self.providers
     }
 
     pub fn names(&self) -> Vec<String> {

@@ -8,7 +8,7 @@ mod error;
 mod routes;
 
 pub use error::ApiError;
-pub use routes::outcome_body;
+pub use routes::{estimate_body, outcome_body};
 
 use imagegate_pipeline::Pipeline;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};

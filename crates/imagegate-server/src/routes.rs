@@ -21,6 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}", get(get_image))
+        .route("/v1/estimate", post(estimate))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -203,6 +204,37 @@ fn manifest_json(pipeline: &Pipeline, m: &Manifest) -> serde_json::Value {
         "srcset": srcset,
         "safety": imagegate_pipeline::safety_json(&m.safety),
         "created_at": m.created_at,
+    })
+}
+
+async fn estimate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<ImageRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(json_rejection)?;
+    let (key, cached, estimate) = state.pipeline.estimate(&req).await?;
+    Ok(Json(estimate_body(key, cached, &estimate)).into_response())
+}
+
+/// The router's view of a request: candidates with expected cost and latency, and
+/// the choice. `imagegate estimate` prints the same.
+pub fn estimate_body(
+    key: ContentKey,
+    cached: bool,
+    estimate: &imagegate_providers::Estimate,
+) -> serde_json::Value {
+    let candidate = |c: &imagegate_providers::router::Candidate| {
+        let mut v = serde_json::to_value(c).unwrap_or_default();
+        v["expected_usd"] = c.expected.as_usd().into();
+        v
+    };
+    serde_json::json!({
+        "id": key,
+        "cached": cached,
+        "policy": estimate.policy,
+        "size": estimate.size.to_string(),
+        "candidates": estimate.candidates.iter().map(candidate).collect::<Vec<_>>(),
+        "chosen": estimate.chosen.as_ref().map(candidate),
     })
 }
 

@@ -43,6 +43,28 @@ enum Command {
         #[arg(long)]
         profile: Option<String>,
     },
+    /// What the router would consider and choose for a request, with expected cost and
+    /// latency per candidate; generates nothing.
+    Estimate {
+        #[arg(long)]
+        prompt: String,
+        #[arg(long)]
+        negative_prompt: Option<String>,
+        /// A class (draft, standard, premium) or provider/model.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long)]
+        size: Option<String>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        profile: Option<String>,
+        /// cheapest, fastest or balanced.
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+    },
     /// Score images with the NSFW classifier and print the action per file.
     Classify {
         #[arg(required = true)]
@@ -98,7 +120,44 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             json,
             profile,
         } => classify(config, files, json, profile).await,
+        Command::Estimate {
+            prompt,
+            negative_prompt,
+            model,
+            size,
+            seed,
+            profile,
+            policy,
+            max_cost_usd,
+        } => {
+            let request = imagegate_pipeline::ImageRequest {
+                prompt,
+                negative_prompt,
+                model,
+                size,
+                seed,
+                profile,
+                policy,
+                max_cost_usd,
+                ..Default::default()
+            };
+            estimate(config, request).await
+        }
     }
+}
+
+async fn estimate(
+    config: imagegate_pipeline::PipelineConfig,
+    request: imagegate_pipeline::ImageRequest,
+) -> Result<std::process::ExitCode> {
+    let pipeline = Pipeline::start(config)
+        .await
+        .context("starting the pipeline")?;
+    let (key, cached, estimate) = pipeline.estimate(&request).await?;
+    let body = imagegate_server::estimate_body(key, cached, &estimate);
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    pipeline.ledger().close().await;
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn serve(
