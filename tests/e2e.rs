@@ -45,6 +45,7 @@ struct Options {
     blur_at: f32,
     block_at: f32,
     model: Option<PathBuf>,
+    daily_budget_usd: Option<f64>,
 }
 
 impl Default for Options {
@@ -56,6 +57,7 @@ impl Default for Options {
             blur_at: 0.2,
             block_at: 0.8,
             model: None,
+            daily_budget_usd: None,
         }
     }
 }
@@ -112,6 +114,7 @@ formats = ["avif", "jpeg"]
 avif = {{ quality = 60, speed = 9 }}
 safety = {{ blur_at = {blur_at}, block_at = {block_at} }}
 watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scale = 0.25 }}
+{budgets}
 "#,
             generations = opts.generations,
             generation_queue = opts.generation_queue,
@@ -123,6 +126,10 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
                 .unwrap_or_else(|| models.join("open-nsfw.onnx"))
                 .display(),
             pricing = repo_root().join("config/pricing.toml").display(),
+            budgets = opts
+                .daily_budget_usd
+                .map(|usd| format!("[budgets]\nprocessing_reserve_usd = 0.0005\n[budgets.default]\ndaily_usd = {usd}\n"))
+                .unwrap_or_default(),
             blur_at = opts.blur_at,
             block_at = opts.block_at,
         );
@@ -1017,5 +1024,46 @@ async fn estimate_shows_candidates_and_spends_nothing() {
         (400, Some("invalid_request"))
     );
     ledger.close().await;
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_race_never_overspends() {
+    // $0.002 per image plus processing: room for two misses, not three.
+    let budget = 0.0055;
+    let site = Site::new(Options {
+        daily_budget_usd: Some(budget),
+        latency_ms: 300,
+        ..Options::default()
+    });
+    let server = site.start();
+    let answers = futures::future::join_all((0..12).map(|i| {
+        let body = serde_json::json!({"prompt": format!("budget race {i}"), "variants": [256], "formats": ["jpeg"]});
+        post(&server, body)
+    }))
+    .await;
+    let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 402).collect();
+    assert_eq!(ok + refused.len(), answers.len(), "{answers:?}");
+    assert_eq!(ok, 2, "{answers:?}");
+    for (_, body) in refused {
+        assert_eq!(body["error"]["code"], "budget_exhausted");
+    }
+    let ledger = site.ledger().await;
+    let spent = ledger
+        .spent_since(None, chrono::Utc::now() - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert!(
+        spent.as_usd() <= budget,
+        "spent {spent} of a ${budget} budget"
+    );
+    ledger.close().await;
+    // With the budget spent, a hit is still served: it pays no provider fee.
+    let paid = answers.iter().position(|(s, _)| *s == 200).unwrap();
+    let again = serde_json::json!({"prompt": format!("budget race {paid}"), "variants": [256], "formats": ["jpeg"]});
+    let (status, hit) = post(&server, again).await;
+    assert_eq!(status, 200, "{hit}");
+    assert_eq!(hit["cache"], "hit");
     server.stop();
 }

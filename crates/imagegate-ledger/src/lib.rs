@@ -215,6 +215,23 @@ impl Ledger {
             .map_err(|e| self.db(e))
     }
 
+    /// What requests made with `api_key` (None: anonymous) cost since `since`.
+    pub async fn spent_since(
+        &self,
+        api_key: Option<&str>,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<Micros, LedgerError> {
+        let total: Option<i64> = sqlx::query_scalar(
+            "SELECT SUM(micros) FROM requests WHERE api_key IS ? AND created_at >= ?",
+        )
+        .bind(api_key)
+        .bind(since.to_rfc3339_opts(SecondsFormat::Millis, true))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.db(e))?;
+        Ok(Micros(total.unwrap_or(0)))
+    }
+
     /// Per-stage totals over the whole ledger.
     pub async fn stage_totals(&self) -> Result<Vec<StageTotal>, LedgerError> {
         let rows = sqlx::query(
@@ -317,6 +334,20 @@ mod tests {
                 .await
                 .unwrap(),
             1
+        );
+        let day_ago = Utc::now() - chrono::Duration::days(1);
+        assert_eq!(
+            again.spent_since(None, day_ago).await.unwrap(),
+            Micros(40_012)
+        );
+        assert_eq!(
+            again.spent_since(Some("other"), day_ago).await.unwrap(),
+            Micros::ZERO
+        );
+        let tomorrow = Utc::now() + chrono::Duration::days(1);
+        assert_eq!(
+            again.spent_since(None, tomorrow).await.unwrap(),
+            Micros::ZERO
         );
         let totals = again.stage_totals().await.unwrap();
         let generate = totals.iter().find(|t| t.stage == "generate").unwrap();

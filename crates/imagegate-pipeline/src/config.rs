@@ -30,6 +30,9 @@ pub struct PipelineConfig {
     pub pricing: PathBuf,
     #[serde(default)]
     pub router: imagegate_providers::RouterConfig,
+    /// Daily and monthly spending limits per API key.
+    #[serde(default)]
+    pub budgets: crate::budget::BudgetsConfig,
     pub storage: StorageConfig,
     pub ledger: LedgerConfig,
     pub safety: SafetyConfig,
@@ -277,6 +280,7 @@ impl PipelineConfig {
         {
             return Err("limits must be positive".into());
         }
+        self.budgets.validate()?;
         if self.safety.sessions == 0 {
             return Err("safety.sessions must be at least 1".into());
         }

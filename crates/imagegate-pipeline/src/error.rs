@@ -13,6 +13,13 @@ pub enum PipelineError {
     PromptBlocked { rule: String },
     #[error("the cheapest candidate costs ${quote_usd:.6}, above max_cost_usd ${max_usd:.6}")]
     CostLimit { quote_usd: f64, max_usd: f64 },
+    #[error("the {window} budget of ${limit_usd:.6} is exhausted (${committed_usd:.6} spent or reserved, this request needs ${needed_usd:.6})")]
+    BudgetExhausted {
+        window: &'static str,
+        limit_usd: f64,
+        committed_usd: f64,
+        needed_usd: f64,
+    },
     #[error("no provider serves model {0}")]
     NoProvider(String),
     #[error("provider {provider} refused the prompt: {message}")]

@@ -8,6 +8,7 @@
 //! their crates. Entry points: [`Pipeline::start`], [`Pipeline::generate`],
 //! [`Pipeline::process`].
 
+pub mod budget;
 pub mod config;
 pub mod cpu;
 mod error;
@@ -113,6 +114,7 @@ pub struct Pipeline {
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
     router: Router,
+    budgets: budget::Budgets,
     classifier: Option<Arc<Classifier>>,
     screen: PromptScreen,
     store: Arc<dyn ObjectStore>,
@@ -164,6 +166,7 @@ impl Pipeline {
             config::StorageConfig::Local(lc) => Arc::new(LocalStore::open(lc).await?),
         };
         let ledger = Ledger::open(&config.ledger).await?;
+        let budgets = budget::Budgets::new(config.budgets.clone(), ledger.clone());
         let c = &config.concurrency;
         let workers = if c.cpu_workers == 0 {
             std::thread::available_parallelism()
@@ -187,6 +190,7 @@ impl Pipeline {
             profiles,
             watermarkers,
             router,
+            budgets,
             classifier,
             screen,
             store,
@@ -313,14 +317,21 @@ impl Pipeline {
         }
         let key = content_key(&gen, &profile);
         let policy = self.policy(req)?;
-        // A hit costs nothing from a provider, so only a miss is held to max_cost_usd,
-        // and it is refused before any provider is called.
+        // A hit costs nothing from a provider, so only a miss is held to max_cost_usd
+        // and to the key's budget, and both are checked before any provider is called.
         let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
-        if let (Some(max), false) = (req.max_cost_usd, cached) {
+        let mut _reservation = None;
+        if !cached {
             let estimate =
                 self.router
                     .estimate(&gen.model, gen.size, policy, None, chrono::Utc::now())?;
-            if let Some(cheapest) = estimate.candidates.iter().map(|c| c.expected).min() {
+            let expected = estimate
+                .chosen
+                .as_ref()
+                .or(estimate.candidates.first())
+                .map(|c| c.expected);
+            let cheapest = estimate.candidates.iter().map(|c| c.expected).min();
+            if let (Some(max), Some(cheapest)) = (req.max_cost_usd, cheapest) {
                 if cheapest > Micros::from_usd(max) {
                     return Err(PipelineError::CostLimit {
                         quote_usd: cheapest.as_usd(),
@@ -328,6 +339,10 @@ impl Pipeline {
                     });
                 }
             }
+            _reservation = self
+                .budgets
+                .reserve(ctx.api_key.as_deref(), expected.unwrap_or_default())
+                .await?;
         }
         let produce = || async {
             let generation = self.call_provider(&gen, policy).await?;

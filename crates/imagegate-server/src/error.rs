@@ -38,6 +38,7 @@ impl From<PipelineError> for ApiError {
             P::UnknownProfile(_) => (StatusCode::BAD_REQUEST, "unknown_profile", None),
             P::PromptBlocked { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_blocked", None),
             P::CostLimit { .. } => (StatusCode::PAYMENT_REQUIRED, "cost_limit_exceeded", None),
+            P::BudgetExhausted { .. } => (StatusCode::PAYMENT_REQUIRED, "budget_exhausted", None),
             P::NoProvider(_) => (StatusCode::BAD_REQUEST, "no_provider", None),
             P::UpstreamContentBlocked { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "content_blocked", None)
