@@ -100,7 +100,12 @@ impl FromStr for ModelChoice {
             "standard" => Ok(ModelChoice::Class(ModelClass::Standard)),
             "premium" => Ok(ModelChoice::Class(ModelClass::Premium)),
             _ => match t.split_once('/') {
-                Some((p, m)) if !p.is_empty() && !m.is_empty() && !m.contains('/') => {
+                // Model names may hold slashes themselves (Replicate's owner/name).
+                Some((p, m))
+                    if !p.is_empty()
+                        && !m.is_empty()
+                        && m.split('/').all(|part| !part.is_empty()) =>
+                {
                     Ok(ModelChoice::Pinned {
                         provider: p.to_string(),
                         model: m.to_string(),
@@ -211,7 +216,17 @@ mod tests {
             }
         );
         assert!("huge".parse::<ModelChoice>().is_err());
-        assert!("a/b/c".parse::<ModelChoice>().is_err());
+        assert_eq!(
+            "replicate/black-forest-labs/flux-schnell"
+                .parse::<ModelChoice>()
+                .unwrap(),
+            ModelChoice::Pinned {
+                provider: "replicate".into(),
+                model: "black-forest-labs/flux-schnell".into()
+            }
+        );
+        assert!("a/b/".parse::<ModelChoice>().is_err());
+        assert!("a//b".parse::<ModelChoice>().is_err());
         assert!("/x".parse::<ModelChoice>().is_err());
     }
 }
