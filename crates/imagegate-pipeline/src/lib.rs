@@ -23,8 +23,7 @@ use chrono::{SecondsFormat, Utc};
 use cpu::CpuPool;
 use imagegate_core::{
     content_key, source_key, ContentKey, GenerationRequest, ImageFormat, Manifest, ManifestStatus,
-    Micros, ModelChoice, RenderProfile, SafetyVerdict, Size, Stage, StageCost, VariantRef,
-    PIPELINE_VERSION,
+    Micros, ModelChoice, RenderProfile, Size, Stage, StageCost, VariantRef, PIPELINE_VERSION,
 };
 use imagegate_imaging::{DecodeLimits, Watermarker};
 use imagegate_ledger::{Ledger, RequestRecord};
@@ -320,8 +319,10 @@ impl Pipeline {
         // A hit costs nothing from a provider, so only a miss is held to max_cost_usd
         // and to the key's budget, and both are checked before any provider is called.
         let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
-        let mut _reservation = None;
-        if !cached {
+        // Held until this request's cost is in the ledger.
+        let _reservation = if cached {
+            None
+        } else {
             let estimate =
                 self.router
                     .estimate(&gen.model, gen.size, policy, None, chrono::Utc::now())?;
@@ -339,11 +340,10 @@ impl Pipeline {
                     });
                 }
             }
-            _reservation = self
-                .budgets
+            self.budgets
                 .reserve(ctx.api_key.as_deref(), expected.unwrap_or_default())
-                .await?;
-        }
+                .await?
+        };
         let produce = || async {
             let generation = self.call_provider(&gen, policy).await?;
             self.finish(key, &profile, generation).await
@@ -758,11 +758,6 @@ impl Pipeline {
             .await?;
         Ok(manifest)
     }
-
-    /// The verdict of the last classification, for callers that only need safety.
-    pub fn classifier(&self) -> Option<&Arc<Classifier>> {
-        self.classifier.as_ref()
-    }
 }
 
 /// Provider output on its way into the render stages.
@@ -771,9 +766,4 @@ struct Generated {
     provider: String,
     model: String,
     stage: StageCost,
-}
-
-/// A hit's verdict as the API shows it.
-pub fn safety_json(v: &SafetyVerdict) -> serde_json::Value {
-    serde_json::json!({"nsfw_score": v.nsfw_score, "action": v.action.as_str()})
 }

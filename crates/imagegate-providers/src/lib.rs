@@ -161,19 +161,8 @@ impl ProviderSet {
         Ok(ProviderSet { providers })
     }
 
-    pub fn new(providers: Vec<Arc<dyn Provider>>) -> ProviderSet {
-        ProviderSet { providers }
-    }
-
     /// The providers, in configuration order, for the [`Router`].
     pub fn into_providers(self) -> Vec<Arc<dyn Provider>> {
         self.providers
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.providers
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect()
     }
 }

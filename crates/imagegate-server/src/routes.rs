@@ -140,7 +140,7 @@ pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serd
             "error": {"code": "content_blocked", "message": "the generated image was blocked by the safety policy"},
             "id": m.id,
             "cache": outcome.cache.as_str(),
-            "safety": imagegate_pipeline::safety_json(&m.safety),
+            "safety": safety_json(&m.safety),
             "cost": cost,
         });
         return (StatusCode::UNPROCESSABLE_ENTITY, body);
@@ -149,6 +149,11 @@ pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serd
     body["cache"] = outcome.cache.as_str().into();
     body["cost"] = cost;
     (StatusCode::OK, body)
+}
+
+/// A verdict as the API shows it.
+fn safety_json(v: &imagegate_core::SafetyVerdict) -> serde_json::Value {
+    serde_json::json!({"nsfw_score": v.nsfw_score, "action": v.action.as_str()})
 }
 
 fn cost_json(stages: &[StageCost]) -> serde_json::Value {
@@ -202,7 +207,7 @@ fn manifest_json(pipeline: &Pipeline, m: &Manifest) -> serde_json::Value {
         "model": m.model,
         "images": images,
         "srcset": srcset,
-        "safety": imagegate_pipeline::safety_json(&m.safety),
+        "safety": safety_json(&m.safety),
         "created_at": m.created_at,
     })
 }
