@@ -1067,3 +1067,151 @@ async fn a_budget_race_never_overspends() {
     assert_eq!(hit["cache"], "hit");
     server.stop();
 }
+
+/// Exact micro-dollars of a response's `cost.total_usd` (the API prints micros as USD).
+fn total_micros(body: &serde_json::Value) -> i64 {
+    (body["cost"]["total_usd"].as_f64().unwrap() * 1e6).round() as i64
+}
+
+fn report_cli(site: &Site, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_imagegate"))
+        .arg("--config")
+        .arg(site.config())
+        .arg("report")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn costs_and_report_sum_exactly_what_responses_charged() {
+    let site = Site::new(Options::default());
+    let server = site.start();
+    let mut charged = 0i64;
+    let mut first_miss = None;
+    for body in [
+        serde_json::json!({"prompt": "a red fox in snow", "seed": 1}),
+        serde_json::json!({"prompt": "a red fox in snow", "seed": 1}),
+        serde_json::json!({"prompt": "a blue whale, ink", "seed": 2, "variants": [256]}),
+    ] {
+        let (status, answer) = post(&server, body).await;
+        assert_eq!(status, 200, "{answer}");
+        charged += total_micros(&answer);
+        if answer["cache"] == "miss" {
+            first_miss.get_or_insert(total_micros(&answer));
+        }
+    }
+    let costs = |query: &str| {
+        let url = server.url(&format!("/v1/costs{query}"));
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, by_stage) = costs("?group_by=stage").await;
+    assert_eq!(status, 200, "{by_stage}");
+    assert_eq!(
+        by_stage["total"]["micros"].as_i64().unwrap(),
+        charged,
+        "{by_stage}"
+    );
+    assert_eq!(by_stage["total"]["requests"], 3);
+    let rows_sum: i64 = by_stage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["micros"].as_i64().unwrap())
+        .sum();
+    assert_eq!(rows_sum, charged);
+    let generate = by_stage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["stage"] == "generate")
+        .expect("a generate row");
+    assert_eq!(generate["requests"], 2);
+    assert_eq!(by_stage["cache"]["hits"], 1);
+    assert_eq!(by_stage["cache"]["misses"], 2);
+    assert_eq!(by_stage["cache"]["hit_ratio"].as_f64().unwrap(), 1.0 / 3.0);
+    // The one hit is credited with what its key's generation cost in full.
+    assert_eq!(
+        by_stage["cache"]["saved_micros"].as_i64(),
+        first_miss,
+        "{by_stage}"
+    );
+
+    let (status, by_provider_day) = costs("?group_by=provider,model,day&since=1h").await;
+    assert_eq!(status, 200, "{by_provider_day}");
+    assert_eq!(
+        by_provider_day["total"]["micros"].as_i64().unwrap(),
+        charged
+    );
+    assert_eq!(by_provider_day["rows"][0]["provider"], "local");
+    let (_, future) = costs("?since=2100-01-01T00:00:00Z").await;
+    assert_eq!(future["total"]["micros"], 0);
+    assert_eq!(future["rows"], serde_json::json!([]));
+
+    for (query, code) in [
+        ("?group_by=stage,colour", "invalid_group_by"),
+        ("?since=yesterday-ish", "invalid_time"),
+        ("?since=1h&until=2h", "invalid_time"),
+        ("?group=stage", "invalid_query"),
+    ] {
+        let (status, err) = costs(query).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}: {err}"
+        );
+    }
+    let (_, err) = costs("?group_by=colour").await;
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("stage, provider, model, key, day"),
+        "{message}"
+    );
+
+    // The CLI reads the same ledger (WAL: fine while the server runs) and agrees.
+    let out = report_cli(&site, &["--by", "stage", "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["rows"], by_stage["rows"]);
+    assert_eq!(cli["total"], by_stage["total"]);
+    assert_eq!(cli["cache"], by_stage["cache"]);
+
+    let out = report_cli(&site, &["--by", "stage,provider", "--since", "7d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    let total_line = table.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    let usd = format!("{}.{:06}", charged / 1_000_000, charged % 1_000_000);
+    assert!(total_line.contains(&usd), "{table}");
+    assert!(table.contains("1 hits, 2 misses"), "{table}");
+
+    let out = report_cli(&site, &["--by", "day", "--format", "csv"]);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.starts_with("row,day,requests,usd,"), "{csv}");
+    assert!(
+        csv.lines()
+            .last()
+            .unwrap()
+            .ends_with(&format!(",{charged}")),
+        "{csv}"
+    );
+
+    let out = report_cli(&site, &["--by", "colour"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected one of stage"));
+    server.stop();
+}

@@ -2,7 +2,14 @@
 //! the response leaves. SQLite (WAL, synchronous=FULL) by default.
 //!
 //! It records and sums; it does not decide prices (the pipeline does) and does not
-//! format reports for people (the binary does). Entry point: [`Ledger::open`].
+//! format reports for people (the binary does); [`Ledger::report`] sums rows for it.
+//! Entry point: [`Ledger::open`].
+
+mod report;
+
+pub use report::{
+    parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
+};
 
 use chrono::{SecondsFormat, Utc};
 use imagegate_core::{ContentKey, Micros, Stage, StageCost};
@@ -28,6 +35,9 @@ pub enum LedgerError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
+    /// A report query that cannot be answered as asked (the message says why).
+    #[error("{0}")]
+    BadReport(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}", get(get_image))
         .route("/v1/estimate", post(estimate))
+        .route("/v1/costs", get(costs))
         .route(
             "/healthz",
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
@@ -326,4 +327,47 @@ async fn cdn(
         object.bytes,
     )
         .into_response())
+}
+
+/// `GET /v1/costs` parameters; unknown ones are refused so a typo is not silently
+/// ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CostsParams {
+    group_by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+}
+
+async fn costs(
+    State(state): State<Arc<AppState>>,
+    params: Result<axum::extract::Query<CostsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let bad = |code: &'static str, e: imagegate_ledger::LedgerError| {
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    };
+    let axum::extract::Query(params) = params
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let now = chrono::Utc::now();
+    let instant = |v: Option<String>| {
+        v.map(|v| imagegate_ledger::parse_instant(&v, now))
+            .transpose()
+            .map_err(|e| bad("invalid_time", e))
+    };
+    let query = imagegate_ledger::ReportQuery {
+        group_by: imagegate_ledger::Dimension::parse_list(params.group_by.as_deref().unwrap_or(""))
+            .map_err(|e| bad("invalid_group_by", e))?,
+        since: instant(params.since)?,
+        until: instant(params.until)?,
+    };
+    let report = state
+        .pipeline
+        .ledger()
+        .report(&query)
+        .await
+        .map_err(|e| match e {
+            imagegate_ledger::LedgerError::BadReport(_) => bad("invalid_time", e),
+            e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
+        })?;
+    Ok(Json(report).into_response())
 }

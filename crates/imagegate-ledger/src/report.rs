@@ -1,0 +1,798 @@
+//! Cost reports over the ledger: totals grouped by any combination of stage,
+//! provider, model, API key and day, plus cache economics. Money stays integer
+//! micro-dollars all the way, so totals equal the sum of ledger rows exactly.
+
+use crate::{Ledger, LedgerError};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use imagegate_core::Micros;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use sqlx::Row;
+use std::fmt;
+use std::str::FromStr;
+
+/// A column a report can be grouped by; a closed set, so the SQL built from it never
+/// contains user input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    Stage,
+    Provider,
+    Model,
+    /// The API key id (never the secret).
+    Key,
+    /// The UTC calendar day, `YYYY-MM-DD`.
+    Day,
+}
+
+impl Dimension {
+    pub const ALL: [Dimension; 5] = [
+        Dimension::Stage,
+        Dimension::Provider,
+        Dimension::Model,
+        Dimension::Key,
+        Dimension::Day,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::Stage => "stage",
+            Dimension::Provider => "provider",
+            Dimension::Model => "model",
+            Dimension::Key => "key",
+            Dimension::Day => "day",
+        }
+    }
+
+    /// The SQL expression over `requests r LEFT JOIN stages s`.
+    fn column(self) -> &'static str {
+        match self {
+            Dimension::Stage => "s.stage",
+            Dimension::Provider => "r.provider",
+            Dimension::Model => "r.model",
+            Dimension::Key => "r.api_key",
+            // created_at is RFC 3339 UTC, so its first ten characters are the day.
+            Dimension::Day => "substr(r.created_at, 1, 10)",
+        }
+    }
+
+    /// A comma-separated list such as `stage,provider`; empty parts are ignored and a
+    /// dimension may appear once.
+    pub fn parse_list(list: &str) -> Result<Vec<Dimension>, LedgerError> {
+        let mut out = Vec::new();
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let d: Dimension = part.parse()?;
+            if out.contains(&d) {
+                return Err(LedgerError::BadReport(format!(
+                    "dimension {part:?} is listed twice"
+                )));
+            }
+            out.push(d);
+        }
+        Ok(out)
+    }
+}
+
+impl fmt::Display for Dimension {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Dimension {
+    type Err = LedgerError;
+
+    fn from_str(s: &str) -> Result<Dimension, LedgerError> {
+        Dimension::ALL
+            .into_iter()
+            .find(|d| d.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                let allowed: Vec<&str> = Dimension::ALL.iter().map(|d| d.as_str()).collect();
+                LedgerError::BadReport(format!(
+                    "unknown dimension {s:?}: expected one of {}",
+                    allowed.join(", ")
+                ))
+            })
+    }
+}
+
+/// What to report: grouping and a time window (`since` inclusive, `until` exclusive).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportQuery {
+    pub group_by: Vec<Dimension>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Parses a report bound: a duration before `now` (`7d`, `36h`, `1h 30m`), an RFC 3339
+/// instant, or a UTC day (`2026-11-01`, its midnight).
+pub fn parse_instant(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, LedgerError> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
+    }
+    let ago = humantime::parse_duration(s).map_err(|e| {
+        LedgerError::BadReport(format!(
+            "time {s:?} is neither a duration like 7d or 12h ({e}) nor an RFC 3339 time \
+             like 2026-11-01T00:00:00Z"
+        ))
+    })?;
+    chrono::Duration::from_std(ago)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .ok_or_else(|| LedgerError::BadReport(format!("duration {s:?} is too long")))
+}
+
+/// Sums over some ledger rows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Totals {
+    /// Distinct requests.
+    pub requests: i64,
+    pub micros: Micros,
+    pub wall_ms: f64,
+    pub cpu_ms: f64,
+    pub bytes_out: i64,
+}
+
+/// One group: its dimension values (in `group_by` order; None where the ledger has
+/// none, e.g. an anonymous key) and its totals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportRow {
+    pub values: Vec<(Dimension, Option<String>)>,
+    pub totals: Totals,
+}
+
+impl Serialize for ReportRow {
+    /// Flat, as API.md shows rows: the dimension names, then the sums.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (d, v) in &self.values {
+            map.serialize_entry(d.as_str(), v)?;
+        }
+        serialize_totals(&mut map, &self.totals)?;
+        map.end()
+    }
+}
+
+fn serialize_totals<M: SerializeMap>(map: &mut M, t: &Totals) -> Result<(), M::Error> {
+    map.serialize_entry("requests", &t.requests)?;
+    map.serialize_entry("micros", &t.micros)?;
+    map.serialize_entry("usd", &t.micros.as_usd())?;
+    map.serialize_entry("wall_ms", &round1(t.wall_ms))?;
+    map.serialize_entry("cpu_ms", &round1(t.cpu_ms))?;
+    map.serialize_entry("bytes_out", &t.bytes_out)
+}
+
+fn round1(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
+/// How much the cache saved in the window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CacheEconomics {
+    pub hits: i64,
+    pub misses: i64,
+    pub bypasses: i64,
+    /// hits / (hits + misses); None before any.
+    pub hit_ratio: Option<f64>,
+    /// Σ over hits of the original generation cost of their key: the most recent
+    /// miss of that key recorded before the hit, even if it lies before `since`.
+    pub saved: Micros,
+    /// Hits whose key has no earlier miss in the ledger (nothing to credit them).
+    pub hits_without_original: i64,
+}
+
+impl Serialize for CacheEconomics {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("hits", &self.hits)?;
+        map.serialize_entry("misses", &self.misses)?;
+        map.serialize_entry("bypasses", &self.bypasses)?;
+        map.serialize_entry("hit_ratio", &self.hit_ratio)?;
+        map.serialize_entry("saved_micros", &self.saved)?;
+        map.serialize_entry("saved_usd", &self.saved.as_usd())?;
+        map.serialize_entry("hits_without_original", &self.hits_without_original)?;
+        map.end()
+    }
+}
+
+/// A report: grouped rows, the total over the window, and cache economics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub group_by: Vec<Dimension>,
+    #[serde(serialize_with = "serialize_time")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "serialize_time")]
+    pub until: Option<DateTime<Utc>>,
+    pub rows: Vec<ReportRow>,
+    pub total: ReportRow,
+    pub cache: CacheEconomics,
+}
+
+fn serialize_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    t.map(rfc3339).serialize(s)
+}
+
+/// The ledger's own time format, so text comparison orders correctly.
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `r.created_at` within the window; binds since twice, then until twice.
+const WINDOW: &str = "(? IS NULL OR r.created_at >= ?) AND (? IS NULL OR r.created_at < ?)";
+
+impl Ledger {
+    /// Totals grouped by `query.group_by` over `query`'s window. Sums always run over
+    /// stage rows (a request's cost is the sum of its stages), so a report grouped by
+    /// stage and one grouped by provider have the same total.
+    pub async fn report(&self, query: &ReportQuery) -> Result<Report, LedgerError> {
+        if let (Some(since), Some(until)) = (query.since, query.until) {
+            if since > until {
+                return Err(LedgerError::BadReport(format!(
+                    "since ({}) is after until ({})",
+                    rfc3339(since),
+                    rfc3339(until)
+                )));
+            }
+        }
+        let since = query.since.map(rfc3339);
+        let until = query.until.map(rfc3339);
+        let sums = "COUNT(DISTINCT r.id), COALESCE(SUM(s.micros), 0), \
+                    COALESCE(SUM(s.wall_ms), 0.0), COALESCE(SUM(s.cpu_ms), 0.0), \
+                    COALESCE(SUM(s.bytes_out), 0)";
+        let from = "FROM requests r LEFT JOIN stages s ON s.request = r.id";
+        let dims = &query.group_by;
+
+        let mut sql = String::from("SELECT ");
+        for d in dims {
+            sql.push_str(d.column());
+            sql.push_str(", ");
+        }
+        sql.push_str(sums);
+        sql.push(' ');
+        sql.push_str(from);
+        sql.push_str(" WHERE ");
+        sql.push_str(WINDOW);
+        if !dims.is_empty() {
+            let positions: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
+            sql.push_str(&format!(" GROUP BY {0} ORDER BY {0}", positions.join(", ")));
+        }
+        let fetched = sqlx::query(&sql)
+            .bind(&since)
+            .bind(&since)
+            .bind(&until)
+            .bind(&until)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        let totals_at = |r: &sqlx::sqlite::SqliteRow, at: usize| Totals {
+            requests: r.get(at),
+            micros: Micros(r.get(at + 1)),
+            wall_ms: r.get(at + 2),
+            cpu_ms: r.get(at + 3),
+            bytes_out: r.get(at + 4),
+        };
+        let mut rows: Vec<ReportRow> = fetched
+            .iter()
+            .map(|r| ReportRow {
+                values: dims
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| (*d, r.get::<Option<String>, _>(i)))
+                    .collect(),
+                totals: totals_at(r, dims.len()),
+            })
+            .collect();
+        // Without grouping the one row is the total; an empty window has no rows.
+        rows.retain(|r| r.totals.requests > 0);
+
+        let total_sql = format!("SELECT {sums} {from} WHERE {WINDOW}");
+        let total_row = sqlx::query(&total_sql)
+            .bind(&since)
+            .bind(&since)
+            .bind(&until)
+            .bind(&until)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        let total = ReportRow {
+            values: Vec::new(),
+            totals: totals_at(&total_row, 0),
+        };
+        let cache = self.cache_economics(&since, &until).await?;
+        Ok(Report {
+            group_by: dims.clone(),
+            since: query.since,
+            until: query.until,
+            rows,
+            total,
+            cache,
+        })
+    }
+
+    async fn cache_economics(
+        &self,
+        since: &Option<String>,
+        until: &Option<String>,
+    ) -> Result<CacheEconomics, LedgerError> {
+        let sql = format!(
+            "SELECT \
+               COALESCE(SUM(r.cache = 'hit'), 0), \
+               COALESCE(SUM(r.cache = 'miss'), 0), \
+               COALESCE(SUM(r.cache = 'bypass'), 0), \
+               COALESCE(SUM(CASE WHEN r.cache = 'hit' THEN o.micros END), 0), \
+               COALESCE(SUM(r.cache = 'hit' AND o.micros IS NULL), 0) \
+             FROM requests r LEFT JOIN requests o ON o.id = ( \
+               SELECT m.id FROM requests m \
+               WHERE r.cache = 'hit' AND m.content_key = r.content_key \
+                 AND m.cache = 'miss' AND m.id < r.id \
+               ORDER BY m.id DESC LIMIT 1) \
+             WHERE {WINDOW}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(since)
+            .bind(since)
+            .bind(until)
+            .bind(until)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.db(e))?;
+        let hits: i64 = row.get(0);
+        let misses: i64 = row.get(1);
+        Ok(CacheEconomics {
+            hits,
+            misses,
+            bypasses: row.get(2),
+            hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
+            saved: Micros(row.get(3)),
+            hits_without_original: row.get(4),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheOutcome, LedgerConfig, RequestRecord};
+    use imagegate_core::{ContentKey, Stage, StageCost};
+    use proptest::prelude::*;
+
+    fn key(n: u8) -> ContentKey {
+        format!("{:02x}", n).repeat(32).parse().unwrap()
+    }
+
+    fn stage(stage: Stage, micros: i64, bytes_out: u64) -> StageCost {
+        let mut s = StageCost::new(stage);
+        s.micros = Micros(micros);
+        s.wall_ms = 2.0;
+        s.cpu_ms = 1.0;
+        s.bytes_out = bytes_out;
+        s
+    }
+
+    fn request(
+        id: &str,
+        k: u8,
+        cache: CacheOutcome,
+        provider: &str,
+        api_key: Option<&str>,
+    ) -> RequestRecord {
+        RequestRecord {
+            request_id: id.into(),
+            key: key(k),
+            cache,
+            status: "ok".into(),
+            provider: Some(provider.into()),
+            model: Some(format!("{provider}-model")),
+            api_key: api_key.map(str::to_string),
+            profile: "default".into(),
+            wall_ms: 5.0,
+        }
+    }
+
+    async fn open() -> (tempfile::TempDir, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&LedgerConfig {
+            url: format!("sqlite://{}/ledger.db", dir.path().display()),
+        })
+        .await
+        .unwrap();
+        (dir, ledger)
+    }
+
+    /// Records a request at a fixed time (the ledger stamps "now").
+    async fn record_at(ledger: &Ledger, at: &str, rec: &RequestRecord, stages: &[StageCost]) {
+        let id = ledger.record(rec, stages).await.unwrap();
+        for table in [
+            "UPDATE requests SET created_at = ? WHERE id = ?",
+            "UPDATE stages SET created_at = ? WHERE request = ?",
+        ] {
+            sqlx::query(table)
+                .bind(at)
+                .bind(id)
+                .execute(&ledger.pool)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Two days, two providers, two keys, a miss and two hits of one key.
+    async fn fixture() -> (tempfile::TempDir, Ledger) {
+        let (dir, ledger) = open().await;
+        let gen = |m| {
+            vec![
+                stage(Stage::Generate, m, 0),
+                stage(Stage::Encode, 12, 4_000),
+                stage(Stage::Upload, 7, 0),
+            ]
+        };
+        let rows: [(&str, RequestRecord, Vec<StageCost>); 5] = [
+            (
+                "2026-11-01T10:00:00.000Z",
+                request("a", 1, CacheOutcome::Miss, "local", None),
+                gen(40_000),
+            ),
+            (
+                "2026-11-01T11:00:00.000Z",
+                request("b", 1, CacheOutcome::Hit, "local", Some("k1")),
+                vec![stage(Stage::Cache, 1, 0)],
+            ),
+            (
+                "2026-11-02T09:00:00.000Z",
+                request("c", 2, CacheOutcome::Miss, "openai", Some("k1")),
+                gen(170_000),
+            ),
+            (
+                "2026-11-02T10:00:00.000Z",
+                request("d", 1, CacheOutcome::Hit, "local", Some("k2")),
+                vec![stage(Stage::Cache, 0, 0)],
+            ),
+            (
+                "2026-11-02T12:00:00.000Z",
+                request("e", 3, CacheOutcome::Bypass, "openai", None),
+                gen(170_001),
+            ),
+        ];
+        for (at, rec, stages) in &rows {
+            record_at(&ledger, at, rec, stages).await;
+        }
+        (dir, ledger)
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn value(row: &ReportRow, d: Dimension) -> Option<&str> {
+        row.values
+            .iter()
+            .find(|(x, _)| *x == d)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    const ALL_MICROS: i64 = 40_019 + 1 + 170_019 + 170_020;
+
+    #[tokio::test]
+    async fn every_grouping_has_the_same_exact_total() {
+        let (_dir, ledger) = fixture().await;
+        // Every subset of dimensions, in order.
+        for mask in 0u32..(1 << Dimension::ALL.len()) {
+            let group_by: Vec<Dimension> = Dimension::ALL
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, d)| d)
+                .collect();
+            let report = ledger
+                .report(&ReportQuery {
+                    group_by: group_by.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                report.total.totals.micros,
+                Micros(ALL_MICROS),
+                "{group_by:?}"
+            );
+            assert_eq!(report.total.totals.requests, 5);
+            let sum: Micros = report.rows.iter().map(|r| r.totals.micros).sum();
+            assert_eq!(sum, Micros(ALL_MICROS), "{group_by:?}");
+            let bytes: i64 = report.rows.iter().map(|r| r.totals.bytes_out).sum();
+            assert_eq!(bytes, 12_000);
+            for row in &report.rows {
+                let dims: Vec<Dimension> = row.values.iter().map(|(d, _)| *d).collect();
+                assert_eq!(dims, group_by);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_by_stage_provider_key_and_day() {
+        let (_dir, ledger) = fixture().await;
+        let q = |group_by: Vec<Dimension>| ReportQuery {
+            group_by,
+            ..Default::default()
+        };
+        let by_stage = ledger.report(&q(vec![Dimension::Stage])).await.unwrap();
+        let stages: Vec<(&str, i64, i64)> = by_stage
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    value(r, Dimension::Stage).unwrap(),
+                    r.totals.requests,
+                    r.totals.micros.0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            stages,
+            vec![
+                ("cache", 2, 1),
+                ("encode", 3, 36),
+                ("generate", 3, 380_001),
+                ("upload", 3, 21),
+            ]
+        );
+
+        let by_provider_day = ledger
+            .report(&q(vec![Dimension::Provider, Dimension::Day]))
+            .await
+            .unwrap();
+        let got: Vec<(&str, &str, i64, i64)> = by_provider_day
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    value(r, Dimension::Provider).unwrap(),
+                    value(r, Dimension::Day).unwrap(),
+                    r.totals.requests,
+                    r.totals.micros.0,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("local", "2026-11-01", 2, 40_020),
+                ("local", "2026-11-02", 1, 0),
+                ("openai", "2026-11-02", 2, 340_039),
+            ]
+        );
+
+        let by_key = ledger.report(&q(vec![Dimension::Key])).await.unwrap();
+        let got: Vec<(Option<&str>, i64)> = by_key
+            .rows
+            .iter()
+            .map(|r| (value(r, Dimension::Key), r.totals.micros.0))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (None, 40_019 + 170_020),
+                (Some("k1"), 170_020),
+                (Some("k2"), 0)
+            ]
+        );
+
+        let by_model_stage = ledger
+            .report(&q(vec![Dimension::Model, Dimension::Stage]))
+            .await
+            .unwrap();
+        let openai_generate = by_model_stage
+            .rows
+            .iter()
+            .find(|r| {
+                value(r, Dimension::Model) == Some("openai-model")
+                    && value(r, Dimension::Stage) == Some("generate")
+            })
+            .unwrap();
+        assert_eq!(openai_generate.totals.micros, Micros(340_001));
+        assert_eq!(openai_generate.totals.requests, 2);
+    }
+
+    #[tokio::test]
+    async fn since_is_inclusive_and_until_exclusive() {
+        let (_dir, ledger) = fixture().await;
+        let report = |since: Option<&str>, until: Option<&str>| {
+            let ledger = ledger.clone();
+            let query = ReportQuery {
+                group_by: vec![Dimension::Day],
+                since: since.map(at),
+                until: until.map(at),
+            };
+            async move { ledger.report(&query).await.unwrap() }
+        };
+        let day2 = report(Some("2026-11-02T00:00:00Z"), None).await;
+        assert_eq!(day2.total.totals.requests, 3);
+        assert_eq!(day2.total.totals.micros, Micros(170_019 + 170_020));
+        assert_eq!(day2.rows.len(), 1);
+
+        let exact = report(Some("2026-11-01T11:00:00Z"), Some("2026-11-02T09:00:00Z")).await;
+        assert_eq!(exact.total.totals.requests, 1);
+        assert_eq!(exact.total.totals.micros, Micros(1));
+
+        let empty = report(Some("2027-01-01T00:00:00Z"), None).await;
+        assert!(empty.rows.is_empty());
+        assert_eq!(empty.total.totals, Totals::default());
+        assert_eq!(empty.cache.hit_ratio, None);
+
+        let backwards = ledger
+            .report(&ReportQuery {
+                group_by: vec![],
+                since: Some(at("2026-11-02T00:00:00Z")),
+                until: Some(at("2026-11-01T00:00:00Z")),
+            })
+            .await
+            .unwrap_err();
+        assert!(backwards.to_string().contains("after"), "{backwards}");
+    }
+
+    #[tokio::test]
+    async fn hits_are_credited_with_the_original_generation_cost() {
+        let (_dir, ledger) = fixture().await;
+        let all = ledger.report(&ReportQuery::default()).await.unwrap();
+        assert_eq!(all.cache.hits, 2);
+        assert_eq!(all.cache.misses, 2);
+        assert_eq!(all.cache.bypasses, 1);
+        assert_eq!(all.cache.hit_ratio, Some(0.5));
+        // Both hits are of key 1, whose miss cost 40_019.
+        assert_eq!(all.cache.saved, Micros(2 * 40_019));
+        assert_eq!(all.cache.hits_without_original, 0);
+
+        // The window holds the second hit but not the miss: still credited.
+        let day2 = ledger
+            .report(&ReportQuery {
+                since: Some(at("2026-11-02T00:00:00Z")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(day2.cache.hits, 1);
+        assert_eq!(day2.cache.misses, 1);
+        assert_eq!(day2.cache.saved, Micros(40_019));
+
+        // A refresh (a second miss) re-prices later hits.
+        record_at(
+            &ledger,
+            "2026-11-03T00:00:00.000Z",
+            &request("f", 1, CacheOutcome::Miss, "local", None),
+            &[stage(Stage::Generate, 50_000, 0)],
+        )
+        .await;
+        record_at(
+            &ledger,
+            "2026-11-03T01:00:00.000Z",
+            &request("g", 1, CacheOutcome::Hit, "local", None),
+            &[stage(Stage::Cache, 0, 0)],
+        )
+        .await;
+        record_at(
+            &ledger,
+            "2026-11-03T02:00:00.000Z",
+            &request("h", 9, CacheOutcome::Hit, "local", None),
+            &[stage(Stage::Cache, 0, 0)],
+        )
+        .await;
+        let all = ledger.report(&ReportQuery::default()).await.unwrap();
+        assert_eq!(all.cache.saved, Micros(2 * 40_019 + 50_000));
+        assert_eq!(all.cache.hits_without_original, 1);
+    }
+
+    #[test]
+    fn dimensions_parse_and_name_the_allowed_ones() {
+        assert_eq!(
+            Dimension::parse_list("stage, Provider,,day").unwrap(),
+            vec![Dimension::Stage, Dimension::Provider, Dimension::Day]
+        );
+        assert_eq!(Dimension::parse_list("").unwrap(), vec![]);
+        let err = Dimension::parse_list("stage,color")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"color\"") && err.contains("stage, provider, model, key, day"),
+            "{err}"
+        );
+        let err = Dimension::parse_list("day,day").unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn instants_parse_as_durations_times_or_days() {
+        let now = at("2026-11-24T08:00:00Z");
+        assert_eq!(
+            parse_instant("7d", now).unwrap(),
+            at("2026-11-17T08:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("1h 30m", now).unwrap(),
+            at("2026-11-24T06:30:00Z")
+        );
+        assert_eq!(
+            parse_instant("2026-11-01T02:00:00+02:00", now).unwrap(),
+            at("2026-11-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_instant("2026-11-01", now).unwrap(),
+            at("2026-11-01T00:00:00Z")
+        );
+        let err = parse_instant("last tuesday", now).unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+    }
+
+    #[test]
+    fn report_json_rows_are_flat() {
+        let row = ReportRow {
+            values: vec![
+                (Dimension::Stage, Some("generate".into())),
+                (Dimension::Key, None),
+            ],
+            totals: Totals {
+                requests: 2,
+                micros: Micros(40_213),
+                wall_ms: 1.25,
+                cpu_ms: 0.0,
+                bytes_out: 9,
+            },
+        };
+        assert_eq!(
+            serde_json::to_value(&row).unwrap(),
+            serde_json::json!({
+                "stage": "generate", "key": null, "requests": 2, "micros": 40213,
+                "usd": 0.040213, "wall_ms": 1.3, "cpu_ms": 0.0, "bytes_out": 9
+            })
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(12))]
+
+        /// Whatever is recorded, every grouping's rows and total sum to exactly what was
+        /// recorded.
+        #[test]
+        fn totals_equal_the_sum_of_recorded_stages(
+            requests in prop::collection::vec(
+                (0u8..4, 0usize..3, prop::collection::vec((0usize..9, 0i64..5_000_000_000), 0..5)),
+                1..12,
+            ),
+            mask in 0u32..32,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let (_dir, ledger) = open().await;
+                let mut expected = 0i64;
+                for (i, (k, cache, stages)) in requests.iter().enumerate() {
+                    let cache = [CacheOutcome::Miss, CacheOutcome::Hit, CacheOutcome::Bypass][*cache];
+                    let provider = ["local", "openai"][i % 2];
+                    let stages: Vec<StageCost> = stages
+                        .iter()
+                        .map(|(s, m)| stage(Stage::ALL[*s], *m, 1))
+                        .collect();
+                    expected += stages.iter().map(|s| s.micros.0).sum::<i64>();
+                    ledger
+                        .record(&request(&i.to_string(), *k, cache, provider, None), &stages)
+                        .await
+                        .unwrap();
+                }
+                let group_by: Vec<Dimension> = Dimension::ALL
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, d)| d)
+                    .collect();
+                let report = ledger
+                    .report(&ReportQuery { group_by, ..Default::default() })
+                    .await
+                    .unwrap();
+                let rows: i64 = report.rows.iter().map(|r| r.totals.micros.0).sum();
+                assert_eq!(report.total.totals.micros.0, expected);
+                assert_eq!(rows, expected);
+                assert_eq!(report.total.totals.requests, requests.len() as i64);
+            });
+        }
+    }
+}
