@@ -2,7 +2,6 @@
 //! `/sdapi/v1/txt2img` wire format
 //! (https://github.com/AUTOMATIC1111/stable-diffusion-webui/wiki/API).
 
-use base64::Engine as _;
 use imagegate_core::Size;
 use imagegate_providers::automatic1111::{Automatic1111Config, Automatic1111Provider};
 use imagegate_providers::{Provider, ProviderError, ProviderRequest};
@@ -10,20 +9,11 @@ use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+use common::{b64, png};
+
 const AUTH_ENV: &str = "IMAGEGATE_TEST_A1111_AUTH";
 const AUTH: &str = "imagegate:hunter2-secret";
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(width, height, image::Rgb([250, 200, 0]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn provider(server: &MockServer, timeout_secs: u64) -> Automatic1111Provider {
     std::env::set_var(AUTH_ENV, AUTH);

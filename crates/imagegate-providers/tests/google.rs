@@ -2,7 +2,6 @@
 //! `generateContent` with `inlineData` image parts (https://ai.google.dev/api/generate-content)
 //! and Imagen `:predict` (https://ai.google.dev/gemini-api/docs/imagen).
 
-use base64::Engine as _;
 use imagegate_core::Size;
 use imagegate_providers::google::{GoogleConfig, GoogleProvider};
 use imagegate_providers::{Provider, ProviderError, ProviderRequest};
@@ -10,22 +9,13 @@ use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+use common::{b64, png};
+
 const KEY_ENV: &str = "IMAGEGATE_TEST_GEMINI_KEY";
 const KEY: &str = "AIzaTestKey0123456789";
 const GEMINI: &str = "gemini-2.5-flash-image";
 const IMAGEN: &str = "imagen-4.0-generate-001";
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(width, height, image::Rgb([0, 160, 80]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn provider(server: &MockServer, timeout_secs: u64) -> GoogleProvider {
     std::env::set_var(KEY_ENV, KEY);

@@ -1,29 +1,18 @@
 //! The OpenAI adapter against a local server speaking the Images API wire format
 //! (https://platform.openai.com/docs/api-reference/images/create).
 
-use base64::Engine as _;
-use imagegate_core::Size;
 use imagegate_providers::openai::{OpenAiConfig, OpenAiProvider};
-use imagegate_providers::{Provider, ProviderError, ProviderRequest};
+use imagegate_providers::{Provider, ProviderError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+use common::{b64, png, request};
+
 const KEY_ENV: &str = "IMAGEGATE_TEST_OPENAI_KEY";
 const KEY: &str = "sk-test-0123456789";
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(width, height, image::Rgb([200, 30, 30]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn provider(server: &MockServer, timeout_secs: u64) -> OpenAiProvider {
     std::env::set_var(KEY_ENV, KEY);
@@ -38,16 +27,6 @@ fn provider(server: &MockServer, timeout_secs: u64) -> OpenAiProvider {
         ..OpenAiConfig::default()
     })
     .expect("provider builds")
-}
-
-fn request(model: &str, width: u32, height: u32) -> ProviderRequest {
-    ProviderRequest {
-        prompt: "a red fox in snow".into(),
-        negative_prompt: Some("blurry".into()),
-        model: model.into(),
-        size: Size { width, height },
-        seed: 42,
-    }
 }
 
 #[tokio::test]

@@ -9,17 +9,12 @@ use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+use common::png;
+
 const KEY_ENV: &str = "IMAGEGATE_TEST_REPLICATE_TOKEN";
 const KEY: &str = "r8_testtoken0123456789";
 const FLUX: &str = "black-forest-labs/flux-schnell";
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(width, height, image::Rgb([90, 40, 160]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
 
 fn config(server: &MockServer) -> ReplicateConfig {
     std::env::set_var(KEY_ENV, KEY);

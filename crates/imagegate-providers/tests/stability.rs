@@ -1,7 +1,6 @@
 //! The Stability adapter against a local server speaking the Stable Image v2beta wire
 //! format (https://platform.stability.ai/docs/api-reference#tag/Generate).
 
-use base64::Engine as _;
 use imagegate_core::Size;
 use imagegate_providers::stability::{StabilityConfig, StabilityProvider};
 use imagegate_providers::{Provider, ProviderError, ProviderRequest};
@@ -9,20 +8,11 @@ use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+mod common;
+use common::{b64, png};
+
 const KEY_ENV: &str = "IMAGEGATE_TEST_STABILITY_KEY";
 const KEY: &str = "sk-stability-test-key";
-
-fn png(width: u32, height: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(width, height, image::Rgb([10, 120, 200]));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png)
-        .expect("encode png");
-    out.into_inner()
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
 
 fn provider(server: &MockServer, timeout_secs: u64) -> StabilityProvider {
     std::env::set_var(KEY_ENV, KEY);

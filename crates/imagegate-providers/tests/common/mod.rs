@@ -1,0 +1,32 @@
+//! Fixtures shared by the adapter tests.
+
+// Each test binary compiles this module and uses a different subset of it.
+#![allow(dead_code)]
+
+use base64::Engine as _;
+use imagegate_core::Size;
+use imagegate_providers::ProviderRequest;
+
+/// A small, valid PNG of one colour: what a provider sends back.
+pub fn png(width: u32, height: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(width, height, image::Rgb([200, 30, 30]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode png");
+    out.into_inner()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The request every adapter test sends, at `model` and `width`x`height`.
+pub fn request(model: &str, width: u32, height: u32) -> ProviderRequest {
+    ProviderRequest {
+        prompt: "a red fox in snow".into(),
+        negative_prompt: Some("blurry".into()),
+        model: model.into(),
+        size: Size { width, height },
+        seed: 42,
+    }
+}
