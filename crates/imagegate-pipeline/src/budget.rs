@@ -108,6 +108,11 @@ impl Budgets {
         self.config.keys.get(key).copied().or(self.config.default)
     }
 
+    /// Does any limit apply to `api_key`? When none does, a miss needs no estimate.
+    pub fn is_limited(&self, api_key: Option<&str>) -> bool {
+        self.limit_for(api_key.unwrap_or(ANONYMOUS)).is_some()
+    }
+
     /// Reserves `expected` (plus the processing reserve) for `api_key`, or answers
     /// `BudgetExhausted` when a daily or monthly limit would be passed.
     pub async fn reserve(
@@ -202,6 +207,7 @@ mod tests {
                 ..
             })
         ));
+        assert!(budgets.is_limited(None));
         // A key with its own (unlimited) entry is not held to the default.
         assert!(budgets
             .reserve(Some("rich"), Micros(1_000_000))

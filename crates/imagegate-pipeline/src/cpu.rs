@@ -10,6 +10,8 @@ use tokio::sync::Semaphore;
 pub struct CpuPool {
     running: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    /// Jobs running plus waiting when the pool is full, for the refusal message.
+    capacity: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,7 @@ impl CpuPool {
         CpuPool {
             running: Arc::new(Semaphore::new(workers)),
             admitted: Arc::new(Semaphore::new(workers + queue)),
+            capacity: workers + queue,
         }
     }
 
@@ -38,7 +41,7 @@ impl CpuPool {
             .admitted
             .clone()
             .try_acquire_owned()
-            .map_err(|_| PoolError::Full(self.capacity()))?;
+            .map_err(|_| PoolError::Full(self.capacity))?;
         let _running = self
             .running
             .clone()
@@ -48,11 +51,6 @@ impl CpuPool {
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| PoolError::Panicked(e.to_string()))
-    }
-
-    fn capacity(&self) -> usize {
-        // Upper bound for the message only; exactness does not matter here.
-        self.running.available_permits() + self.admitted.available_permits()
     }
 }
 
@@ -109,7 +107,7 @@ mod tests {
             tokio::spawn(async move { pool.run(move || rx.lock().unwrap().recv().unwrap()).await })
         };
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(matches!(pool.run(|| ()).await, Err(PoolError::Full(_))));
+        assert!(matches!(pool.run(|| ()).await, Err(PoolError::Full(2))));
         tx.send(()).unwrap();
         tx.send(()).unwrap();
         blocker.await.unwrap().unwrap();

@@ -95,12 +95,6 @@ pub struct Outcome {
     pub stages: Vec<StageCost>,
 }
 
-impl Outcome {
-    pub fn total(&self) -> Micros {
-        self.stages.iter().map(|s| s.micros).sum()
-    }
-}
-
 /// Where a manifest handed out by the cache came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -222,11 +216,11 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Resolves a caller's request into what decides the output.
+    /// Resolves a caller's request into what decides the output, and how to route it.
     pub fn resolve(
         &self,
         req: &ImageRequest,
-    ) -> Result<(GenerationRequest, RenderProfile), PipelineError> {
+    ) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
         let limits = &self.config.limits;
         let defaults = &self.config.defaults;
         let normalized = imagegate_core::key::normalize_text(&req.prompt);
@@ -288,7 +282,7 @@ impl Pipeline {
                 ));
             }
         }
-        self.policy(req)?;
+        let policy = self.policy(req)?;
         let gen = GenerationRequest::new(
             &req.prompt,
             req.negative_prompt.as_deref(),
@@ -297,7 +291,7 @@ impl Pipeline {
             req.seed.unwrap_or(defaults.seed),
         )
         .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
-        Ok((gen, profile))
+        Ok((gen, profile, policy))
     }
 
     /// `POST /v1/images`: generate (or fetch from cache) and deliver.
@@ -307,7 +301,7 @@ impl Pipeline {
         ctx: &RequestContext,
     ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
-        let (gen, profile) = self.resolve(req)?;
+        let (gen, profile, policy) = self.resolve(req)?;
         if let Some(hit) = self.screen.check(&gen.prompt) {
             metrics::counter!("imagegate_prompts_blocked_total").increment(1);
             return Err(PipelineError::PromptBlocked {
@@ -315,12 +309,13 @@ impl Pipeline {
             });
         }
         let key = content_key(&gen, &profile);
-        let policy = self.policy(req)?;
         // A hit costs nothing from a provider, so only a miss is held to max_cost_usd
         // and to the key's budget, and both are checked before any provider is called.
         let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
+        let api_key = ctx.api_key.as_deref();
+        let constrained = req.max_cost_usd.is_some() || self.budgets.is_limited(api_key);
         // Held until this request's cost is in the ledger.
-        let _reservation = if cached {
+        let _reservation = if cached || !constrained {
             None
         } else {
             let estimate =
@@ -341,7 +336,7 @@ impl Pipeline {
                 }
             }
             self.budgets
-                .reserve(ctx.api_key.as_deref(), expected.unwrap_or_default())
+                .reserve(api_key, expected.unwrap_or_default())
                 .await?
         };
         let produce = || async {
@@ -644,14 +639,13 @@ impl Pipeline {
         &self,
         req: &ImageRequest,
     ) -> Result<(ContentKey, bool, Estimate), PipelineError> {
-        let (gen, profile) = self.resolve(req)?;
+        let (gen, profile, policy) = self.resolve(req)?;
         if let Some(hit) = self.screen.check(&gen.prompt) {
             return Err(PipelineError::PromptBlocked {
                 rule: hit.rule().to_string(),
             });
         }
         let key = content_key(&gen, &profile);
-        let policy = self.policy(req)?;
         let max = req.max_cost_usd.map(Micros::from_usd);
         let estimate =
             self.router

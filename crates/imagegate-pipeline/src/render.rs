@@ -141,12 +141,8 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     formats.dedup();
     let encode_started = std::time::Instant::now();
     let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, job.encode_threads)?;
-    let encoded = crate::cpu::Measured {
-        value: (),
-        wall_ms: encode_started.elapsed().as_secs_f64() * 1e3,
-        cpu_ms: encode_cpu_ms,
-    };
-    let mut s = stage(Stage::Encode, encoded.wall_ms, encoded.cpu_ms, price);
+    let encode_wall_ms = encode_started.elapsed().as_secs_f64() * 1e3;
+    let mut s = stage(Stage::Encode, encode_wall_ms, encode_cpu_ms, price);
     s.bytes_in = variants.iter().map(|v| v.as_raw().len() as u64).sum();
     s.bytes_out = files.iter().map(|f| f.bytes.len() as u64).sum();
     s.detail = serde_json::json!({

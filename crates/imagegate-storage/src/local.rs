@@ -35,10 +35,6 @@ impl LocalStore {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
         validate_key(key)?;
         Ok(self.root.join(key))
