@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::{Micros, ModelClass, Size};
 use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,10 +145,8 @@ struct ErrorBody {
 
 pub struct Automatic1111Provider {
     config: Automatic1111Config,
-    base_url: String,
+    endpoint: http::Endpoint,
     auth: Option<(String, ApiKey)>,
-    client: reqwest::Client,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for Automatic1111Provider {
@@ -162,7 +160,7 @@ impl std::fmt::Debug for Automatic1111Provider {
 
 impl Automatic1111Provider {
     pub fn new(config: Automatic1111Config) -> Result<Automatic1111Provider, ProviderError> {
-        http::validate_common(
+        let endpoint = http::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
@@ -197,14 +195,10 @@ impl Automatic1111Provider {
                 Some((user, ApiKey::from_string(password)))
             }
         };
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = http::client(&config.name, timeout)?;
         Ok(Automatic1111Provider {
-            base_url: http::trim_base(&config.base_url),
+            endpoint,
             config,
             auth,
-            client,
-            timeout,
         })
     }
 
@@ -276,8 +270,9 @@ impl Provider for Automatic1111Provider {
             },
         };
         let mut builder = self
+            .endpoint
             .client
-            .post(format!("{}/sdapi/v1/txt2img", self.base_url))
+            .post(format!("{}/sdapi/v1/txt2img", self.endpoint.base_url))
             .json(&body);
         if let Some((user, password)) = &self.auth {
             builder = builder.basic_auth(user, Some(password.expose()));
@@ -286,9 +281,10 @@ impl Provider for Automatic1111Provider {
         let resp = builder
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
-        let raw = http::read_limited(name, self.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+        let raw =
+            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
         let gpu_seconds = started.elapsed().as_secs_f64();
         if !status.is_success() {
             return Err(self.error_from(status, &raw));

@@ -299,10 +299,8 @@ impl ApiError {
 
 pub struct GoogleProvider {
     config: GoogleConfig,
-    base_url: String,
+    endpoint: http::Endpoint,
     key: ApiKey,
-    client: reqwest::Client,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for GoogleProvider {
@@ -320,7 +318,7 @@ fn is_imagen(model: &str) -> bool {
 
 impl GoogleProvider {
     pub fn new(config: GoogleConfig) -> Result<GoogleProvider, ProviderError> {
-        http::validate_common(
+        let endpoint = http::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
@@ -328,14 +326,10 @@ impl GoogleProvider {
             config.models.is_empty(),
         )?;
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = http::client(&config.name, timeout)?;
         Ok(GoogleProvider {
-            base_url: http::trim_base(&config.base_url),
+            endpoint,
             config,
             key,
-            client,
-            timeout,
         })
     }
 
@@ -390,16 +384,18 @@ impl GoogleProvider {
     ) -> Result<serde_json::Value, ProviderError> {
         let name = &self.config.name;
         let resp = self
+            .endpoint
             .client
             .post(url)
             .header("x-goog-api-key", self.key.expose())
             .json(body)
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let raw = http::read_limited(name, self.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+        let raw =
+            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
         if !status.is_success() {
             return Err(self.error_from(status, &headers, &raw));
         }
@@ -434,7 +430,10 @@ impl GoogleProvider {
                 },
             },
         };
-        let url = format!("{}/models/{}:generateContent", self.base_url, request.model);
+        let url = format!(
+            "{}/models/{}:generateContent",
+            self.endpoint.base_url, request.model
+        );
         let value = self.post_json(url, &body).await?;
         let parsed: GenerateContentResponse = serde_json::from_value(value.clone())
             .map_err(|e| http::bad_response(name, format!("unexpected JSON shape: {e}")))?;
@@ -526,7 +525,10 @@ impl GoogleProvider {
                 aspect_ratio: ratio,
             },
         };
-        let url = format!("{}/models/{}:predict", self.base_url, request.model);
+        let url = format!(
+            "{}/models/{}:predict",
+            self.endpoint.base_url, request.model
+        );
         let value = self.post_json(url, &body).await?;
         let parsed: PredictResponse = serde_json::from_value(value)
             .map_err(|e| http::bad_response(name, format!("unexpected JSON shape: {e}")))?;

@@ -103,6 +103,40 @@ pub(crate) fn validate_common(
 }
 
 /// `base` without a trailing slash, so `format!("{base}/path")` is always right.
+/// What every HTTP adapter connects with: the validated base URL (no trailing
+/// slash), a client with the configured timeout, and that timeout.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    /// Checks the settings every adapter shares, then builds the client.
+    pub(crate) fn open(
+        provider: &str,
+        base_url: &str,
+        timeout_secs: u64,
+        expected_usd_per_image: f64,
+        no_models: bool,
+    ) -> Result<Endpoint, ProviderError> {
+        validate_common(
+            provider,
+            base_url,
+            timeout_secs,
+            expected_usd_per_image,
+            no_models,
+        )?;
+        let timeout = Duration::from_secs(timeout_secs);
+        Ok(Endpoint {
+            base_url: trim_base(base_url),
+            client: client(provider, timeout)?,
+            timeout,
+        })
+    }
+}
+
 pub(crate) fn trim_base(base: &str) -> String {
     base.trim_end_matches('/').to_string()
 }

@@ -27,7 +27,6 @@ use bytes::Bytes;
 use imagegate_core::{Micros, ModelClass, Size};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,10 +163,8 @@ struct ApiError {
 
 pub struct OpenAiProvider {
     config: OpenAiConfig,
-    base_url: String,
+    endpoint: http::Endpoint,
     key: ApiKey,
-    client: reqwest::Client,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for OpenAiProvider {
@@ -181,7 +178,7 @@ impl std::fmt::Debug for OpenAiProvider {
 
 impl OpenAiProvider {
     pub fn new(config: OpenAiConfig) -> Result<OpenAiProvider, ProviderError> {
-        http::validate_common(
+        let endpoint = http::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
@@ -189,14 +186,10 @@ impl OpenAiProvider {
             config.models.is_empty(),
         )?;
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = http::client(&config.name, timeout)?;
         Ok(OpenAiProvider {
-            base_url: http::trim_base(&config.base_url),
+            endpoint,
             config,
             key,
-            client,
-            timeout,
         })
     }
 
@@ -300,16 +293,18 @@ impl Provider for OpenAiProvider {
         };
         tracing::debug!(provider = %name, model, size = %format!("{w}x{h}"), "openai images/generations");
         let resp = self
+            .endpoint
             .client
-            .post(format!("{}/images/generations", self.base_url))
+            .post(format!("{}/images/generations", self.endpoint.base_url))
             .bearer_auth(self.key.expose())
             .json(&body)
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let raw = http::read_limited(name, self.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+        let raw =
+            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
         if !status.is_success() {
             return Err(self.error_from(status, &headers, &raw));
         }

@@ -198,11 +198,9 @@ struct Problem {
 
 pub struct ReplicateProvider {
     config: ReplicateConfig,
-    base_url: String,
+    endpoint: http::Endpoint,
     base_host: Option<String>,
     key: ApiKey,
-    client: reqwest::Client,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for ReplicateProvider {
@@ -247,7 +245,7 @@ fn retry_from_detail(detail: &str) -> Option<Duration> {
 
 impl ReplicateProvider {
     pub fn new(config: ReplicateConfig) -> Result<ReplicateProvider, ProviderError> {
-        http::validate_common(
+        let endpoint = http::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
@@ -281,18 +279,14 @@ impl ReplicateProvider {
             )));
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = http::client(&config.name, timeout)?;
         let base_host = reqwest::Url::parse(&config.base_url)
             .ok()
             .and_then(|u| u.host_str().map(str::to_string));
         Ok(ReplicateProvider {
-            base_url: http::trim_base(&config.base_url),
+            endpoint,
             base_host,
             config,
             key,
-            client,
-            timeout,
         })
     }
 
@@ -333,7 +327,7 @@ impl ReplicateProvider {
         let name = &self.config.name;
         let status = resp.status();
         let retry_after = http::retry_after(resp.headers());
-        let body = http::read_limited(name, self.timeout, resp, 64 * 1024)
+        let body = http::read_limited(name, self.endpoint.timeout, resp, 64 * 1024)
             .await
             .unwrap_or_default();
         let detail = match serde_json::from_slice::<Problem>(&body) {
@@ -362,7 +356,8 @@ impl ReplicateProvider {
 
     async fn parse_prediction(&self, resp: reqwest::Response) -> Result<Prediction, ProviderError> {
         let name = &self.config.name;
-        let raw = http::read_limited(name, self.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+        let raw =
+            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
         serde_json::from_slice(&raw)
             .map_err(|e| http::bad_response(name, format!("not a prediction object: {e}")))
     }
@@ -370,27 +365,34 @@ impl ReplicateProvider {
     async fn create(&self, request: &ProviderRequest) -> Result<Prediction, ProviderError> {
         let name = &self.config.name;
         let (url, version) = match request.model.split_once(':') {
-            Some((_, version)) => (format!("{}/predictions", self.base_url), Some(version)),
+            Some((_, version)) => (
+                format!("{}/predictions", self.endpoint.base_url),
+                Some(version),
+            ),
             None => (
-                format!("{}/models/{}/predictions", self.base_url, request.model),
+                format!(
+                    "{}/models/{}/predictions",
+                    self.endpoint.base_url, request.model
+                ),
                 None,
             ),
         };
-        let mut builder =
-            self.client
-                .post(url)
-                .bearer_auth(self.key.expose())
-                .json(&CreatePrediction {
-                    version,
-                    input: self.input(request),
-                });
+        let mut builder = self
+            .endpoint
+            .client
+            .post(url)
+            .bearer_auth(self.key.expose())
+            .json(&CreatePrediction {
+                version,
+                input: self.input(request),
+            });
         if let Some(secs) = self.config.prefer_wait_secs {
             builder = builder.header("Prefer", format!("wait={secs}"));
         }
         let resp = builder
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         if !resp.status().is_success() {
             return Err(self.error_from(resp).await);
         }
@@ -405,15 +407,16 @@ impl ReplicateProvider {
     ) -> Result<(Option<Prediction>, Option<Duration>), ProviderError> {
         let name = &self.config.name;
         let resp = match self
+            .endpoint
             .client
-            .get(format!("{}/predictions/{}", self.base_url, id))
+            .get(format!("{}/predictions/{}", self.endpoint.base_url, id))
             .bearer_auth(self.key.expose())
             .send()
             .await
         {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Ok((None, None)),
-            Err(e) => return Err(http::transport_error(name, self.timeout, e)),
+            Err(e) => return Err(http::transport_error(name, self.endpoint.timeout, e)),
         };
         let status = resp.status();
         if status.as_u16() == 429 || status.is_server_error() {
@@ -427,8 +430,12 @@ impl ReplicateProvider {
 
     async fn cancel(&self, id: &str) {
         let result = self
+            .endpoint
             .client
-            .post(format!("{}/predictions/{}/cancel", self.base_url, id))
+            .post(format!(
+                "{}/predictions/{}/cancel",
+                self.endpoint.base_url, id
+            ))
             .bearer_auth(self.key.expose())
             .send()
             .await;
@@ -503,14 +510,14 @@ impl ReplicateProvider {
         if !matches!(parsed.scheme(), "https" | "http") {
             return Err(http::bad_response(name, "output URL is not http(s)"));
         }
-        let mut builder = self.client.get(parsed.clone());
+        let mut builder = self.endpoint.client.get(parsed.clone());
         if self.sends_token_to(&parsed) {
             builder = builder.header(AUTHORIZATION, format!("Bearer {}", self.key.expose()));
         }
         let resp = builder
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(ProviderError::Upstream {
@@ -519,7 +526,7 @@ impl ReplicateProvider {
             });
         }
         let limit = usize::try_from(self.config.max_download_bytes).unwrap_or(usize::MAX);
-        http::read_limited(name, self.timeout, resp, limit).await
+        http::read_limited(name, self.endpoint.timeout, resp, limit).await
     }
 }
 

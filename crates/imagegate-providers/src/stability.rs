@@ -27,7 +27,6 @@ use bytes::Bytes;
 use imagegate_core::{Micros, ModelClass, Size};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 const ASPECT_RATIOS: &[&str] = &[
     "21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21",
@@ -160,10 +159,8 @@ impl Endpoint {
 
 pub struct StabilityProvider {
     config: StabilityConfig,
-    base_url: String,
+    endpoint: http::Endpoint,
     key: ApiKey,
-    client: reqwest::Client,
-    timeout: Duration,
 }
 
 impl std::fmt::Debug for StabilityProvider {
@@ -177,7 +174,7 @@ impl std::fmt::Debug for StabilityProvider {
 
 impl StabilityProvider {
     pub fn new(config: StabilityConfig) -> Result<StabilityProvider, ProviderError> {
-        http::validate_common(
+        let endpoint = http::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
@@ -198,14 +195,10 @@ impl StabilityProvider {
             });
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let timeout = Duration::from_secs(config.timeout_secs);
-        let client = http::client(&config.name, timeout)?;
         Ok(StabilityProvider {
-            base_url: http::trim_base(&config.base_url),
+            endpoint,
             config,
             key,
-            client,
-            timeout,
         })
     }
 
@@ -290,17 +283,19 @@ impl Provider for StabilityProvider {
                 message: format!("no Stability endpoint serves model {:?}", request.model),
             })?;
         let resp = self
+            .endpoint
             .client
-            .post(format!("{}{}", self.base_url, endpoint.path()))
+            .post(format!("{}{}", self.endpoint.base_url, endpoint.path()))
             .bearer_auth(self.key.expose())
             .header(ACCEPT, "application/json")
             .multipart(self.form(&endpoint, request))
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.timeout, e))?;
+            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let raw = http::read_limited(name, self.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+        let raw =
+            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
         if !status.is_success() {
             return Err(self.error_from(status, &headers, &raw));
         }
