@@ -1,0 +1,1 @@
+//! Throwaway PostgreSQL schemas for tests (filled in by the fleet-mode work).
