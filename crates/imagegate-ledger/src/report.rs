@@ -2,6 +2,7 @@
 //! provider, model, API key and day, plus cache economics. Money stays integer
 //! micro-dollars all the way, so totals equal the sum of ledger rows exactly.
 
+use crate::backend::with_pool;
 use crate::{Ledger, LedgerError};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use imagegate_core::Micros;
@@ -221,28 +222,50 @@ fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// `r.created_at` within the window; binds since twice, then until twice.
-const WINDOW: &str = "(? IS NULL OR r.created_at >= ?) AND (? IS NULL OR r.created_at < ?)";
+/// `r.created_at` within the window; `$1` is since, `$2` until (NULL: unbounded).
+const WINDOW: &str = "($1 IS NULL OR r.created_at >= $1) AND ($2 IS NULL OR r.created_at < $2)";
+
+/// Refuses a window whose start lies after its end.
+fn check_window(query: &ReportQuery) -> Result<(), LedgerError> {
+    if let (Some(since), Some(until)) = (query.since, query.until) {
+        if since > until {
+            return Err(LedgerError::BadReport(format!(
+                "since ({}) is after until ({})",
+                rfc3339(since),
+                rfc3339(until)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the five sums of `SUMS` starting at column `at`.
+macro_rules! totals_at {
+    ($row:expr, $at:expr) => {
+        Totals {
+            requests: $row.try_get($at)?,
+            micros: Micros($row.try_get($at + 1)?),
+            wall_ms: $row.try_get($at + 2)?,
+            cpu_ms: $row.try_get($at + 3)?,
+            bytes_out: $row.try_get($at + 4)?,
+        }
+    };
+}
+
+/// Sums over `requests r LEFT JOIN stages s`; BIGINT casts because PostgreSQL sums
+/// BIGINT into NUMERIC.
+const SUMS: &str = "COUNT(DISTINCT r.id), CAST(COALESCE(SUM(s.micros), 0) AS BIGINT), \
+                    COALESCE(SUM(s.wall_ms), 0.0), COALESCE(SUM(s.cpu_ms), 0.0), \
+                    CAST(COALESCE(SUM(s.bytes_out), 0) AS BIGINT)";
 
 impl Ledger {
     /// Totals grouped by `query.group_by` over `query`'s window. Sums always run over
     /// stage rows (a request's cost is the sum of its stages), so a report grouped by
     /// stage and one grouped by provider have the same total.
     pub async fn report(&self, query: &ReportQuery) -> Result<Report, LedgerError> {
-        if let (Some(since), Some(until)) = (query.since, query.until) {
-            if since > until {
-                return Err(LedgerError::BadReport(format!(
-                    "since ({}) is after until ({})",
-                    rfc3339(since),
-                    rfc3339(until)
-                )));
-            }
-        }
+        check_window(query)?;
         let since = query.since.map(rfc3339);
         let until = query.until.map(rfc3339);
-        let sums = "COUNT(DISTINCT r.id), COALESCE(SUM(s.micros), 0), \
-                    COALESCE(SUM(s.wall_ms), 0.0), COALESCE(SUM(s.cpu_ms), 0.0), \
-                    COALESCE(SUM(s.bytes_out), 0)";
         let from = "FROM requests r LEFT JOIN stages s ON s.request = r.id";
         let dims = &query.group_by;
 
@@ -251,57 +274,48 @@ impl Ledger {
             sql.push_str(d.column());
             sql.push_str(", ");
         }
-        sql.push_str(sums);
+        sql.push_str(SUMS);
         sql.push(' ');
         sql.push_str(from);
         sql.push_str(" WHERE ");
         sql.push_str(WINDOW);
         if !dims.is_empty() {
             let positions: Vec<String> = (1..=dims.len()).map(|i| i.to_string()).collect();
-            sql.push_str(&format!(" GROUP BY {0} ORDER BY {0}", positions.join(", ")));
+            // NULLS FIRST: the backends' defaults differ (SQLite first, PostgreSQL last).
+            let order: Vec<String> = positions
+                .iter()
+                .map(|p| format!("{p} NULLS FIRST"))
+                .collect();
+            sql.push_str(&format!(
+                " GROUP BY {} ORDER BY {}",
+                positions.join(", "),
+                order.join(", ")
+            ));
         }
-        let fetched = sqlx::query(&sql)
-            .bind(&since)
-            .bind(&since)
-            .bind(&until)
-            .bind(&until)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
-        let totals_at = |r: &sqlx::sqlite::SqliteRow, at: usize| Totals {
-            requests: r.get(at),
-            micros: Micros(r.get(at + 1)),
-            wall_ms: r.get(at + 2),
-            cpu_ms: r.get(at + 3),
-            bytes_out: r.get(at + 4),
-        };
-        let mut rows: Vec<ReportRow> = fetched
-            .iter()
-            .map(|r| ReportRow {
-                values: dims
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| (*d, r.get::<Option<String>, _>(i)))
-                    .collect(),
-                totals: totals_at(r, dims.len()),
-            })
-            .collect();
+        let total_sql = format!("SELECT {SUMS} {from} WHERE {WINDOW}");
+        let (mut rows, total) = with_pool!(&self.pool, p => async {
+            let mut rows = Vec::new();
+            for r in sqlx::query(&sql).bind(&since).bind(&until).fetch_all(p).await? {
+                let mut values = Vec::with_capacity(dims.len());
+                for (i, d) in dims.iter().enumerate() {
+                    values.push((*d, r.try_get::<Option<String>, _>(i)?));
+                }
+                rows.push(ReportRow {
+                    values,
+                    totals: totals_at!(r, dims.len()),
+                });
+            }
+            let r = sqlx::query(&total_sql).bind(&since).bind(&until).fetch_one(p).await?;
+            let total = ReportRow {
+                values: Vec::new(),
+                totals: totals_at!(r, 0),
+            };
+            Ok::<_, sqlx::Error>((rows, total))
+        }
+        .await)
+        .map_err(|e| self.db(e))?;
         // Without grouping the one row is the total; an empty window has no rows.
         rows.retain(|r| r.totals.requests > 0);
-
-        let total_sql = format!("SELECT {sums} {from} WHERE {WINDOW}");
-        let total_row = sqlx::query(&total_sql)
-            .bind(&since)
-            .bind(&since)
-            .bind(&until)
-            .bind(&until)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.db(e))?;
-        let total = ReportRow {
-            values: Vec::new(),
-            totals: totals_at(&total_row, 0),
-        };
         let cache = self.cache_economics(&since, &until).await?;
         Ok(Report {
             group_by: dims.clone(),
@@ -318,37 +332,42 @@ impl Ledger {
         since: &Option<String>,
         until: &Option<String>,
     ) -> Result<CacheEconomics, LedgerError> {
+        let count = |cond: &str| {
+            format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)")
+        };
         let sql = format!(
-            "SELECT \
-               COALESCE(SUM(r.cache = 'hit'), 0), \
-               COALESCE(SUM(r.cache = 'miss'), 0), \
-               COALESCE(SUM(r.cache = 'bypass'), 0), \
-               COALESCE(SUM(CASE WHEN r.cache = 'hit' THEN o.micros END), 0), \
-               COALESCE(SUM(r.cache = 'hit' AND o.micros IS NULL), 0) \
+            "SELECT {}, {}, {}, \
+               CAST(COALESCE(SUM(CASE WHEN r.cache = 'hit' THEN o.micros END), 0) AS BIGINT), \
+               {} \
              FROM requests r LEFT JOIN requests o ON o.id = ( \
                SELECT m.id FROM requests m \
                WHERE r.cache = 'hit' AND m.content_key = r.content_key \
                  AND m.cache = 'miss' AND m.id < r.id \
                ORDER BY m.id DESC LIMIT 1) \
-             WHERE {WINDOW}"
+             WHERE {WINDOW}",
+            count("r.cache = 'hit'"),
+            count("r.cache = 'miss'"),
+            count("r.cache = 'bypass'"),
+            count("r.cache = 'hit' AND o.micros IS NULL"),
         );
-        let row = sqlx::query(&sql)
-            .bind(since)
-            .bind(since)
-            .bind(until)
-            .bind(until)
-            .fetch_one(&self.pool)
-            .await
+        let [hits, misses, bypasses, saved, hits_without_original] =
+            with_pool!(&self.pool, p => async {
+                let row = sqlx::query(&sql).bind(since).bind(until).fetch_one(p).await?;
+                let mut out = [0i64; 5];
+                for (i, v) in out.iter_mut().enumerate() {
+                    *v = row.try_get(i)?;
+                }
+                Ok::<_, sqlx::Error>(out)
+            }
+            .await)
             .map_err(|e| self.db(e))?;
-        let hits: i64 = row.get(0);
-        let misses: i64 = row.get(1);
         Ok(CacheEconomics {
             hits,
             misses,
-            bypasses: row.get(2),
+            bypasses,
             hit_ratio: (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64),
-            saved: Micros(row.get(3)),
-            hits_without_original: row.get(4),
+            saved: Micros(saved),
+            hits_without_original,
         })
     }
 }
@@ -356,7 +375,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CacheOutcome, LedgerConfig, RequestRecord};
+    use crate::testing::{on_both_backends, record_at, TestDb};
+    use crate::{CacheOutcome, RequestRecord};
     use imagegate_core::{ContentKey, Stage, StageCost};
     use proptest::prelude::*;
 
@@ -393,35 +413,16 @@ mod tests {
         }
     }
 
-    async fn open() -> (tempfile::TempDir, Ledger) {
-        let dir = tempfile::tempdir().unwrap();
-        let ledger = Ledger::open(&LedgerConfig {
-            url: format!("sqlite://{}/ledger.db", dir.path().display()),
-        })
-        .await
-        .unwrap();
-        (dir, ledger)
-    }
-
-    /// Records a request at a fixed time (the ledger stamps "now").
-    async fn record_at(ledger: &Ledger, at: &str, rec: &RequestRecord, stages: &[StageCost]) {
-        let id = ledger.record(rec, stages).await.unwrap();
-        for table in [
-            "UPDATE requests SET created_at = ? WHERE id = ?",
-            "UPDATE stages SET created_at = ? WHERE request = ?",
-        ] {
-            sqlx::query(table)
-                .bind(at)
-                .bind(id)
-                .execute(&ledger.pool)
-                .await
-                .unwrap();
-        }
-    }
+    on_both_backends!(
+        every_grouping_has_the_same_exact_total,
+        groups_by_stage_provider_key_and_day,
+        since_is_inclusive_and_until_exclusive,
+        hits_are_credited_with_the_original_generation_cost,
+    );
 
     /// Two days, two providers, two keys, a miss and two hits of one key.
-    async fn fixture() -> (tempfile::TempDir, Ledger) {
-        let (dir, ledger) = open().await;
+    async fn fixture(db: &TestDb) -> Ledger {
+        let ledger = db.open().await;
         let gen = |m| {
             vec![
                 stage(Stage::Generate, m, 0),
@@ -459,7 +460,7 @@ mod tests {
         for (at, rec, stages) in &rows {
             record_at(&ledger, at, rec, stages).await;
         }
-        (dir, ledger)
+        ledger
     }
 
     fn at(s: &str) -> DateTime<Utc> {
@@ -475,9 +476,8 @@ mod tests {
 
     const ALL_MICROS: i64 = 40_019 + 1 + 170_019 + 170_020;
 
-    #[tokio::test]
-    async fn every_grouping_has_the_same_exact_total() {
-        let (_dir, ledger) = fixture().await;
+    async fn every_grouping_has_the_same_exact_total(db: TestDb) {
+        let ledger = fixture(&db).await;
         // Every subset of dimensions, in order.
         for mask in 0u32..(1 << Dimension::ALL.len()) {
             let group_by: Vec<Dimension> = Dimension::ALL
@@ -510,9 +510,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn groups_by_stage_provider_key_and_day() {
-        let (_dir, ledger) = fixture().await;
+    async fn groups_by_stage_provider_key_and_day(db: TestDb) {
+        let ledger = fixture(&db).await;
         let q = |group_by: Vec<Dimension>| ReportQuery {
             group_by,
             ..Default::default()
@@ -595,9 +594,8 @@ mod tests {
         assert_eq!(openai_generate.totals.requests, 2);
     }
 
-    #[tokio::test]
-    async fn since_is_inclusive_and_until_exclusive() {
-        let (_dir, ledger) = fixture().await;
+    async fn since_is_inclusive_and_until_exclusive(db: TestDb) {
+        let ledger = fixture(&db).await;
         let report = |since: Option<&str>, until: Option<&str>| {
             let ledger = ledger.clone();
             let query = ReportQuery {
@@ -632,9 +630,8 @@ mod tests {
         assert!(backwards.to_string().contains("after"), "{backwards}");
     }
 
-    #[tokio::test]
-    async fn hits_are_credited_with_the_original_generation_cost() {
-        let (_dir, ledger) = fixture().await;
+    async fn hits_are_credited_with_the_original_generation_cost(db: TestDb) {
+        let ledger = fixture(&db).await;
         let all = ledger.report(&ReportQuery::default()).await.unwrap();
         assert_eq!(all.cache.hits, 2);
         assert_eq!(all.cache.misses, 2);
@@ -748,51 +745,88 @@ mod tests {
         );
     }
 
+    /// One generated request: key number, cache outcome index, (stage index, micros).
+    type Recorded = (u8, usize, Vec<(usize, i64)>);
+
+    /// Records `requests` and checks that the report grouped by the dimensions in
+    /// `mask` sums to exactly what was recorded.
+    fn check_totals(
+        db: impl std::future::Future<Output = TestDb>,
+        requests: &[Recorded],
+        mask: u32,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let db = db.await;
+            let ledger = db.open().await;
+            let mut expected = 0i64;
+            for (i, (k, cache, stages)) in requests.iter().enumerate() {
+                let cache = [CacheOutcome::Miss, CacheOutcome::Hit, CacheOutcome::Bypass][*cache];
+                let provider = ["local", "openai"][i % 2];
+                let stages: Vec<StageCost> = stages
+                    .iter()
+                    .map(|(s, m)| stage(Stage::ALL[*s], *m, 1))
+                    .collect();
+                expected += stages.iter().map(|s| s.micros.0).sum::<i64>();
+                ledger
+                    .record(&request(&i.to_string(), *k, cache, provider, None), &stages)
+                    .await
+                    .unwrap();
+            }
+            let group_by: Vec<Dimension> = Dimension::ALL
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, d)| d)
+                .collect();
+            let report = ledger
+                .report(&ReportQuery {
+                    group_by,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let rows: i64 = report.rows.iter().map(|r| r.totals.micros.0).sum();
+            assert_eq!(report.total.totals.micros.0, expected);
+            assert_eq!(rows, expected);
+            assert_eq!(report.total.totals.requests, requests.len() as i64);
+            ledger.close().await;
+        });
+    }
+
+    fn recorded_requests() -> impl Strategy<Value = Vec<Recorded>> {
+        prop::collection::vec(
+            (
+                0u8..4,
+                0usize..3,
+                prop::collection::vec((0usize..9, 0i64..5_000_000_000), 0..5),
+            ),
+            1..12,
+        )
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(12))]
 
         /// Whatever is recorded, every grouping's rows and total sum to exactly what was
         /// recorded.
         #[test]
-        fn totals_equal_the_sum_of_recorded_stages(
-            requests in prop::collection::vec(
-                (0u8..4, 0usize..3, prop::collection::vec((0usize..9, 0i64..5_000_000_000), 0..5)),
-                1..12,
-            ),
+        fn totals_equal_the_sum_of_recorded_stages_on_sqlite(
+            requests in recorded_requests(),
             mask in 0u32..32,
         ) {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async {
-                let (_dir, ledger) = open().await;
-                let mut expected = 0i64;
-                for (i, (k, cache, stages)) in requests.iter().enumerate() {
-                    let cache = [CacheOutcome::Miss, CacheOutcome::Hit, CacheOutcome::Bypass][*cache];
-                    let provider = ["local", "openai"][i % 2];
-                    let stages: Vec<StageCost> = stages
-                        .iter()
-                        .map(|(s, m)| stage(Stage::ALL[*s], *m, 1))
-                        .collect();
-                    expected += stages.iter().map(|s| s.micros.0).sum::<i64>();
-                    ledger
-                        .record(&request(&i.to_string(), *k, cache, provider, None), &stages)
-                        .await
-                        .unwrap();
-                }
-                let group_by: Vec<Dimension> = Dimension::ALL
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(i, _)| mask & (1 << i) != 0)
-                    .map(|(_, d)| d)
-                    .collect();
-                let report = ledger
-                    .report(&ReportQuery { group_by, ..Default::default() })
-                    .await
-                    .unwrap();
-                let rows: i64 = report.rows.iter().map(|r| r.totals.micros.0).sum();
-                assert_eq!(report.total.totals.micros.0, expected);
-                assert_eq!(rows, expected);
-                assert_eq!(report.total.totals.requests, requests.len() as i64);
-            });
+            check_totals(TestDb::sqlite(), &requests, mask);
+        }
+
+        #[test]
+        fn totals_equal_the_sum_of_recorded_stages_on_postgres(
+            requests in recorded_requests(),
+            mask in 0u32..32,
+        ) {
+            check_totals(TestDb::postgres(), &requests, mask);
         }
     }
 }
