@@ -6,7 +6,7 @@
 //! the busy timeout would have to be re-applied by hand-written pragmas. With the enum,
 //! [`with_pool!`] expands the same query text once per backend: each driver encodes and
 //! decodes its own native types, SQLite keeps its typed connect options, and the few
-//! real differences (connect options, migrations) are explicit `match`es below.
+//! real differences (migrations, the clock) are explicit `match`es below.
 //!
 //! Portable SQL rules the queries follow: `$N` placeholders (SQLite accepts them too),
 //! `IS NOT DISTINCT FROM` instead of `IS`, `CAST(SUM(..) AS BIGINT)` because PostgreSQL
@@ -118,6 +118,17 @@ impl Pool {
         match self {
             Pool::Sqlite(_) => "sqlite",
             Pool::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The database's clock as integer milliseconds since the Unix epoch, as an SQL
+    /// expression. Leases are judged by this one clock that every replica shares.
+    pub(crate) fn now_ms_sql(&self) -> &'static str {
+        match self {
+            // julianday, not unixepoch('subsec'): it exists in every SQLite version.
+            Pool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            // clock_timestamp, not now(): the time of the statement, not of a transaction.
+            Pool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
         }
     }
 

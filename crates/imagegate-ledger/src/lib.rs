@@ -1,5 +1,5 @@
 //! The cost ledger: one row per request and one per stage it ran, committed before
-//! the response leaves.
+//! the response leaves; plus the leases that make single flight hold across replicas.
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -8,6 +8,7 @@
 //! Entry point: [`Ledger::open`].
 
 mod backend;
+mod lease;
 mod report;
 #[cfg(test)]
 mod testing;
