@@ -4,15 +4,17 @@
 //! one ledger; the same query code runs on both (see `backend`).
 //!
 //! It records and sums; it does not decide prices (the pipeline does) and does not
-//! format reports for people (the binary does); [`Ledger::report`] sums rows for it.
-//! Entry point: [`Ledger::open`].
+//! format reports for people (the binary does); [`Ledger::report`] and
+//! [`Ledger::delivery`] sum rows for it. Entry point: [`Ledger::open`].
 
 mod backend;
+mod delivery;
 mod lease;
 mod report;
 #[cfg(test)]
 mod testing;
 
+pub use delivery::DeliveryRow;
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };

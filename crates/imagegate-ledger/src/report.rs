@@ -218,15 +218,18 @@ fn serialize_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::O
 }
 
 /// The ledger's own time format, so text comparison orders correctly.
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// `r.created_at` within the window; `$1` is since, `$2` until (NULL: unbounded).
 const WINDOW: &str = "($1 IS NULL OR r.created_at >= $1) AND ($2 IS NULL OR r.created_at < $2)";
+/// The same window over stage rows (stamped with their request's time).
+pub(crate) const WINDOW_ON_STAGES: &str =
+    "($1 IS NULL OR s.created_at >= $1) AND ($2 IS NULL OR s.created_at < $2)";
 
 /// Refuses a window whose start lies after its end.
-fn check_window(query: &ReportQuery) -> Result<(), LedgerError> {
+pub(crate) fn check_window(query: &ReportQuery) -> Result<(), LedgerError> {
     if let (Some(since), Some(until)) = (query.since, query.until) {
         if since > until {
             return Err(LedgerError::BadReport(format!(
