@@ -330,7 +330,7 @@ async fn execute(
                 listening = false;
                 // Err: no signal handler could be installed; Ctrl-C then just kills us.
                 if r.is_ok() {
-                    note("interrupted: finishing the images in flight, starting no more");
+                    bar.suspend(|| note("interrupted: finishing the images in flight, starting no more"));
                     stop = Some(Done::Interrupted);
                 }
                 continue;
