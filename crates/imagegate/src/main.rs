@@ -1,8 +1,10 @@
-//! The `imagegate` command: `serve`, `process`, `classify`, `estimate` and `report`,
+//! The `imagegate` command: `serve`, `warm`, `process`, `classify`, `estimate` and `report`,
 //! on one configuration tree loaded from TOML and `IMAGEGATE_<SECTION>__<KEY>`
 //! environment variables.
 
 mod config;
+mod template;
+mod warm;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -36,6 +38,32 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
         #[arg(long)]
         listen: Option<String>,
+    },
+    /// Fill the cache ahead of traffic from prompt templates (see
+    /// config/templates.example.toml), through the same pipeline and ledger as `serve`.
+    /// Exit status: 0 all published (images skipped for the budget are reported, not
+    /// failures), 3 some failed, 130 interrupted, 1 could not start.
+    Warm {
+        /// The template file.
+        templates: PathBuf,
+        /// Images generated at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Start no image that could take the run's spending past this many USD
+        /// (spent plus in flight plus the next image's estimate).
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// Count images, cached keys and the estimated cost; generate nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse template files that expand to more images than this.
+        #[arg(long, default_value_t = 1000)]
+        max_images: u64,
+        /// The API key id the ledger books the run under (`imagegate report --by key`).
+        #[arg(long, default_value = "warm")]
+        key: String,
+        #[arg(long, value_enum, default_value_t = warm::Format::Table)]
+        format: warm::Format,
     },
     /// Run the post-generation stages (safety, variants, watermark, encode, store) on
     /// an image you already have, printing the same JSON as POST /v1/images.
@@ -103,7 +131,9 @@ enum ReportFormat {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    // warm draws a progress bar on stderr; routine info lines would tear it.
+    let quiet = matches!(cli.command, Command::Warm { .. });
+    init_logging(cli.log_json, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -120,9 +150,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool, quiet: bool) {
+    let default = if quiet { "warn" } else { "info,sqlx=warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -138,6 +169,26 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.command {
         Command::Serve { listen } => serve(config, listen).await,
         Command::Process { file, profile } => process(config, file, profile).await,
+        Command::Warm {
+            templates,
+            concurrency,
+            budget_usd,
+            dry_run,
+            max_images,
+            key,
+            format,
+        } => {
+            let args = warm::Args {
+                templates,
+                concurrency: usize::from(concurrency),
+                budget_usd,
+                dry_run,
+                max_images,
+                key,
+                format,
+            };
+            warm::run(config, args).await
+        }
         Command::Report {
             since,
             until,
