@@ -35,6 +35,9 @@ pub struct PipelineConfig {
     pub budgets: crate::budget::BudgetsConfig,
     pub storage: StorageConfig,
     pub ledger: LedgerConfig,
+    /// How replicas sharing one store and ledger coordinate.
+    #[serde(default)]
+    pub fleet: FleetConfig,
     pub safety: SafetyConfig,
     pub profiles: BTreeMap<String, RenderProfile>,
 }
@@ -51,6 +54,34 @@ pub struct ServerConfig {
     pub request_timeout_secs: u64,
     /// Serve the local store's files under `/cdn/`.
     pub serve_cdn: bool,
+    /// `POST /v1/images/generations`, the OpenAI Images API surface.
+    pub openai: OpenAiCompatConfig,
+}
+
+/// How OpenAI Images API requests map onto imagegate's own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiCompatConfig {
+    /// Largest `n` accepted (OpenAI allows 10).
+    pub max_n: u32,
+    /// OpenAI model names and what they mean here: a model class or a pinned
+    /// `provider/model`. Names not listed are parsed as imagegate models.
+    pub models: BTreeMap<String, String>,
+}
+
+impl Default for OpenAiCompatConfig {
+    fn default() -> Self {
+        let models = [
+            ("dall-e-2", "draft"),
+            ("dall-e-3", "standard"),
+            ("gpt-image-1", "standard"),
+            ("gpt-image-1-mini", "draft"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        OpenAiCompatConfig { max_n: 10, models }
+    }
 }
 
 impl Default for ServerConfig {
@@ -61,6 +92,7 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             request_timeout_secs: 300,
             serve_cdn: true,
+            openai: OpenAiCompatConfig::default(),
         }
     }
 }
@@ -167,6 +199,30 @@ impl Default for CostsConfig {
             put_usd_per_1000: 0.005,
             get_usd_per_1000: 0.0004,
             egress_usd_per_gb: 0.085,
+        }
+    }
+}
+
+/// Cross-replica single flight: a miss takes a lease on its key in the ledger
+/// database before generating; other replicas wait for its manifest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// A lease not renewed for this long is free again (its holder died). The holder
+    /// renews every third of it.
+    pub lease_ttl_secs: u64,
+    /// How long a replica waits for another's generation before answering 503.
+    pub wait_secs: u64,
+    /// First interval between looks at the store while waiting (doubles up to 8x).
+    pub poll_ms: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            lease_ttl_secs: 30,
+            wait_secs: 240,
+            poll_ms: 50,
         }
     }
 }
@@ -279,6 +335,14 @@ impl PipelineConfig {
             || self.limits.max_prompt_chars == 0
         {
             return Err("limits must be positive".into());
+        }
+        if !(1..=10).contains(&self.server.openai.max_n) {
+            return Err("server.openai.max_n must be 1 to 10".into());
+        }
+        for (alias, model) in &self.server.openai.models {
+            model
+                .parse::<ModelChoice>()
+                .map_err(|e| format!("server.openai.models.{alias}: {e}"))?;
         }
         self.budgets.validate()?;
         if self.safety.sessions == 0 {

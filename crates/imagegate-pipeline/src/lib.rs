@@ -117,6 +117,8 @@ pub struct Pipeline {
     generation_slots: Arc<Semaphore>,
     generation_admission: Arc<Semaphore>,
     encode_threads: usize,
+    /// This process's name as a lease holder: unique per start.
+    replica: String,
 }
 
 impl Pipeline {
@@ -180,6 +182,12 @@ impl Pipeline {
             generation_admission: Arc::new(Semaphore::new(
                 c.generations.max(1) + c.generation_queue,
             )),
+            replica: format!(
+                "{}-{}-{:08x}",
+                hostname(),
+                std::process::id(),
+                rand::random::<u32>()
+            ),
             profiles,
             watermarkers,
             router,
@@ -424,13 +432,8 @@ impl Pipeline {
             CacheMode::Use => {
                 let slot = origin.clone();
                 let init = async move {
-                    if let Some(m) = self.read_manifest(key).await? {
-                        *slot.lock().expect("origin lock is never poisoned") =
-                            Some(Origin::StoreTier);
-                        return Ok(Arc::new(m));
-                    }
-                    let m = produce().await?;
-                    *slot.lock().expect("origin lock is never poisoned") = Some(Origin::Produced);
+                    let (m, from) = self.produce_once_across_replicas(key, produce).await?;
+                    *slot.lock().expect("origin lock is never poisoned") = Some(from);
                     Ok::<_, PipelineError>(Arc::new(m))
                 };
                 let entry = self
@@ -475,6 +478,70 @@ impl Pipeline {
         };
         self.answer_hit(manifest, "memory", profile, ctx, started)
             .await
+    }
+
+    /// The store-tier lookup and, on a miss, `produce` under the key's lease, so that
+    /// replicas sharing the store and ledger generate a key once between them. A
+    /// replica that finds the lease taken waits for the holder's manifest; a holder
+    /// that dies stops renewing, its lease expires and a waiter takes over.
+    async fn produce_once_across_replicas<F, Fut>(
+        &self,
+        key: ContentKey,
+        produce: F,
+    ) -> Result<(Manifest, Origin), PipelineError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Manifest, PipelineError>>,
+    {
+        let fleet = &self.config.fleet;
+        let ttl = Duration::from_secs(fleet.lease_ttl_secs.max(1));
+        let deadline = Instant::now() + Duration::from_secs(fleet.wait_secs.max(1));
+        let mut poll = Duration::from_millis(fleet.poll_ms.max(1));
+        loop {
+            if let Some(m) = self.read_manifest(key).await? {
+                return Ok((m, Origin::StoreTier));
+            }
+            if self.ledger.try_acquire_lease(key, &self.replica, ttl).await? {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(PipelineError::Overloaded {
+                    what: "another replica's generation of this image",
+                    retry_after: Duration::from_secs(2),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_millis(fleet.poll_ms.max(1) * 8));
+        }
+        // Published between our lookup and taking the lease.
+        let result = match self.read_manifest(key).await {
+            Ok(Some(m)) => Ok((m, Origin::StoreTier)),
+            Ok(None) => {
+                let renew = async {
+                    loop {
+                        tokio::time::sleep(ttl / 3).await;
+                        match self.ledger.renew_lease(key, &self.replica, ttl).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                tracing::warn!(%key, "lease lost while generating; another replica may generate too");
+                                std::future::pending::<()>().await;
+                            }
+                            Err(e) => tracing::warn!(%key, error = %e, "lease renewal failed"),
+                        }
+                    }
+                };
+                tokio::select! {
+                    produced = produce() => produced.map(|m| (m, Origin::Produced)),
+                    () = renew => unreachable!("the renewal loop never ends"),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.ledger.release_lease(key, &self.replica).await {
+            // It expires by itself; waiters find the manifest first anyway.
+            tracing::warn!(%key, error = %e, "lease release failed");
+        }
+        result
     }
 
     async fn answer_miss(
@@ -710,10 +777,16 @@ impl Pipeline {
         // PUT fees plus the first month of storage; later months are a projection in reports.
         upload.micros = Micros::from_usd(objects as f64 * costs.put_usd_per_1000 / 1000.0)
             + Micros::for_storage_month(stored_bytes, costs.storage_usd_per_gb_month);
+        // Per file, so reports can project delivery bytes by width and format.
+        let files: Vec<serde_json::Value> = images
+            .iter()
+            .map(|v| serde_json::json!({"width": v.width, "format": v.format, "bytes": v.bytes}))
+            .collect();
         upload.detail = serde_json::json!({
             "store": self.store.kind(),
             "objects": objects,
             "storage_months": 1,
+            "files": files,
         });
 
         let status = if rendered.verdict.action == imagegate_core::SafetyAction::Block {
@@ -752,6 +825,12 @@ impl Pipeline {
             .await?;
         Ok(manifest)
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "replica".into())
 }
 
 /// Provider output on its way into the render stages.
