@@ -5,6 +5,7 @@
 //! Entry points: [`router`] and [`serve`].
 
 mod error;
+pub mod openai;
 mod routes;
 
 pub use error::ApiError;

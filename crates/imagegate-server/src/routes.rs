@@ -21,6 +21,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}", get(get_image))
+        .route(
+            "/v1/images/generations",
+            post(crate::openai::generations),
+        )
         .route("/v1/estimate", post(estimate))
         .route("/v1/costs", get(costs))
         .route(
@@ -79,6 +83,29 @@ async fn overload_or_timeout(err: BoxError) -> ApiError {
 #[derive(Clone)]
 struct RequestId(String);
 
+/// Who is asking: the request id (set by the `request_id` middleware) and, once
+/// authenticated, the API key's id.
+pub(crate) struct Caller(pub RequestContext);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_default();
+        Ok(Caller(RequestContext {
+            request_id,
+            api_key: None,
+        }))
+    }
+}
+
 /// Every request gets an id (the caller's `x-request-id` if sane), echoed back.
 async fn request_id(mut req: Request<axum::body::Body>, next: Next) -> Response {
     let id = req
@@ -97,7 +124,7 @@ async fn request_id(mut req: Request<axum::body::Body>, next: Next) -> Response 
     response
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
+pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
     let status = rejection.status();
     let code = match status {
         StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
@@ -114,14 +141,10 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 async fn create_image(
     State(state): State<Arc<AppState>>,
-    axum::Extension(RequestId(request_id)): axum::Extension<RequestId>,
+    Caller(ctx): Caller,
     body: Result<Json<ImageRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(json_rejection)?;
-    let ctx = RequestContext {
-        request_id,
-        api_key: None,
-    };
     let outcome = state.pipeline.generate(&req, &ctx).await?;
     Ok(answer(&state, &outcome))
 }

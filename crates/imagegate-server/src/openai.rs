@@ -1,0 +1,381 @@
+//! `POST /v1/images/generations`: the OpenAI Images API, so code written against
+//! OpenAI's client libraries works by changing its base URL. Requests map onto
+//! imagegate's own (one content key per image, so the cache and single flight
+//! apply); answers and errors keep OpenAI's shapes. `url` answers are CDN URLs.
+//!
+//! What maps how:
+//! - `model`: an alias from `[server.openai.models]` (dall-e-3 → standard, ...) or
+//!   any imagegate model (`premium`, `openai/gpt-image-1`).
+//! - `quality`: `low` asks for the draft class, `hd`/`high` for premium, the rest
+//!   leave the class alone; a pinned `provider/model` is never changed.
+//! - `n`: image i gets seed `defaults.seed + i`, so n images differ and each is cached.
+//! - The returned file is the profile's widest variant in the first format listed.
+//! - `style` and `user` are validated and accepted; no provider we route to takes a
+//!   style, and `user` is not stored (it may identify a person).
+
+use crate::{ApiError, AppState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine;
+use imagegate_core::{Manifest, ManifestStatus, Stage, VariantRef};
+use imagegate_pipeline::{ImageRequest, Outcome, PipelineError};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The request as OpenAI documents it. Unknown fields are refused, as OpenAI does.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiImageRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub n: Option<u32>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub quality: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub response_format: Option<String>,
+    #[serde(default)]
+    pub style: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResponseFormat {
+    Url,
+    B64Json,
+}
+
+/// An [`ApiError`] answered in OpenAI's error shape:
+/// `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub struct OpenAiError {
+    inner: ApiError,
+    param: Option<&'static str>,
+}
+
+impl OpenAiError {
+    fn invalid(param: &'static str, message: impl Into<String>) -> OpenAiError {
+        OpenAiError {
+            inner: ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message),
+            param: Some(param),
+        }
+    }
+
+    /// OpenAI's `type` for a status: what its client libraries switch on.
+    fn kind(&self) -> &'static str {
+        match self.inner.status.as_u16() {
+            401 | 403 => "invalid_request_error",
+            402 => "insufficient_quota",
+            429 => "requests",
+            500.. => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl From<ApiError> for OpenAiError {
+    fn from(inner: ApiError) -> OpenAiError {
+        OpenAiError { inner, param: None }
+    }
+}
+
+impl From<PipelineError> for OpenAiError {
+    fn from(e: PipelineError) -> OpenAiError {
+        let param = match &e {
+            PipelineError::BadRequest(m) if m.contains("prompt") => Some("prompt"),
+            PipelineError::BadRequest(m) if m.contains("size") => Some("size"),
+            PipelineError::NoProvider(_) => Some("model"),
+            _ => None,
+        };
+        let mut inner = ApiError::from(e);
+        // OpenAI answers a refused prompt with 400 content_policy_violation.
+        if matches!(inner.code, "prompt_blocked" | "content_blocked") {
+            inner.status = StatusCode::BAD_REQUEST;
+            inner.code = "content_policy_violation";
+        }
+        OpenAiError { inner, param }
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {
+            "message": self.inner.message,
+            "type": self.kind(),
+            "param": self.param,
+            "code": self.inner.code,
+        }});
+        let mut response = (self.inner.status, Json(body)).into_response();
+        if let Some(after) = self.inner.retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&secs).expect("digits are a valid header"),
+            );
+        }
+        response
+    }
+}
+
+pub(crate) async fn generations(
+    State(state): State<Arc<AppState>>,
+    crate::routes::Caller(ctx): crate::routes::Caller,
+    body: Result<Json<OpenAiImageRequest>, JsonRejection>,
+) -> Result<Response, OpenAiError> {
+    let Json(req) = body.map_err(|r| OpenAiError::from(crate::routes::json_rejection(r)))?;
+    let pipeline = &state.pipeline;
+    let (requests, format) = translate(&req, pipeline.config())?;
+    let runs = requests.iter().map(|r| pipeline.generate(r, &ctx));
+    let outcomes: Vec<Outcome> = futures::future::try_join_all(runs).await?;
+    if outcomes
+        .iter()
+        .any(|o| o.manifest.status == ManifestStatus::Blocked)
+    {
+        let mut err = OpenAiError::from(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "content_policy_violation",
+            "the generated image was blocked by the safety policy",
+        ));
+        err.param = Some("prompt");
+        return Err(err);
+    }
+    let mut data = Vec::with_capacity(outcomes.len());
+    for outcome in &outcomes {
+        let variant = served_variant(&outcome.manifest).ok_or_else(|| {
+            OpenAiError::from(PipelineError::Internal(format!(
+                "image {} has no stored files",
+                outcome.manifest.id
+            )))
+        })?;
+        data.push(match format {
+            ResponseFormat::Url => serde_json::json!({"url": pipeline.url_of(variant)}),
+            ResponseFormat::B64Json => {
+                let object = pipeline
+                    .store()
+                    .get(&variant.object)
+                    .await
+                    .map_err(PipelineError::from)?
+                    .ok_or_else(|| {
+                        PipelineError::Storage(format!("{} is missing", variant.object))
+                    })?;
+                serde_json::json!({
+                    "b64_json": base64::engine::general_purpose::STANDARD.encode(&object.bytes)
+                })
+            }
+        });
+    }
+    let mut body = serde_json::json!({
+        "created": chrono::Utc::now().timestamp(),
+        "data": data,
+        // Beyond OpenAI's shape (its clients ignore unknown fields): what each image
+        // is and what this request cost.
+        "imagegate": {
+            "images": outcomes.iter().map(|o| serde_json::json!({
+                "id": o.manifest.id,
+                "cache": o.cache.as_str(),
+                "cost_usd": o.stages.iter().map(|s| s.micros).sum::<imagegate_core::Micros>().as_usd(),
+            })).collect::<Vec<_>>(),
+        },
+    });
+    if let Some(usage) = token_usage(&outcomes) {
+        body["usage"] = usage;
+    }
+    Ok(Json(body).into_response())
+}
+
+/// One imagegate request per image asked for, and how to answer.
+fn translate(
+    req: &OpenAiImageRequest,
+    config: &imagegate_pipeline::PipelineConfig,
+) -> Result<(Vec<ImageRequest>, ResponseFormat), OpenAiError> {
+    let compat = &config.server.openai;
+    let n = req.n.unwrap_or(1);
+    if n == 0 || n > compat.max_n {
+        return Err(OpenAiError::invalid(
+            "n",
+            format!("n must be between 1 and {}", compat.max_n),
+        ));
+    }
+    let format = match req.response_format.as_deref() {
+        None | Some("url") => ResponseFormat::Url,
+        Some("b64_json") => ResponseFormat::B64Json,
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "response_format",
+                format!("response_format {other:?} is not one of 'url', 'b64_json'"),
+            ))
+        }
+    };
+    match req.style.as_deref() {
+        None | Some("vivid") | Some("natural") => {}
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "style",
+                format!("style {other:?} is not one of 'vivid', 'natural'"),
+            ))
+        }
+    }
+    if req.user.as_ref().is_some_and(|u| u.chars().count() > 256) {
+        return Err(OpenAiError::invalid(
+            "user",
+            "user is longer than 256 characters",
+        ));
+    }
+    let size = match req.size.as_deref() {
+        None | Some("auto") => None,
+        Some(s) => Some(s.to_string()),
+    };
+    let model = req
+        .model
+        .as_deref()
+        .map(|m| compat.models.get(m).cloned().unwrap_or_else(|| m.to_string()))
+        .unwrap_or_else(|| config.defaults.model.clone());
+    let model = match req.quality.as_deref() {
+        None | Some("auto") | Some("standard") | Some("medium") => model,
+        Some("low") if is_class(&model) => "draft".to_string(),
+        Some("hd") | Some("high") if is_class(&model) => "premium".to_string(),
+        Some("low") | Some("hd") | Some("high") => model,
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "quality",
+                format!("quality {other:?} is not one of 'auto', 'low', 'medium', 'high', 'standard', 'hd'"),
+            ))
+        }
+    };
+    let requests = (0..u64::from(n))
+        .map(|i| ImageRequest {
+            prompt: req.prompt.clone(),
+            model: Some(model.clone()),
+            size: size.clone(),
+            seed: Some(config.defaults.seed.wrapping_add(i)),
+            ..ImageRequest::default()
+        })
+        .collect();
+    Ok((requests, format))
+}
+
+fn is_class(model: &str) -> bool {
+    matches!(
+        model.parse::<imagegate_core::ModelChoice>(),
+        Ok(imagegate_core::ModelChoice::Class(_))
+    )
+}
+
+/// The widest variant in the first format the profile lists (files are stored in
+/// profile order).
+fn served_variant(m: &Manifest) -> Option<&VariantRef> {
+    let first_format = m.images.first()?.format;
+    m.images
+        .iter()
+        .filter(|v| v.format == first_format)
+        .max_by_key(|v| v.width)
+}
+
+/// OpenAI's `usage` object, when every generation run by this request reported
+/// tokens (GPT image models); hits used none.
+fn token_usage(outcomes: &[Outcome]) -> Option<serde_json::Value> {
+    let mut input_text = 0u64;
+    let mut input_image = 0u64;
+    let mut output = 0u64;
+    let mut any = false;
+    for o in outcomes {
+        for s in o.stages.iter().filter(|s| s.stage == Stage::Generate) {
+            let usage = &s.detail["usage"];
+            let tokens = |field: &str| usage[field].as_u64();
+            let out = tokens("output_image_tokens")?;
+            input_text += tokens("input_text_tokens").unwrap_or(0);
+            input_image += tokens("input_image_tokens").unwrap_or(0);
+            output += out;
+            any = true;
+        }
+    }
+    any.then(|| {
+        serde_json::json!({
+            "total_tokens": input_text + input_image + output,
+            "input_tokens": input_text + input_image,
+            "output_tokens": output,
+            "input_tokens_details": {"text_tokens": input_text, "image_tokens": input_image},
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> imagegate_pipeline::PipelineConfig {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/imagegate.toml"
+        ))
+        .expect("embedded defaults are readable");
+        toml::from_str(&text).expect("embedded defaults parse")
+    }
+
+    fn request(json: serde_json::Value) -> OpenAiImageRequest {
+        serde_json::from_value(json).expect("valid request")
+    }
+
+    #[test]
+    fn n_images_get_consecutive_seeds_and_aliases_map_to_classes() {
+        let config = config();
+        let (reqs, format) = translate(
+            &request(serde_json::json!({"prompt": "a fox", "n": 3, "model": "dall-e-3", "quality": "hd", "size": "512x512"})),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(format, ResponseFormat::Url);
+        assert_eq!(reqs.len(), 3);
+        let seeds: Vec<u64> = reqs.iter().map(|r| r.seed.unwrap()).collect();
+        let base = config.defaults.seed;
+        assert_eq!(seeds, vec![base, base + 1, base + 2]);
+        assert!(reqs.iter().all(|r| r.model.as_deref() == Some("premium")));
+        assert_eq!(reqs[0].size.as_deref(), Some("512x512"));
+    }
+
+    #[test]
+    fn pinned_models_are_not_changed_by_quality() {
+        let (reqs, format) = translate(
+            &request(serde_json::json!({"prompt": "a fox", "model": "local/procedural-v1", "quality": "low", "response_format": "b64_json"})),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(format, ResponseFormat::B64Json);
+        assert_eq!(reqs[0].model.as_deref(), Some("local/procedural-v1"));
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_parameter() {
+        for (body, param) in [
+            (serde_json::json!({"prompt": "x", "n": 0}), "n"),
+            (serde_json::json!({"prompt": "x", "n": 11}), "n"),
+            (
+                serde_json::json!({"prompt": "x", "response_format": "png"}),
+                "response_format",
+            ),
+            (serde_json::json!({"prompt": "x", "quality": "ultra"}), "quality"),
+            (serde_json::json!({"prompt": "x", "style": "noir"}), "style"),
+            (serde_json::json!({"prompt": "x", "user": "u".repeat(300)}), "user"),
+        ] {
+            let err = translate(&request(body.clone()), &config()).err().unwrap();
+            assert_eq!(err.param, Some(param), "{body}");
+            assert_eq!(err.inner.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = serde_json::from_value::<OpenAiImageRequest>(
+            serde_json::json!({"prompt": "x", "bogus": 1}),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+}
