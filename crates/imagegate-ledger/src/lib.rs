@@ -9,12 +9,14 @@
 
 mod backend;
 mod delivery;
+mod keys;
 mod lease;
 mod report;
 #[cfg(test)]
 mod testing;
 
 pub use delivery::DeliveryRow;
+pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };
@@ -46,6 +48,9 @@ pub enum LedgerError {
     /// A report query that cannot be answered as asked (the message says why).
     #[error("{0}")]
     BadReport(String),
+    /// A value the ledger refuses to store (the message says why).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 #[derive(Clone, Serialize, Deserialize)]

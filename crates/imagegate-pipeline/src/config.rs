@@ -56,6 +56,31 @@ pub struct ServerConfig {
     pub serve_cdn: bool,
     /// `POST /v1/images/generations`, the OpenAI Images API surface.
     pub openai: OpenAiCompatConfig,
+    pub auth: AuthConfig,
+}
+
+/// API keys live in the ledger database (`imagegate keys create`); these are the
+/// limits that apply to them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Sustained requests per minute per key (a key's own limit overrides it);
+    /// anonymous loopback callers share one allowance.
+    pub requests_per_minute: u32,
+    /// Requests a key may make at once above the sustained rate.
+    pub burst: u32,
+    /// How often the key table is re-read, so keys created or revoked anywhere apply.
+    pub reload_secs: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            requests_per_minute: 600,
+            burst: 100,
+            reload_secs: 2,
+        }
+    }
 }
 
 /// How OpenAI Images API requests map onto imagegate's own.
@@ -93,6 +118,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 300,
             serve_cdn: true,
             openai: OpenAiCompatConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -335,6 +361,9 @@ impl PipelineConfig {
             || self.limits.max_prompt_chars == 0
         {
             return Err("limits must be positive".into());
+        }
+        if self.server.auth.requests_per_minute == 0 || self.server.auth.burst == 0 {
+            return Err("server.auth.requests_per_minute and burst must be at least 1".into());
         }
         if !(1..=10).contains(&self.server.openai.max_n) {
             return Err("server.openai.max_n must be 1 to 10".into());

@@ -4,6 +4,7 @@
 //! It parses and answers; every decision about images and money is the pipeline's.
 //! Entry points: [`router`] and [`serve`].
 
+pub mod auth;
 mod error;
 pub mod openai;
 mod routes;
@@ -20,6 +21,7 @@ use tokio::net::TcpListener;
 pub struct AppState {
     pub pipeline: Pipeline,
     pub metrics: PrometheusHandle,
+    pub auth: Arc<auth::Auth>,
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
@@ -48,7 +50,9 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // Peer addresses: anonymous access is for loopback clients only.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

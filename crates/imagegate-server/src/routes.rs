@@ -52,6 +52,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .concurrency_limit(server.max_in_flight.max(1))
                 .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
@@ -99,9 +103,13 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
+        let api_key = parts
+            .extensions
+            .get::<crate::auth::AuthedKey>()
+            .and_then(|k| k.0.clone());
         Ok(Caller(RequestContext {
             request_id,
-            api_key: None,
+            api_key,
         }))
     }
 }

@@ -109,6 +109,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
     },
+    /// API keys for the HTTP service (stored as hashes in the ledger database).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Score images with the NSFW classifier and print the action per file.
     Classify {
         #[arg(required = true)]
@@ -120,6 +125,23 @@ enum Command {
         #[arg(long)]
         profile: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create a key and print it once; only its hash is stored.
+    Create {
+        /// A label for people (e.g. the app that uses it).
+        #[arg(long)]
+        name: String,
+        /// This key's sustained limit; [server.auth] requests_per_minute by default.
+        #[arg(long)]
+        requests_per_minute: Option<u32>,
+    },
+    /// List keys (ids, names, limits; never secrets).
+    List,
+    /// Revoke a key by id; it stops working within [server.auth] reload_secs.
+    Revoke { id: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -195,6 +217,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             by,
             format,
         } => report(config, since, until, by, format).await,
+        Command::Keys { action } => keys(config, action).await,
         Command::Classify {
             files,
             json,
@@ -406,6 +429,55 @@ async fn estimate(
     Ok(std::process::ExitCode::SUCCESS)
 }
 
+async fn keys(
+    config: imagegate_pipeline::PipelineConfig,
+    action: KeysAction,
+) -> Result<std::process::ExitCode> {
+    let ledger = imagegate_ledger::Ledger::open(&config.ledger)
+        .await
+        .context("opening the ledger")?;
+    let code = match action {
+        KeysAction::Create {
+            name,
+            requests_per_minute,
+        } => {
+            let key = ledger.create_api_key(&name, requests_per_minute).await?;
+            eprintln!(
+                "created key {} ({}); it is shown once, store it now:",
+                key.record.id, key.record.name
+            );
+            println!("{}", key.token);
+            std::process::ExitCode::SUCCESS
+        }
+        KeysAction::List => {
+            println!("{:<16}  {:<24}  {:>8}  {:<24}  revoked", "id", "name", "rpm", "created");
+            for k in ledger.api_keys().await? {
+                println!(
+                    "{:<16}  {:<24}  {:>8}  {:<24}  {}",
+                    k.id,
+                    k.name,
+                    k.requests_per_minute
+                        .map_or("default".to_string(), |r| r.to_string()),
+                    k.created_at,
+                    k.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        KeysAction::Revoke { id } => {
+            if ledger.revoke_api_key(&id).await? {
+                eprintln!("revoked key {id}");
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("error: no live key with id {id:?}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    };
+    ledger.close().await;
+    Ok(code)
+}
+
 async fn serve(
     mut config: imagegate_pipeline::PipelineConfig,
     listen: Option<String>,
@@ -414,12 +486,17 @@ async fn serve(
         config.server.listen = l;
     }
     let addr = config.server.listen.clone();
+    let auth_config = config.server.auth.clone();
     let pipeline = Pipeline::start(config)
         .await
         .context("starting the pipeline")?;
+    let auth = imagegate_server::auth::Auth::start(pipeline.ledger().clone(), auth_config)
+        .await
+        .context("loading API keys")?;
     let state = Arc::new(AppState {
         pipeline,
         metrics: imagegate_server::metrics_handle(),
+        auth,
     });
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
