@@ -555,53 +555,45 @@ mod tests {
 
     #[test]
     fn validation_names_the_field_and_the_problem() {
-        let cases: Vec<(Box<dyn Fn(&mut S3StoreConfig)>, &str)> = vec![
+        type Change = fn(&mut S3StoreConfig);
+        let cases: Vec<(Change, &str)> = vec![
             (
-                Box::new(|c| c.endpoint = Some("not a url".into())),
+                |c| c.endpoint = Some("not a url".into()),
                 "endpoint \"not a url\" is not a valid URL",
             ),
             (
-                Box::new(|c| c.endpoint = Some("ftp://x".into())),
+                |c| c.endpoint = Some("ftp://x".into()),
                 "must be http or https",
             ),
             (
-                Box::new(|c| c.bucket = String::new()),
+                |c| c.bucket = String::new(),
                 "bucket \"\" is not a valid bucket name",
             ),
+            (|c| c.bucket = "Images".into(), "bucket \"Images\""),
+            (|c| c.region = String::new(), "region \"\""),
+            (|c| c.prefix = Some("/abs".into()), "prefix \"/abs\""),
+            (|c| c.prefix = Some("a/../b".into()), "prefix \"a/../b\""),
             (
-                Box::new(|c| c.bucket = "Images".into()),
-                "bucket \"Images\"",
-            ),
-            (Box::new(|c| c.region = String::new()), "region \"\""),
-            (
-                Box::new(|c| c.prefix = Some("/abs".into())),
-                "prefix \"/abs\"",
-            ),
-            (
-                Box::new(|c| c.prefix = Some("a/../b".into())),
-                "prefix \"a/../b\"",
-            ),
-            (
-                Box::new(|c| c.public_base_url = "cdn.example.com".into()),
+                |c| c.public_base_url = "cdn.example.com".into(),
                 "public_base_url \"cdn.example.com\" is not a valid URL",
             ),
             (
-                Box::new(|c| c.public_base_url = "https://cdn.example.com/?x=1".into()),
+                |c| c.public_base_url = "https://cdn.example.com/?x=1".into(),
                 "must not have a query",
             ),
             (
-                Box::new(|c| c.access_key_id_env = Some("X".into())),
+                |c| c.access_key_id_env = Some("X".into()),
                 "access_key_id_env and secret_access_key_env go together",
             ),
             (
-                Box::new(|c| c.attempt_timeout_ms = 0),
+                |c| c.attempt_timeout_ms = 0,
                 "attempt_timeout_ms must be greater than 0",
             ),
             (
-                Box::new(|c| c.attempt_timeout_ms = 40_000),
+                |c| c.attempt_timeout_ms = 40_000,
                 "must not exceed operation_timeout_ms",
             ),
-            (Box::new(|c| c.max_attempts = 0), "max_attempts (0)"),
+            (|c| c.max_attempts = 0, "max_attempts (0)"),
         ];
         for (change, expected) in cases {
             let mut c = config();
