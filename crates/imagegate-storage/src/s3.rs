@@ -15,7 +15,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
@@ -349,7 +349,7 @@ impl S3Store {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let unavailable = is_transient(&err);
-        let detail = self.scrub(DisplayErrorContext(&err).to_string());
+        let detail = self.scrub(describe(&err));
         let (store, action) = (self.label.clone(), action.to_string());
         if unavailable {
             StorageError::Unavailable {
@@ -365,6 +365,38 @@ impl S3Store {
             }
         }
     }
+}
+
+/// One line a person can act on: status, S3 error code and message for answers;
+/// the cause chain (e.g. "... tcp connect error: Connection refused") otherwise.
+/// Never the raw response or request, which the SDK's own Debug output includes.
+fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(s) => format!(
+            "HTTP {} {}: {}",
+            s.raw().status().as_u16(),
+            s.err().code().unwrap_or("(no error code)"),
+            s.err().message().unwrap_or("(no message)")
+        ),
+        other => chain(other),
+    }
+}
+
+/// An error and its sources, joined with ": ", repeats dropped.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = Some(err);
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
 }
 
 /// Worth retrying later? Called after the SDK's own retries are spent.
@@ -457,10 +489,7 @@ impl ObjectStore for S3Store {
                 return Err(StorageError::Unavailable {
                     store: self.label.clone(),
                     action: action(),
-                    detail: self.scrub(format!(
-                        "reading the body failed: {}",
-                        DisplayErrorContext(&e)
-                    )),
+                    detail: self.scrub(format!("reading the body failed: {}", chain(&e))),
                 })
             }
             Err(_) => {

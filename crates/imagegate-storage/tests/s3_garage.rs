@@ -209,6 +209,42 @@ async fn s3_down_is_unavailable_within_the_timeout_and_the_same_store_recovers()
 }
 
 #[tokio::test]
+async fn a_hung_s3_is_unavailable_once_the_operation_timeout_passes() {
+    let mut garage = Garage::start();
+    let mut config = config_for(&garage);
+    config.attempt_timeout_ms = 400;
+    config.operation_timeout_ms = 1_000;
+    let store = S3Store::open(&config).await.unwrap();
+    store.check().await.unwrap();
+
+    // Connections are accepted by the kernel and never answered.
+    garage.pause();
+    let started = Instant::now();
+    let err = store
+        .put("i/22/hung.avif", sample(30_000, 7), "image/avif")
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2_500),
+        "gave up after {took:?}, operation timeout is 1 s"
+    );
+    let started = Instant::now();
+    let err = store.get("i/22/hung.avif").await.unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(2_500));
+
+    garage.resume();
+    store.check().await.unwrap();
+    // The server may still act on a request the client gave up on, as with any S3:
+    // then the object is whole, never partial.
+    if let Some(late) = store.get("i/22/hung.avif").await.unwrap() {
+        assert_eq!(late.bytes, sample(30_000, 7));
+    }
+}
+
+#[tokio::test]
 async fn refusals_are_permanent_errors_that_never_show_the_secret() {
     let garage = Garage::start();
     let secret = garage.secret_access_key().to_string();
@@ -247,6 +283,49 @@ async fn refusals_are_permanent_errors_that_never_show_the_secret() {
     for text in [err.to_string(), format!("{err:?}"), format!("{store:?}")] {
         assert!(!text.contains(&secret), "{text}");
     }
+}
+
+/// The only test that touches the process-wide AWS_* variables (the others name
+/// their own credential variables, which bypasses the chain).
+#[tokio::test]
+async fn without_named_variables_the_standard_aws_chain_supplies_credentials() {
+    let garage = Garage::start();
+    // Hermetic chain: no profile files, and never the EC2 metadata address (only
+    // loopback traffic from tests).
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    std::env::set_var("AWS_CONFIG_FILE", garage.dir().join("no-aws-config"));
+    std::env::set_var(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        garage.dir().join("no-aws-creds"),
+    );
+    std::env::remove_var("AWS_ACCESS_KEY_ID");
+    std::env::remove_var("AWS_SECRET_ACCESS_KEY");
+    let mut config = config_for(&garage);
+    config.access_key_id_env = None;
+    config.secret_access_key_env = None;
+
+    // Nothing in the chain: a permanent error, not an outage.
+    let store = S3Store::open(&config).await.unwrap();
+    let err = store
+        .put("i/33/x.avif", Bytes::from_static(b"x"), "image/avif")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Rejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("credentials"), "{err}");
+
+    std::env::set_var("AWS_ACCESS_KEY_ID", garage.access_key_id());
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", garage.secret_access_key());
+    let store = S3Store::open(&config).await.unwrap();
+    store
+        .put("i/33/x.avif", Bytes::from_static(b"x"), "image/avif")
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.get("i/33/x.avif").await.unwrap().unwrap().bytes[..],
+        b"x"
+    );
+    std::env::remove_var("AWS_ACCESS_KEY_ID");
+    std::env::remove_var("AWS_SECRET_ACCESS_KEY");
 }
 
 /// Not a test: `cargo test -p imagegate-storage --test s3_garage -- --ignored --nocapture put_latency`

@@ -29,6 +29,8 @@ pub const GARAGE_VERSION: &str = "2.5.0";
 pub const REGION: &str = "garage";
 const SETUP_HINT: &str = "run scripts/setup.sh (it runs `cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite`), or point IMAGEGATE_GARAGE_BIN at a garage 2.5.0 binary";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Garage binds its ports within milliseconds of starting; longer means one was taken.
+const PORTS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Host the web endpoint is reached by; also the bucket's global alias.
 const WEB_HOST: &str = "localhost";
 
@@ -83,35 +85,26 @@ impl Garage {
     /// Blocking; fine from `#[tokio::test]` as well as plain tests.
     pub fn start() -> Garage {
         let bin = find_binary();
-        let dir = tempfile::Builder::new()
-            .prefix("imagegate-garage-")
-            .tempdir()
-            .expect("create a temp dir for garage");
-        let ports = free_ports();
-        let config = dir.path().join("garage.toml");
-        std::fs::write(&config, config_toml(dir.path(), ports)).expect("write garage.toml");
-        let access_key_id = format!("GK{}", random_hex(12));
-        let bucket = format!("imagegate-{}", random_hex(4));
-        let mut garage = Garage {
-            bin,
-            log: dir.path().join("garage.log"),
-            config,
-            ports,
-            settings: S3Settings {
-                endpoint: format!("http://127.0.0.1:{}", ports.s3),
-                region: REGION.to_string(),
-                bucket: bucket.clone(),
-                access_key_id: access_key_id.clone(),
-                secret_access_key: random_hex(32),
-                web_base_url: format!("http://{WEB_HOST}:{}", ports.web),
-            },
-            child: None,
-            dir,
+        // Ports are probed free, then bound by Garage a moment later; another process
+        // may take one in between, and Garage does not fail when a bind does (it
+        // logs "listening" all the same). Such a start is retried on fresh ports.
+        let mut attempts_left = 3;
+        let mut garage = loop {
+            attempts_left -= 1;
+            let mut garage = Garage::launch(bin.clone());
+            match garage.try_wait_until(PORTS_TIMEOUT, "garage listens on its 4 ports", |g| {
+                g.owns_its_ports()
+            }) {
+                Ok(()) => break garage,
+                Err(_) if attempts_left > 0 => continue,
+                Err(e) => garage.fail(&e),
+            }
         };
-        garage.spawn();
         garage.wait_until(START_TIMEOUT, "the RPC port answers `garage status`", |g| {
             g.cli_ok(&["status"])
         });
+        let access_key_id = garage.settings.access_key_id.clone();
+        let bucket = garage.settings.bucket.clone();
 
         let node = garage.cli(&["node", "id", "-q"]);
         let node_id = node
@@ -148,6 +141,35 @@ impl Garage {
         ]);
         garage.cli(&["bucket", "website", "--allow", &bucket]);
         garage.cli(&["bucket", "alias", &bucket, WEB_HOST]);
+        garage
+    }
+
+    /// A fresh directory, config and ports, and the server process started on them.
+    fn launch(bin: PathBuf) -> Garage {
+        let dir = tempfile::Builder::new()
+            .prefix("imagegate-garage-")
+            .tempdir()
+            .expect("create a temp dir for garage");
+        let ports = free_ports();
+        let config = dir.path().join("garage.toml");
+        std::fs::write(&config, config_toml(dir.path(), ports)).expect("write garage.toml");
+        let mut garage = Garage {
+            bin,
+            log: dir.path().join("garage.log"),
+            config,
+            ports,
+            settings: S3Settings {
+                endpoint: format!("http://127.0.0.1:{}", ports.s3),
+                region: REGION.to_string(),
+                bucket: format!("imagegate-{}", random_hex(4)),
+                access_key_id: format!("GK{}", random_hex(12)),
+                secret_access_key: random_hex(32),
+                web_base_url: format!("http://{WEB_HOST}:{}", ports.web),
+            },
+            child: None,
+            dir,
+        };
+        garage.spawn();
         garage
     }
 
@@ -224,7 +246,51 @@ impl Garage {
     pub fn start_again(&mut self) {
         self.stop();
         self.spawn();
+        self.wait_until(
+            PORTS_TIMEOUT,
+            "garage listens on its 4 ports again (another process may hold one now)",
+            |g| g.owns_its_ports(),
+        );
         self.wait_healthy();
+    }
+
+    /// Whether our own process holds a listening socket on each of its ports.
+    fn owns_its_ports(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let p = self.ports;
+        let ours = listening_ports(child.id());
+        [p.rpc, p.s3, p.web, p.admin]
+            .iter()
+            .all(|port| ours.contains(port))
+    }
+
+    /// Freezes the server (SIGSTOP): connections are still accepted by the kernel
+    /// but never answered, the "S3 hangs" outage that only timeouts end.
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Undoes [`Garage::pause`] (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
+        let pid = match &self.child {
+            Some(child) => child.id(),
+            None => self.fail("signal sent while the server is stopped"),
+        };
+        let pid = libc::pid_t::try_from(pid).expect("pids fit in pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own
+        // child, not yet reaped (we hold its Child), so it cannot name another process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            self.fail(&format!(
+                "kill({pid}, {signal}) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -286,17 +352,28 @@ impl Garage {
         );
     }
 
-    fn wait_until(&mut self, limit: Duration, what: &str, mut ready: impl FnMut(&Self) -> bool) {
+    fn wait_until(&mut self, limit: Duration, what: &str, ready: impl FnMut(&Self) -> bool) {
+        if let Err(e) = self.try_wait_until(limit, what, ready) {
+            self.fail(&e)
+        }
+    }
+
+    fn try_wait_until(
+        &mut self,
+        limit: Duration,
+        what: &str,
+        mut ready: impl FnMut(&Self) -> bool,
+    ) -> Result<(), String> {
         let start = Instant::now();
         loop {
             if ready(self) {
-                return;
+                return Ok(());
             }
             if !self.is_running() {
-                self.fail(&format!("garage exited while waiting until {what}"));
+                return Err(format!("garage exited while waiting until {what}"));
             }
             if start.elapsed() > limit {
-                self.fail(&format!("timed out after {limit:?} waiting until {what}"));
+                return Err(format!("timed out after {limit:?} waiting until {what}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -436,6 +513,44 @@ fn free_ports() -> Ports {
     }
 }
 
+/// TCP ports process `pid` listens on, from /proc (Linux): the inodes of its socket
+/// fds matched against the LISTEN rows of /proc/net/tcp{,6}.
+fn listening_ports(pid: u32) -> HashSet<u16> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let mut ports = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for row in text.lines().skip(1) {
+            let cols: Vec<&str> = row.split_whitespace().collect();
+            // cols: sl, local_address (HEXIP:HEXPORT), rem_address, st, ..., inode (9)
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            if *state != "0A" || !inodes.contains(*inode) {
+                continue;
+            }
+            if let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, hex)| u16::from_str_radix(hex, 16).ok())
+            {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
 /// Status of a plain HTTP/1.0 GET on 127.0.0.1, or None if it cannot connect.
 fn http_status(port: u16, path: &str) -> Option<u16> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -473,6 +588,15 @@ mod tests {
         assert!(reports_version("garage v2.5.0 [features: sqlite]", "2.5.0"));
         assert!(!reports_version("garage v2.5.01", "2.5.0"));
         assert!(!reports_version("garage v12.5.0", "2.5.0"));
+    }
+
+    #[test]
+    fn listening_ports_are_read_from_proc() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listening_ports(std::process::id()).contains(&port));
+        drop(listener);
+        assert!(!listening_ports(std::process::id()).contains(&port));
     }
 
     #[test]
