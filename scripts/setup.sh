@@ -3,9 +3,12 @@
 #   - nasm (rav1e's assembly; without it AVIF encoding is many times slower, and the
 #     imaging crate's build script refuses to build),
 #   - libavif-bin (avifdec: the tests decode our AVIFs with an independent decoder),
-#   - the ONNX Runtime library and the NSFW model (scripts/fetch-models.sh, pinned).
+#   - the ONNX Runtime library and the NSFW model (scripts/fetch-models.sh, pinned),
+#   - Garage 2.5.0, the S3 server the storage tests run against (imagegate-testkit),
+#     built from crates.io into ~/.cargo/bin (several minutes, once).
 # Debian packages are pinned by version; apt checks their checksums against the
-# signed archive. Crates are pinned by Cargo.lock (versions and checksums).
+# signed archive. Crates are pinned by Cargo.lock (versions and checksums); Garage by
+# its version, and --locked builds it from its own Cargo.lock (checksums included).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -29,5 +32,21 @@ fi
 for pkg in "${!PINNED[@]}"; do
   command -v "${PROVIDES[$pkg]}" >/dev/null 2>&1 || { echo "setup: ${PROVIDES[$pkg]} is still missing" >&2; exit 1; }
 done
+
+GARAGE_VERSION="2.5.0"
+garage_ok() {
+  local bin version
+  for bin in "$(command -v garage 2>/dev/null || true)" "$HOME/.cargo/bin/garage"; do
+    [ -n "$bin" ] && [ -x "$bin" ] || continue
+    version="$("$bin" --version 2>/dev/null)" || continue
+    grep -Eq "(^|[^0-9.])${GARAGE_VERSION//./\\.}([^0-9.]|\$)" <<<"$version" && return 0
+  done
+  return 1
+}
+if ! garage_ok; then
+  echo "setup: building garage $GARAGE_VERSION with cargo install (several minutes)" >&2
+  cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite
+fi
+garage_ok || { echo "setup: garage $GARAGE_VERSION is still missing (looked on PATH and in ~/.cargo/bin)" >&2; exit 1; }
 
 "$ROOT/scripts/fetch-models.sh"

@@ -1,13 +1,16 @@
 //! Where finished files live: the [`ObjectStore`] trait, the local directory store
-//! ([`LocalStore`]) and the mapping from object keys to public (CDN) URLs.
+//! ([`LocalStore`]), the S3 store ([`S3Store`], any S3 endpoint: AWS, Garage, MinIO,
+//! R2) and the mapping from object keys to public (CDN) URLs.
 //!
 //! It knows nothing about manifests or the order of uploads (the pipeline owns
 //! "variants first, manifest last"); it only promises that a `put` is atomic: a
 //! reader sees the whole old object, the whole new one, or nothing.
 
 mod local;
+mod s3;
 
 pub use local::{LocalStore, LocalStoreConfig};
+pub use s3::{S3Store, S3StoreConfig};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -23,6 +26,35 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The store could not be reached or asked us to come back later (connection
+    /// refused, timeouts, 5xx, throttling), after the client's own retries. Worth
+    /// retrying later: callers answer 503 with Retry-After.
+    #[error("{store}: {action} failed, store unavailable (after retries): {detail}")]
+    Unavailable {
+        /// Which store, e.g. `s3 bucket "img" at http://127.0.0.1:3900`.
+        store: String,
+        action: String,
+        detail: String,
+    },
+    /// The store answered and refused in a way retrying will not fix (access denied,
+    /// no such bucket, bad request, missing credentials).
+    #[error("{store}: {action} failed: {detail}")]
+    Rejected {
+        store: String,
+        action: String,
+        detail: String,
+    },
+    /// The store's configuration is wrong; found at start-up, before any request.
+    #[error("storage config: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    /// True when the failure is transient (the store is down, slow or throttling),
+    /// as opposed to a bad key, bad configuration or a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StorageError::Unavailable { .. })
+    }
 }
 
 /// A stored object as read back.
