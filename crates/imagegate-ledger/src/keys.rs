@@ -187,7 +187,10 @@ mod tests {
 
     async fn created_keys_verify_and_revoke(db: TestDb) {
         let ledger = db.open().await;
-        let new = ledger.create_api_key("mobile app", Some(120)).await.unwrap();
+        let new = ledger
+            .create_api_key("mobile app", Some(120))
+            .await
+            .unwrap();
         assert!(!format!("{new:?}").contains(&new.token[20..]));
         let presented = PresentedKey::parse(&new.token).unwrap();
         assert_eq!(presented.id, new.record.id);

@@ -5,7 +5,7 @@
 use imagegate_core::{ModelChoice, RenderProfile, Size};
 use imagegate_ledger::LedgerConfig;
 use imagegate_providers::ProviderConfig;
-use imagegate_storage::LocalStoreConfig;
+use imagegate_storage::{LocalStoreConfig, S3StoreConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -256,7 +256,10 @@ impl Default for FleetConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StorageConfig {
+    /// A directory served by imagegate under `/cdn/`: one machine.
     Local(LocalStoreConfig),
+    /// Any S3 API (AWS, Garage, MinIO, R2) behind a CDN: a fleet.
+    S3(S3StoreConfig),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -40,8 +40,12 @@ pub enum PipelineError {
         what: &'static str,
         retry_after: Duration,
     },
+    /// The store is down or not answering (after retries): worth retrying later.
     #[error("object store: {0}")]
     Storage(String),
+    /// The store refused (permissions, missing bucket, bad key): retrying won't help.
+    #[error("object store refused: {0}")]
+    StorageRejected(String),
     #[error("ledger: {0}")]
     Ledger(String),
     #[error("safety: {0}")]
@@ -73,7 +77,11 @@ impl From<imagegate_providers::ProviderError> for PipelineError {
 
 impl From<imagegate_storage::StorageError> for PipelineError {
     fn from(e: imagegate_storage::StorageError) -> Self {
-        PipelineError::Storage(e.to_string())
+        if e.is_unavailable() {
+            PipelineError::Storage(e.to_string())
+        } else {
+            PipelineError::StorageRejected(e.to_string())
+        }
     }
 }
 

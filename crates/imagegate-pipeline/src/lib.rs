@@ -29,7 +29,7 @@ use imagegate_imaging::{DecodeLimits, Watermarker};
 use imagegate_ledger::{Ledger, RequestRecord};
 use imagegate_providers::{Estimate, Policy, PriceBook, ProviderSet, Router};
 use imagegate_safety::{Classifier, PromptScreen};
-use imagegate_storage::{LocalStore, ObjectStore};
+use imagegate_storage::{LocalStore, ObjectStore, S3Store};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -159,6 +159,7 @@ impl Pipeline {
         };
         let store: Arc<dyn ObjectStore> = match &config.storage {
             config::StorageConfig::Local(lc) => Arc::new(LocalStore::open(lc).await?),
+            config::StorageConfig::S3(sc) => Arc::new(S3Store::open(sc).await?),
         };
         let ledger = Ledger::open(&config.ledger).await?;
         let budgets = budget::Budgets::new(config.budgets.clone(), ledger.clone());
@@ -501,7 +502,11 @@ impl Pipeline {
             if let Some(m) = self.read_manifest(key).await? {
                 return Ok((m, Origin::StoreTier));
             }
-            if self.ledger.try_acquire_lease(key, &self.replica, ttl).await? {
+            if self
+                .ledger
+                .try_acquire_lease(key, &self.replica, ttl)
+                .await?
+            {
                 break;
             }
             if Instant::now() >= deadline {

@@ -69,7 +69,10 @@ impl Auth {
     /// Re-reads the key table unless it was read less than a second ago.
     async fn reload(&self, force: bool) -> Result<(), imagegate_ledger::LedgerError> {
         {
-            let mut last = self.last_reload.lock().expect("reload lock is never poisoned");
+            let mut last = self
+                .last_reload
+                .lock()
+                .expect("reload lock is never poisoned");
             if !force && last.is_some_and(|t| t.elapsed() < RELOAD_INTERVAL) {
                 return Ok(());
             }
@@ -87,7 +90,11 @@ impl Auth {
     }
 
     fn any_key_exists(&self) -> bool {
-        !self.keys.read().expect("key lock is never poisoned").is_empty()
+        !self
+            .keys
+            .read()
+            .expect("key lock is never poisoned")
+            .is_empty()
     }
 
     fn lookup(&self, id: &str) -> Option<ApiKeyRecord> {
@@ -134,7 +141,10 @@ impl Auth {
             .and_then(|k| k.requests_per_minute)
             .unwrap_or(self.config.requests_per_minute);
         let limiter = {
-            let mut limiters = self.limiters.lock().expect("limiter lock is never poisoned");
+            let mut limiters = self
+                .limiters
+                .lock()
+                .expect("limiter lock is never poisoned");
             limiters
                 .entry(bucket.to_string())
                 .or_insert_with(|| {

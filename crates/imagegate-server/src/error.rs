@@ -61,6 +61,7 @@ impl From<PipelineError> for ApiError {
                 "storage_unavailable",
                 Some(Duration::from_secs(5)),
             ),
+            P::StorageRejected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error", None),
             P::Ledger(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ledger_unavailable",

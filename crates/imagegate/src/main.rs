@@ -450,7 +450,10 @@ async fn keys(
             std::process::ExitCode::SUCCESS
         }
         KeysAction::List => {
-            println!("{:<16}  {:<24}  {:>8}  {:<24}  revoked", "id", "name", "rpm", "created");
+            println!(
+                "{:<16}  {:<24}  {:>8}  {:<24}  revoked",
+                "id", "name", "rpm", "created"
+            );
             for k in ledger.api_keys().await? {
                 println!(
                     "{:<16}  {:<24}  {:>8}  {:<24}  {}",

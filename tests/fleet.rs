@@ -1,0 +1,459 @@
+//! Fleet mode end to end: the real `imagegate` binary publishing to a real Garage S3
+//! server, fetched back through Garage's web endpoint (the CDN), and two replicas
+//! sharing that store and a real PostgreSQL ledger. Garage and PostgreSQL missing are
+//! failures (the testkit says how to set them up), never skips.
+
+use imagegate_testkit::garage::Garage;
+use imagegate_testkit::postgres::TestSchema;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const KEY_ID_VAR: &str = "IMAGEGATE_TEST_S3_KEY_ID";
+const SECRET_VAR: &str = "IMAGEGATE_TEST_S3_SECRET";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"));
+    assert!(
+        dir.join("open-nsfw.onnx").is_file(),
+        "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
+        dir.join("open-nsfw.onnx").display()
+    );
+    dir
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One imagegate process: its own port and data dir, the shared store and ledger.
+struct Replica {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    garage_keys: (String, String),
+}
+
+struct ReplicaOptions<'a> {
+    garage: &'a Garage,
+    /// `None`: a SQLite ledger in the replica's own data dir.
+    ledger_url: Option<&'a str>,
+    latency_ms: u64,
+    lease_ttl_secs: u64,
+}
+
+impl Replica {
+    fn new(opts: ReplicaOptions<'_>) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let models = models_dir();
+        let s3 = opts.garage.settings();
+        let data = dir.path().join("data");
+        let ledger = opts
+            .ledger_url
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("sqlite://{}/ledger.db", data.display()));
+        let config = format!(
+            r#"
+pricing = "{pricing}"
+
+[server]
+listen = "127.0.0.1:{port}"
+
+[concurrency]
+cpu_workers = 2
+
+[[providers]]
+kind = "local"
+latency_ms = {latency}
+
+[storage]
+kind = "s3"
+endpoint = "{endpoint}"
+region = "{region}"
+bucket = "{bucket}"
+prefix = "imagegate"
+path_style = true
+access_key_id_env = "{KEY_ID_VAR}"
+secret_access_key_env = "{SECRET_VAR}"
+public_base_url = "{web}"
+max_attempts = 2
+attempt_timeout_ms = 2000
+operation_timeout_ms = 5000
+
+[ledger]
+url = "{ledger}"
+
+[fleet]
+lease_ttl_secs = {ttl}
+poll_ms = 20
+
+[safety]
+classifier = true
+model = "{models}/open-nsfw.onnx"
+runtime_library = "{models}/libonnxruntime.so.1.31.1"
+
+[profiles.default]
+variants = [256, 512]
+formats = ["avif", "jpeg"]
+avif = {{ quality = 60, speed = 10 }}
+safety = {{ blur_at = 0.2, block_at = 0.8 }}
+"#,
+            pricing = repo_root().join("config/pricing.toml").display(),
+            latency = opts.latency_ms,
+            endpoint = s3.endpoint,
+            region = s3.region,
+            bucket = s3.bucket,
+            web = s3.web_base_url,
+            ttl = opts.lease_ttl_secs,
+            models = models.display(),
+        );
+        std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
+        let mut replica = Replica {
+            dir,
+            port,
+            child: None,
+            garage_keys: (s3.access_key_id, s3.secret_access_key),
+        };
+        replica.start();
+        replica
+    }
+
+    fn start(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .arg("--config")
+            .arg(self.dir.path().join("imagegate.toml"))
+            .arg("serve")
+            .env(KEY_ID_VAR, &self.garage_keys.0)
+            .env(SECRET_VAR, &self.garage_keys.1)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.starts_with("imagegate listening on "),
+            "replica did not start: {line:?}"
+        );
+        self.child = Some(child);
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// kill -9: no graceful anything, as a crashed node.
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn post(
+    replica: &Replica,
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let r = client()
+        .post(replica.url("/v1/images"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.json().await.unwrap())
+}
+
+async fn generations(ledger_url: &str, id: &str) -> i64 {
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: ledger_url.to_string(),
+    })
+    .await
+    .unwrap();
+    let n = ledger
+        .stage_count(id.parse().unwrap(), imagegate_core::Stage::Generate)
+        .await
+        .unwrap();
+    ledger.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
+    let garage = Garage::start();
+    let mut a = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: None,
+        latency_ms: 20,
+        lease_ttl_secs: 30,
+    });
+    let (status, _, body) = post(&a, serde_json::json!({"prompt": "a harbour at dawn"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "miss");
+    let images = body["images"].as_array().unwrap();
+    assert_eq!(images.len(), 4);
+    let web = garage.settings().web_base_url;
+    for image in images {
+        let url = image["url"].as_str().unwrap();
+        assert!(
+            url.starts_with(&format!("{web}/imagegate/i/")),
+            "{url} is not under the CDN base and prefix"
+        );
+        // Through Garage's web endpoint, as a browser behind the CDN would fetch it.
+        let r = client().get(url).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{url}");
+        let format = image["format"].as_str().unwrap();
+        assert_eq!(
+            r.headers()["content-type"],
+            if format == "avif" {
+                "image/avif"
+            } else {
+                "image/jpeg"
+            }
+        );
+        assert_eq!(
+            r.headers()["cache-control"],
+            "public, max-age=31536000, immutable"
+        );
+        let bytes = r.bytes().await.unwrap();
+        assert_eq!(bytes.len() as u64, image["bytes"].as_u64().unwrap());
+        if format == "jpeg" {
+            let decoded = image::load_from_memory(&bytes).unwrap();
+            assert_eq!(decoded.width() as u64, image["width"].as_u64().unwrap());
+        }
+    }
+    // The manifest is in S3 too: a process with an empty memory cache and its own
+    // ledger answers from the store tier without generating.
+    a.crash();
+    let b = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: None,
+        latency_ms: 20,
+        lease_ttl_secs: 30,
+    });
+    let (status, _, again) = post(&b, serde_json::json!({"prompt": "a harbour at  dawn"})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["cache"], "hit");
+    assert_eq!(again["id"], body["id"]);
+    assert_eq!(again["cost"]["stages"][0]["detail"]["tier"], "store");
+    let b_ledger = format!("sqlite://{}/data/ledger.db", b.dir.path().display());
+    assert_eq!(
+        generations(&b_ledger, body["id"].as_str().unwrap()).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
+    let mut garage = Garage::start();
+    let replica = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: None,
+        latency_ms: 20,
+        lease_ttl_secs: 30,
+    });
+    let ready = client().get(replica.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    garage.stop();
+    let request = serde_json::json!({"prompt": "a lighthouse in a storm"});
+    let (status, headers, body) = post(&replica, request.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+    assert!(headers.contains_key("retry-after"));
+    let ready = client().get(replica.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ledger = format!("sqlite://{}/data/ledger.db", replica.dir.path().display());
+
+    garage.start_again();
+    // Nothing of the failed attempt is visible: the key has no manifest.
+    let key = client()
+        .post(replica.url("/v1/estimate"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(key["cached"], false, "{key}");
+    let id = key["id"].as_str().unwrap().to_string();
+    let manifest = client()
+        .get(replica.url(&format!("/v1/images/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), 404);
+    assert_eq!(generations(&ledger, &id).await, 0);
+
+    // The same process, not restarted, works again.
+    let (status, _, body) = post(&replica, request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "miss");
+    let (status, _, body) = post(&replica, request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "hit");
+    let ready = client().get(replica.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_store_and_ledger_act_as_one() {
+    let garage = Garage::start();
+    let schema = TestSchema::create().await;
+    let options = || ReplicaOptions {
+        garage: &garage,
+        ledger_url: Some(schema.url()),
+        latency_ms: 300,
+        lease_ttl_secs: 30,
+    };
+    let a = Replica::new(options());
+    let b = Replica::new(options());
+
+    // Generated through A, a hit through B.
+    let (status, _, first) = post(&a, serde_json::json!({"prompt": "a red kite"})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["cache"], "miss");
+    let (status, _, second) = post(&b, serde_json::json!({"prompt": "a red kite"})).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["cache"], "hit");
+    assert_eq!(second["id"], first["id"]);
+
+    // 16 concurrent identical requests spread over both: one generation between them.
+    let body = serde_json::json!({"prompt": "a blue heron", "seed": 7});
+    let calls = (0..16).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        post(target, body.clone())
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut misses = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for (status, _, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_string());
+        if body["cache"] == "miss" {
+            misses += 1;
+        }
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(misses, 1, "exactly one replica generates");
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(generations(schema.url(), &id).await, 1);
+    assert_eq!(
+        generations(schema.url(), first["id"].as_str().unwrap()).await,
+        1
+    );
+
+    // Either replica's cost report covers both: 2 + 16 requests.
+    for replica in [&a, &b] {
+        let report: serde_json::Value = client()
+            .get(replica.url("/v1/costs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["total"]["requests"], 18, "{report}");
+    }
+    drop((a, b));
+    schema.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_lease_holder_does_not_block_its_key() {
+    let garage = Garage::start();
+    let schema = TestSchema::create().await;
+    // A generates slowly and dies holding the lease; B takes over once it expires.
+    let mut a = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: Some(schema.url()),
+        latency_ms: 30_000,
+        lease_ttl_secs: 2,
+    });
+    let b = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: Some(schema.url()),
+        latency_ms: 20,
+        lease_ttl_secs: 2,
+    });
+    let body = serde_json::json!({"prompt": "an abandoned mill"});
+    let a_url = a.url("/v1/images");
+    let stuck = tokio::spawn({
+        let body = body.clone();
+        async move { client().post(a_url).json(&body).send().await }
+    });
+    // A holds the lease once its generation started.
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: schema.url().to_string(),
+    })
+    .await
+    .unwrap();
+    let estimate: serde_json::Value = client()
+        .post(b.url("/v1/estimate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: imagegate_core::ContentKey = estimate["id"].as_str().unwrap().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ledger
+        .try_acquire_lease(key, "probe", Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        // Taken by the probe, not by A yet: give it back and look again.
+        ledger.release_lease(key, "probe").await.unwrap();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.crash();
+    assert!(stuck.await.unwrap().is_err(), "A died mid-request");
+
+    let (status, _, answer) = post(&b, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["cache"], "miss");
+    assert_eq!(generations(schema.url(), &key.to_hex()).await, 1);
+    ledger.close().await;
+    drop(b);
+    schema.drop_schema().await;
+}
