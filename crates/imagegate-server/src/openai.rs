@@ -10,8 +10,11 @@
 //!   leave the class alone; a pinned `provider/model` is never changed.
 //! - `n`: image i gets seed `defaults.seed + i`, so n images differ and each is cached.
 //! - The returned file is the profile's widest variant in the first format listed.
-//! - `style` and `user` are validated and accepted; no provider we route to takes a
-//!   style, and `user` is not stored (it may identify a person).
+//! - `output_format` picks which stored format answers (`jpeg`, `webp`, `avif` when
+//!   the profile stores it); `png` is not stored, so it is refused with a clear error.
+//! - `style`, `user`, `moderation`, `output_compression` are validated and accepted;
+//!   no provider we route to takes a style, `user` is not stored (it may identify a
+//!   person), and imagegate's own safety policy and encoder settings apply.
 
 use crate::{ApiError, AppState};
 use axum::extract::rejection::JsonRejection;
@@ -20,7 +23,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use imagegate_core::{Manifest, ManifestStatus, Stage, VariantRef};
+use imagegate_core::{ImageFormat, Manifest, ManifestStatus, Stage, VariantRef};
 use imagegate_pipeline::{ImageRequest, Outcome, PipelineError};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -44,6 +47,22 @@ pub struct OpenAiImageRequest {
     pub style: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// GPT image models: `png`, `webp` or `jpeg`; picks the stored format to answer
+    /// with when the profile has it.
+    #[serde(default)]
+    pub output_format: Option<String>,
+    /// GPT image models; accepted, the profile's encoder settings apply.
+    #[serde(default)]
+    pub output_compression: Option<u8>,
+    /// GPT image models: only `auto` and `opaque` (nothing here makes transparency).
+    #[serde(default)]
+    pub background: Option<String>,
+    /// GPT image models: `auto` or `low`; imagegate's own safety policy applies either way.
+    #[serde(default)]
+    pub moderation: Option<String>,
+    /// Streaming partial images is not offered; `false` is accepted.
+    #[serde(default)]
+    pub stream: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +150,7 @@ pub(crate) async fn generations(
 ) -> Result<Response, OpenAiError> {
     let Json(req) = body.map_err(|r| OpenAiError::from(crate::routes::json_rejection(r)))?;
     let pipeline = &state.pipeline;
-    let (requests, format) = translate(&req, pipeline.config())?;
+    let (requests, format, file_format) = translate(&req, pipeline.config())?;
     let runs = requests.iter().map(|r| pipeline.generate(r, &ctx));
     let outcomes: Vec<Outcome> = futures::future::try_join_all(runs).await?;
     if outcomes
@@ -148,7 +167,7 @@ pub(crate) async fn generations(
     }
     let mut data = Vec::with_capacity(outcomes.len());
     for outcome in &outcomes {
-        let variant = served_variant(&outcome.manifest).ok_or_else(|| {
+        let variant = served_variant(&outcome.manifest, file_format).ok_or_else(|| {
             OpenAiError::from(PipelineError::Internal(format!(
                 "image {} has no stored files",
                 outcome.manifest.id
@@ -190,11 +209,12 @@ pub(crate) async fn generations(
     Ok(Json(body).into_response())
 }
 
-/// One imagegate request per image asked for, and how to answer.
+/// One imagegate request per image asked for, and how to answer: the response
+/// format and, when asked for, the stored file format to answer with.
 fn translate(
     req: &OpenAiImageRequest,
     config: &imagegate_pipeline::PipelineConfig,
-) -> Result<(Vec<ImageRequest>, ResponseFormat), OpenAiError> {
+) -> Result<(Vec<ImageRequest>, ResponseFormat, Option<ImageFormat>), OpenAiError> {
     let compat = &config.server.openai;
     let n = req.n.unwrap_or(1);
     if n == 0 || n > compat.max_n {
@@ -222,6 +242,65 @@ fn translate(
             ))
         }
     }
+    if req.stream == Some(true) {
+        return Err(OpenAiError::invalid(
+            "stream",
+            "streaming partial images is not supported; omit stream or set it to false",
+        ));
+    }
+    match req.background.as_deref() {
+        None | Some("auto") | Some("opaque") => {}
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "background",
+                format!("background {other:?} is not supported; use 'auto' or 'opaque'"),
+            ))
+        }
+    }
+    match req.moderation.as_deref() {
+        None | Some("auto") | Some("low") => {}
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "moderation",
+                format!("moderation {other:?} is not one of 'auto', 'low'"),
+            ))
+        }
+    }
+    if req.output_compression.is_some_and(|c| c > 100) {
+        return Err(OpenAiError::invalid(
+            "output_compression",
+            "output_compression must be 0 to 100",
+        ));
+    }
+    let profile = config
+        .profiles
+        .get(&config.defaults.profile)
+        .map(|p| p.formats.clone())
+        .unwrap_or_default();
+    let file_format = match req.output_format.as_deref() {
+        None => None,
+        Some(name) => {
+            let wanted = match name {
+                "jpeg" | "jpg" => Some(ImageFormat::Jpeg),
+                "webp" => Some(ImageFormat::Webp),
+                "avif" => Some(ImageFormat::Avif),
+                _ => None,
+            };
+            match wanted {
+                Some(f) if profile.contains(&f) => Some(f),
+                _ => {
+                    let stored: Vec<&str> = profile.iter().map(|f| f.extension()).collect();
+                    return Err(OpenAiError::invalid(
+                        "output_format",
+                        format!(
+                            "output_format {name:?} is not stored; this service stores {}",
+                            stored.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    };
     if req.user.as_ref().is_some_and(|u| u.chars().count() > 256) {
         return Err(OpenAiError::invalid(
             "user",
@@ -246,8 +325,10 @@ fn translate(
     let model = match req.quality.as_deref() {
         None | Some("auto") | Some("standard") | Some("medium") => model,
         Some("low") if is_class(&model) => "draft".to_string(),
-        Some("hd") | Some("high") if is_class(&model) => "premium".to_string(),
-        Some("low") | Some("hd") | Some("high") => model,
+        Some("hd") | Some("high") | Some("xhigh") | Some("max") if is_class(&model) => {
+            "premium".to_string()
+        }
+        Some("low") | Some("hd") | Some("high") | Some("xhigh") | Some("max") => model,
         Some(other) => {
             return Err(OpenAiError::invalid(
                 "quality",
@@ -266,7 +347,7 @@ fn translate(
             ..ImageRequest::default()
         })
         .collect();
-    Ok((requests, format))
+    Ok((requests, format, file_format))
 }
 
 fn is_class(model: &str) -> bool {
@@ -276,13 +357,13 @@ fn is_class(model: &str) -> bool {
     )
 }
 
-/// The widest variant in the first format the profile lists (files are stored in
-/// profile order).
-fn served_variant(m: &Manifest) -> Option<&VariantRef> {
-    let first_format = m.images.first()?.format;
+/// The widest variant in `format`, or else in the first format the profile lists
+/// (files are stored in profile order).
+fn served_variant(m: &Manifest, format: Option<ImageFormat>) -> Option<&VariantRef> {
+    let format = format.unwrap_or(m.images.first()?.format);
     m.images
         .iter()
-        .filter(|v| v.format == first_format)
+        .filter(|v| v.format == format)
         .max_by_key(|v| v.width)
 }
 
@@ -334,7 +415,7 @@ mod tests {
     #[test]
     fn n_images_get_consecutive_seeds_and_aliases_map_to_classes() {
         let config = config();
-        let (reqs, format) = translate(
+        let (reqs, format, _) = translate(
             &request(serde_json::json!({"prompt": "a fox", "n": 3, "model": "dall-e-3", "quality": "hd", "size": "512x512"})),
             &config,
         )
@@ -350,7 +431,7 @@ mod tests {
 
     #[test]
     fn pinned_models_are_not_changed_by_quality() {
-        let (reqs, format) = translate(
+        let (reqs, format, _) = translate(
             &request(serde_json::json!({"prompt": "a fox", "model": "local/procedural-v1", "quality": "low", "response_format": "b64_json"})),
             &config(),
         )

@@ -1,0 +1,295 @@
+//! The HTTP surface as exposed to the world: the OpenAI-compatible route driven by
+//! the official `openai` Python client, API keys, rate limits, and logs that carry
+//! request ids and never secrets.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::{client, small_config, Site};
+
+/// A fake provider secret: must never show up in logs or answers.
+const PROVIDER_SECRET: &str = "sk-imagegate-test-7f3a9c1e5b2d4f6a8c0e";
+
+fn create_key(site: &Site, name: &str, extra: &[&str]) -> String {
+    let mut args = vec!["keys", "create", "--name", name];
+    args.extend_from_slice(extra);
+    let out = site.cli(&args);
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("ig_"), "{token:?}");
+    token
+}
+
+fn key_id(token: &str) -> &str {
+    &token[3..19]
+}
+
+/// Waits out the server's key reload interval (`reload_secs = 1` in these configs).
+async fn until_keys_reload() {
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+}
+
+fn python_for_openai_client() -> String {
+    let out = Command::new(support::repo_root().join("scripts/python-venv.sh"))
+        .arg("openai-client")
+        .arg(support::repo_root().join("scripts/requirements/openai-client.txt"))
+        .output()
+        .expect("scripts/python-venv.sh runs");
+    assert!(
+        out.status.success(),
+        "could not create the openai client venv (PyPI reachable?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_official_openai_client_works_against_generations() {
+    // The CDN URLs in answers point at this server, so it listens on a known port.
+    let port = support::free_port();
+    let site = Site::new(|dir| {
+        let addr = format!("127.0.0.1:{port}");
+        small_config(dir, &addr, &addr, "[server.auth]\nreload_secs = 1\n")
+    });
+    let token = create_key(&site, "openai-client", &[]);
+    let server = site.serve(&[]);
+    let python = python_for_openai_client();
+    let out = tokio::task::spawn_blocking({
+        let base = server.base.clone();
+        let token = token.clone();
+        move || {
+            Command::new(python)
+                .arg(support::repo_root().join("scripts/openai_client_check.py"))
+                .arg(base)
+                .arg(token)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "openai client check failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["bad_n"]["param"], "n");
+    assert_eq!(seen["bad_n"]["type"], "invalid_request_error");
+    assert_eq!(seen["blocked"]["code"], "content_policy_violation");
+    assert_eq!(seen["bad_key"]["code"], "invalid_api_key");
+    assert_eq!(seen["b64_is_avif"], true);
+
+    // The ledger booked the client's images under its key id.
+    let report = site.cli(&["report", "--by", "key", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let row = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == key_id(&token))
+        .unwrap_or_else(|| panic!("no ledger rows for the key: {report}"));
+    assert_eq!(
+        row["requests"], 3,
+        "two url images and one b64 hit: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_gate_every_api_route_and_revocation_applies() {
+    let site = Site::new(|dir| {
+        small_config(
+            dir,
+            "0.0.0.0:0",
+            "127.0.0.1:1",
+            "[server.auth]\nreload_secs = 1\n",
+        )
+    });
+    let server = site.serve(&[]);
+    let estimate = |auth: Option<String>, base: String| async move {
+        let mut r = client()
+            .post(format!("{base}/v1/estimate"))
+            .json(&serde_json::json!({"prompt": "a quiet harbour"}));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<serde_json::Value>().await.unwrap())
+    };
+    // No key exists: loopback callers may be anonymous, others may not.
+    assert_eq!(estimate(None, server.base.clone()).await.0, 200);
+    let outside = non_loopback_address();
+    let (status, body) = estimate(None, format!("http://{outside}:{}", server.port())).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "missing_api_key");
+
+    // Once a key exists (created by the CLI while the server runs), every caller
+    // needs one, and only a valid one passes.
+    let token = create_key(&site, "app", &[]);
+    until_keys_reload().await;
+    let (status, body) = estimate(None, server.base.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    let forged = format!("Bearer ig_{}_{}", key_id(&token), "0".repeat(64));
+    for bad in [forged, "Bearer nonsense".into(), "Basic abc".into()] {
+        let (status, body) = estimate(Some(bad.clone()), server.base.clone()).await;
+        assert_eq!(status, 401, "{bad}: {body}");
+    }
+    let good = format!("Bearer {token}");
+    assert_eq!(
+        estimate(Some(good.clone()), server.base.clone()).await.0,
+        200
+    );
+    // Probes and metrics stay open.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = client().get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    let revoked = site.cli(&["keys", "revoke", key_id(&token)]);
+    assert!(revoked.status.success());
+    until_keys_reload().await;
+    let (status, body) = estimate(Some(good), server.base.clone()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "revoked_api_key");
+    let listed = String::from_utf8(site.cli(&["keys", "list"]).stdout).unwrap();
+    assert!(listed.contains(key_id(&token)) && !listed.contains(&token[20..]));
+}
+
+/// An address of this machine other than loopback, to call from "outside".
+fn non_loopback_address() -> String {
+    let out = Command::new("hostname").arg("-I").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .unwrap_or_else(|| panic!("this machine has no non-loopback IPv4 address: {text:?}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_over_its_rate_answers_429_with_retry_after() {
+    let site = Site::new(|dir| {
+        small_config(
+            dir,
+            "127.0.0.1:0",
+            "127.0.0.1:1",
+            "[server.auth]\nreload_secs = 1\nrequests_per_minute = 600\nburst = 3\n",
+        )
+    });
+    let slow = create_key(&site, "slow", &["--requests-per-minute", "6"]);
+    let fast = create_key(&site, "fast", &[]);
+    let server = site.serve(&[]);
+    let call = |token: String| {
+        let url = server.url("/v1/estimate");
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&serde_json::json!({"prompt": "a quiet harbour"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // The burst passes, the next is refused with a wait time; other keys are unaffected.
+    for _ in 0..3 {
+        assert_eq!(call(slow.clone()).await.status(), 200);
+    }
+    let refused = call(slow.clone()).await;
+    assert_eq!(refused.status(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&wait), "Retry-After {wait}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(call(fast.clone()).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logs_carry_request_ids_and_never_secrets() {
+    let site = Site::new(|dir| {
+        let openai = format!(
+            "[[providers]]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{}/v1\"\napi_key_env = \"IMAGEGATE_TEST_OPENAI_KEY\"\ntimeout_secs = 2\n[server.auth]\nreload_secs = 1\n",
+            support::free_port()
+        );
+        small_config(dir, "127.0.0.1:0", "127.0.0.1:1", &openai)
+    });
+    let token = create_key(&site, "logger", &[]);
+    let server = site.serve(&[("IMAGEGATE_TEST_OPENAI_KEY", PROVIDER_SECRET)]);
+    let http = client();
+    // A success, a provider failure (the pinned OpenAI endpoint is down), a bad key.
+    let ok = http
+        .post(server.url("/v1/images"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-ok-1")
+        .json(&serde_json::json!({"prompt": "a lantern"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-request-id"], "req-ok-1");
+    let failed = http
+        .post(server.url("/v1/images"))
+        .bearer_auth(&token)
+        .header("x-request-id", "req-fail-2")
+        .json(&serde_json::json!({"prompt": "a lantern", "model": "openai/gpt-image-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    let failed_body = failed.text().await.unwrap();
+    let bad = http
+        .post(server.url("/v1/images"))
+        .header("authorization", format!("Bearer {token}x"))
+        .json(&serde_json::json!({"prompt": "a lantern"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    server.stop();
+
+    let log = std::fs::read_to_string(site.log()).unwrap();
+    let secret_part = &token[20..];
+    for (what, secret) in [
+        ("provider key", PROVIDER_SECRET),
+        ("API key secret", secret_part),
+    ] {
+        assert!(!log.contains(secret), "the {what} appears in the logs");
+        assert!(
+            !failed_body.contains(secret),
+            "the {what} appears in an answer"
+        );
+    }
+    // Every line logged while handling a request names it.
+    let mut request_lines = 0;
+    for line in log.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let in_request = v["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "request"));
+        if in_request {
+            request_lines += 1;
+            assert!(
+                v["span"]["request_id"].is_string() || v["spans"][0]["request_id"].is_string(),
+                "a request's log line without its id: {line}"
+            );
+        }
+    }
+    assert!(
+        log.contains("req-fail-2"),
+        "the failed request's error is logged with its id:\n{log}"
+    );
+    assert!(request_lines > 0, "no request-scoped log lines:\n{log}");
+}

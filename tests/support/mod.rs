@@ -1,0 +1,208 @@
+//! Shared by the end-to-end tests: the real `imagegate` binary on a config written
+//! for the test, its logs captured to a file so tests can read them.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The classifier files the setup fetches; their absence is a failure, not a skip.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("models"));
+    for f in ["open-nsfw.onnx", "libonnxruntime.so.1.31.1"] {
+        assert!(
+            dir.join(f).is_file(),
+            "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A small, fast configuration: local provider, local store, SQLite ledger, the real
+/// classifier, one cheap profile. `extra` is appended (more sections).
+pub fn small_config(dir: &Path, listen: &str, public_host: &str, extra: &str) -> String {
+    let models = models_dir();
+    let data = dir.join("data");
+    format!(
+        r#"
+pricing = "{pricing}"
+
+[server]
+listen = "{listen}"
+
+[concurrency]
+cpu_workers = 2
+
+[[providers]]
+kind = "local"
+latency_ms = 10
+
+[storage]
+kind = "local"
+root = "{data}/objects"
+public_base_url = "http://{public_host}/cdn"
+
+[ledger]
+url = "sqlite://{data}/ledger.db"
+
+[safety]
+classifier = true
+model = "{models}/open-nsfw.onnx"
+runtime_library = "{models}/libonnxruntime.so.1.31.1"
+deny_words = ["forbiddenword"]
+
+[profiles.default]
+variants = [128, 256]
+formats = ["avif", "jpeg"]
+avif = {{ quality = 60, speed = 10 }}
+safety = {{ blur_at = 0.2, block_at = 0.8 }}
+{extra}
+"#,
+        pricing = repo_root().join("config/pricing.toml").display(),
+        data = data.display(),
+        models = models.display(),
+    )
+}
+
+/// A config file and data dir that outlive restarts of the process using them.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    pub fn new(config: impl FnOnce(&Path) -> String) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config(dir.path());
+        std::fs::write(dir.path().join("imagegate.toml"), text).unwrap();
+        Site { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("imagegate.toml")
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("imagegate.log")
+    }
+
+    pub fn ledger_url(&self) -> String {
+        format!("sqlite://{}/data/ledger.db", self.dir.path().display())
+    }
+
+    /// Runs a CLI subcommand on this site's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_imagegate"))
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `imagegate serve` with JSON logs appended to [`Site::log`].
+    pub fn serve(&self, env: &[(&str, &str)]) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_imagegate"));
+        command
+            .arg("--config")
+            .arg(self.config())
+            .arg("--log-json")
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("imagegate listening on http://") else {
+            let _ = child.kill();
+            panic!(
+                "server did not start: {line:?}; log:\n{}",
+                std::fs::read_to_string(self.log()).unwrap_or_default()
+            );
+        };
+        Server {
+            base: format!("http://{addr}"),
+            child: Some(child),
+        }
+    }
+}
+
+pub struct Server {
+    pub base: String,
+    child: Option<Child>,
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// SIGTERM and wait: the graceful path an orchestrator takes.
+    pub fn stop(mut self) {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!("server did not stop within 20 s of SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
