@@ -21,10 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}", get(get_image))
-        .route(
-            "/v1/images/generations",
-            post(crate::openai::generations),
-        )
+        .route("/v1/images/generations", post(crate::openai::generations))
         .route("/v1/estimate", post(estimate))
         .route("/v1/costs", get(costs))
         .route(
@@ -32,7 +29,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes());
     if server.serve_cdn && state.pipeline.store().kind() == "local" {
         app = app.route("/cdn/{*path}", get(cdn));
     }
@@ -52,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .concurrency_limit(server.max_in_flight.max(1))
                 .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
         )
+        .layer(axum::middleware::from_fn(crate::dashboard::count_requests))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }
