@@ -501,11 +501,7 @@ impl Pipeline {
             if let Some(m) = self.read_manifest(key).await? {
                 return Ok((m, Origin::StoreTier));
             }
-            if self
-                .ledger
-                .try_acquire_lease(key, &self.replica, ttl)
-                .await?
-            {
+            if self.ledger.try_acquire_lease(key, &self.replica, ttl).await? {
                 break;
             }
             if Instant::now() >= deadline {

@@ -235,25 +235,19 @@ fn translate(
     let model = req
         .model
         .as_deref()
-        .map(|m| {
-            compat
-                .models
-                .get(m)
-                .cloned()
-                .unwrap_or_else(|| m.to_string())
-        })
+        .map(|m| compat.models.get(m).cloned().unwrap_or_else(|| m.to_string()))
         .unwrap_or_else(|| config.defaults.model.clone());
     let model = match req.quality.as_deref() {
         None | Some("auto") | Some("standard") | Some("medium") => model,
         Some("low") if is_class(&model) => "draft".to_string(),
         Some("hd") | Some("high") if is_class(&model) => "premium".to_string(),
         Some("low") | Some("hd") | Some("high") => model,
-        Some(other) => return Err(OpenAiError::invalid(
-            "quality",
-            format!(
-                "quality {other:?} is not one of 'auto', 'low', 'medium', 'high', 'standard', 'hd'"
-            ),
-        )),
+        Some(other) => {
+            return Err(OpenAiError::invalid(
+                "quality",
+                format!("quality {other:?} is not one of 'auto', 'low', 'medium', 'high', 'standard', 'hd'"),
+            ))
+        }
     };
     let requests = (0..u64::from(n))
         .map(|i| ImageRequest {
@@ -366,15 +360,9 @@ mod tests {
                 serde_json::json!({"prompt": "x", "response_format": "png"}),
                 "response_format",
             ),
-            (
-                serde_json::json!({"prompt": "x", "quality": "ultra"}),
-                "quality",
-            ),
+            (serde_json::json!({"prompt": "x", "quality": "ultra"}), "quality"),
             (serde_json::json!({"prompt": "x", "style": "noir"}), "style"),
-            (
-                serde_json::json!({"prompt": "x", "user": "u".repeat(300)}),
-                "user",
-            ),
+            (serde_json::json!({"prompt": "x", "user": "u".repeat(300)}), "user"),
         ] {
             let err = translate(&request(body.clone()), &config()).err().unwrap();
             assert_eq!(err.param, Some(param), "{body}");

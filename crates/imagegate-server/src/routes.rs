@@ -21,7 +21,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/v1/images", post(create_image))
         .route("/v1/images/{id}", get(get_image))
-        .route("/v1/images/generations", post(crate::openai::generations))
+        .route(
+            "/v1/images/generations",
+            post(crate::openai::generations),
+        )
         .route("/v1/estimate", post(estimate))
         .route("/v1/costs", get(costs))
         .route(
