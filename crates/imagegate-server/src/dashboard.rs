@@ -85,8 +85,10 @@ async fn delivery(
         })?;
     let projection = crate::delivery::project(&rows, state.pipeline.config());
     let mut body = serde_json::to_value(&projection).unwrap_or_default();
-    body["since"] = query.since.map(|t| t.to_rfc3339()).into();
-    body["until"] = query.until.map(|t| t.to_rfc3339()).into();
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    body["since"] = query.since.map(time).into();
+    body["until"] = query.until.map(time).into();
     Ok(Json(body).into_response())
 }
 

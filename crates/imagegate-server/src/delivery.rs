@@ -55,6 +55,15 @@ pub enum WhatIfKind {
     Format,
 }
 
+impl WhatIfKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhatIfKind::Width => "width",
+            WhatIfKind::Format => "format",
+        }
+    }
+}
+
 /// One side of a comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Side {
