@@ -3,6 +3,7 @@
 #   - nasm (rav1e's assembly; without it AVIF encoding is many times slower, and the
 #     imaging crate's build script refuses to build),
 #   - libavif-bin (avifdec: the tests decode our AVIFs with an independent decoder),
+#   - chromium (the dashboard test renders GET /dashboard in headless Chromium),
 #   - the ONNX Runtime library and the NSFW model (scripts/fetch-models.sh, pinned),
 #   - Garage 2.5.0, the S3 server the storage tests run against (imagegate-testkit),
 #     built from crates.io into ~/.cargo/bin (several minutes, once).
@@ -15,8 +16,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 declare -A PINNED=(
   [nasm]="2.16.01-1"
   [libavif-bin]="0.11.1-1+deb12u1"
+  [chromium]="156.0.8078.79-1~deb12u1"
 )
-declare -A PROVIDES=([nasm]=nasm [libavif-bin]=avifdec)
+declare -A PROVIDES=([nasm]=nasm [libavif-bin]=avifdec [chromium]=chromium)
 
 missing=()
 for pkg in "${!PINNED[@]}"; do

@@ -213,6 +213,9 @@ pub struct CostsConfig {
     pub get_usd_per_1000: f64,
     /// Delivery bytes, for projections.
     pub egress_usd_per_gb: f64,
+    /// How often one stored variant is expected to be served, for the delivery
+    /// projection of `imagegate report` and `GET /v1/delivery` (nothing is charged).
+    pub expected_views_per_image: f64,
 }
 
 impl Default for CostsConfig {
@@ -225,6 +228,7 @@ impl Default for CostsConfig {
             put_usd_per_1000: 0.005,
             get_usd_per_1000: 0.0004,
             egress_usd_per_gb: 0.085,
+            expected_views_per_image: 1000.0,
         }
     }
 }
@@ -354,6 +358,7 @@ impl PipelineConfig {
             ("put_usd_per_1000", c.put_usd_per_1000),
             ("get_usd_per_1000", c.get_usd_per_1000),
             ("egress_usd_per_gb", c.egress_usd_per_gb),
+            ("expected_views_per_image", c.expected_views_per_image),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(format!("costs.{name} must be a non-negative number"));

@@ -659,13 +659,21 @@ impl Pipeline {
             .map(imagegate_core::key::normalize_text)
             .filter(|n| !n.is_empty());
         let wall = Instant::now();
-        let routed = match self.router.generate(&normalized, policy, None).await {
-            Ok(r) => r,
-            Err(e) => {
-                metrics::counter!("imagegate_provider_errors_total").increment(1);
-                return Err(e.into());
-            }
+        let routed = self.router.generate(&normalized, policy, None).await;
+        // One count per failed attempt (retries and failovers included), labelled by
+        // the configured provider name and the router's closed set of outcomes.
+        let decision = match &routed {
+            Ok(r) => Some(&r.decision),
+            Err(e) => e.decision(),
         };
+        for a in decision.iter().flat_map(|d| &d.attempts) {
+            if a.outcome != "ok" {
+                metrics::counter!("imagegate_provider_errors_total",
+                    "provider" => a.provider.clone(), "kind" => a.outcome)
+                .increment(1);
+            }
+        }
+        let routed = routed?;
         let generation = routed.generation;
         if generation.bytes.len() > self.config.limits.max_input_bytes {
             return Err(PipelineError::BadImage(format!(

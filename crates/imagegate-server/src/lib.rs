@@ -1,10 +1,12 @@
-//! The HTTP surface: axum routes for `/v1/images`, the local CDN, health, readiness
-//! and metrics; JSON errors mapped from pipeline errors in one place ([`ApiError`]).
+//! The HTTP surface: axum routes for `/v1/images`, the local CDN, health, readiness,
+//! metrics and the cost dashboard; JSON errors mapped from pipeline errors in one place ([`ApiError`]).
 //!
 //! It parses and answers; every decision about images and money is the pipeline's.
 //! Entry points: [`router`] and [`serve`].
 
 pub mod auth;
+mod dashboard;
+pub mod delivery;
 mod error;
 pub mod openai;
 mod routes;

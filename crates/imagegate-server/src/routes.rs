@@ -29,7 +29,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::dashboard::routes());
     if server.serve_cdn && state.pipeline.store().kind() == "local" {
         app = app.route("/cdn/{*path}", get(cdn));
     }
@@ -46,13 +47,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(overload_or_timeout))
                 .load_shed()
-                .concurrency_limit(server.max_in_flight.max(1))
+                // Global: `Router::layer` wraps each route on its own, and a plain
+                // concurrency limit would give every route its own allowance.
+                .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                    server.max_in_flight.max(1),
+                ))
                 .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,
         ))
+        .layer(axum::middleware::from_fn(crate::dashboard::count_requests))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
 }

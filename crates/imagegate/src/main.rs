@@ -3,6 +3,7 @@
 //! environment variables.
 
 mod config;
+mod report;
 mod template;
 mod warm;
 
@@ -95,7 +96,8 @@ enum Command {
         max_cost_usd: Option<f64>,
     },
     /// What the ledger says was spent: totals grouped by stage, provider, model, API
-    /// key and/or day, and what the cache saved.
+    /// key and/or day, what the cache saved, and what delivering the stored variants
+    /// would cost (with what-ifs: narrower widths, newer formats).
     Report {
         /// Start of the window: a duration ago (7d, 12h) or an RFC 3339 time.
         #[arg(long)]
@@ -106,8 +108,13 @@ enum Command {
         /// Comma-separated dimensions: stage, provider, model, key, day.
         #[arg(long, default_value = "")]
         by: String,
-        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
-        format: ReportFormat,
+        #[arg(long, value_enum, default_value_t = report::Format::Table)]
+        format: report::Format,
+        /// One section: the cost table, the delivery projection, or the what-ifs.
+        /// Tables and JSON show all three by default; CSV holds one table, the costs
+        /// unless this picks another.
+        #[arg(long, value_enum)]
+        only: Option<report::Section>,
     },
     /// API keys for the HTTP service (stored as hashes in the ledger database).
     Keys {
@@ -142,13 +149,6 @@ enum KeysAction {
     List,
     /// Revoke a key by id; it stops working within [server.auth] reload_secs.
     Revoke { id: String },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ReportFormat {
-    Table,
-    Csv,
-    Json,
 }
 
 fn main() -> std::process::ExitCode {
@@ -216,7 +216,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             until,
             by,
             format,
-        } => report(config, since, until, by, format).await,
+            only,
+        } => {
+            let args = report::Args {
+                since,
+                until,
+                by,
+                format,
+                only,
+            };
+            report::run(config, args).await
+        }
         Command::Keys { action } => keys(config, action).await,
         Command::Classify {
             files,
@@ -249,170 +259,9 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     }
 }
 
-async fn report(
-    config: imagegate_pipeline::PipelineConfig,
-    since: Option<String>,
-    until: Option<String>,
-    by: String,
-    format: ReportFormat,
-) -> Result<std::process::ExitCode> {
-    let now = chrono::Utc::now();
-    let instant = |v: Option<String>, flag: &str| {
-        v.map(|v| imagegate_ledger::parse_instant(&v, now))
-            .transpose()
-            .with_context(|| format!("--{flag}"))
-    };
-    let query = imagegate_ledger::ReportQuery {
-        group_by: imagegate_ledger::Dimension::parse_list(&by).context("--by")?,
-        since: instant(since, "since")?,
-        until: instant(until, "until")?,
-    };
-    // Only the ledger: a report needs no providers, store or classifier.
-    let ledger = imagegate_ledger::Ledger::open(&config.ledger).await?;
-    let report = ledger.report(&query).await;
-    ledger.close().await;
-    let report = report?;
-    match format {
-        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        ReportFormat::Csv => print!("{}", report_csv(&report)),
-        ReportFormat::Table => print!("{}", report_table(&report)),
-    }
-    Ok(std::process::ExitCode::SUCCESS)
-}
-
-/// The cells of a report row after its dimension values: requests, USD, ms, bytes.
-fn report_cells(t: &imagegate_ledger::Totals, usd: String) -> Vec<String> {
-    vec![
-        t.requests.to_string(),
-        usd,
-        format!("{:.1}", t.wall_ms),
-        format!("{:.1}", t.cpu_ms),
-        t.bytes_out.to_string(),
-    ]
-}
-
 /// Micro-dollars as `0.040213`: exact, from the integer, never via a float.
 fn usd6(m: imagegate_core::Micros) -> String {
     m.to_string().replacen('$', "", 1)
-}
-
-/// Aligned columns (dimensions left, numbers right), a total line, then cache economics.
-fn report_table(report: &imagegate_ledger::Report) -> String {
-    let dims = report.group_by.len();
-    let mut header: Vec<String> = report.group_by.iter().map(|d| d.to_string()).collect();
-    header.extend(["requests", "usd", "wall_ms", "cpu_ms", "bytes_out"].map(String::from));
-    let mut lines: Vec<Vec<String>> = vec![header];
-    for row in &report.rows {
-        let mut cells: Vec<String> = row
-            .values
-            .iter()
-            .map(|(_, v)| v.clone().unwrap_or_else(|| "-".into()))
-            .collect();
-        cells.extend(report_cells(&row.totals, usd6(row.totals.micros)));
-        lines.push(cells);
-    }
-    let mut total: Vec<String> = (0..dims)
-        .map(|i| if i == 0 { "TOTAL" } else { "" }.to_string())
-        .collect();
-    total.extend(report_cells(
-        &report.total.totals,
-        usd6(report.total.totals.micros),
-    ));
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| {
-            lines
-                .iter()
-                .chain(std::iter::once(&total))
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let render = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, v)| {
-                if c < dims {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
-            .collect();
-        line.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out: String = lines.iter().map(|l| render(l)).collect();
-    let rule: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
-    out.push_str(&"-".repeat(rule));
-    out.push('\n');
-    out.push_str(&render(&total));
-    let c = &report.cache;
-    let ratio = c
-        .hit_ratio
-        .map(|r| format!("{:.1}%", r * 100.0))
-        .unwrap_or_else(|| "-".into());
-    out.push_str(&format!(
-        "\ncache: {} hits, {} misses, {} bypasses; hit ratio {ratio}\n\
-         saved by hits: {} USD (original generation cost of each hit's key)\n",
-        c.hits,
-        c.misses,
-        c.bypasses,
-        usd6(c.saved),
-    ));
-    if c.hits_without_original > 0 {
-        out.push_str(&format!(
-            "({} hits have no earlier miss in the ledger and are not credited)\n",
-            c.hits_without_original
-        ));
-    }
-    out
-}
-
-/// One line per group plus a `total` line; the first column says which.
-fn report_csv(report: &imagegate_ledger::Report) -> String {
-    fn field(v: &str) -> String {
-        if v.contains([',', '"', '\n', '\r']) {
-            format!("\"{}\"", v.replace('"', "\"\""))
-        } else {
-            v.to_string()
-        }
-    }
-    let mut header = vec!["row".to_string()];
-    header.extend(report.group_by.iter().map(|d| d.to_string()));
-    header.extend(
-        [
-            "requests",
-            "usd",
-            "wall_ms",
-            "cpu_ms",
-            "bytes_out",
-            "micros",
-        ]
-        .map(String::from),
-    );
-    let mut out = header.join(",") + "\n";
-    let mut line = |kind: &str, values: Vec<String>, t: &imagegate_ledger::Totals| {
-        let mut cells = vec![kind.to_string()];
-        cells.extend(values.iter().map(|v| field(v)));
-        cells.extend(report_cells(t, usd6(t.micros)));
-        cells.push(t.micros.0.to_string());
-        out.push_str(&(cells.join(",") + "\n"));
-    };
-    for row in &report.rows {
-        let values = row
-            .values
-            .iter()
-            .map(|(_, v)| v.clone().unwrap_or_default())
-            .collect();
-        line("group", values, &row.totals);
-    }
-    line(
-        "total",
-        vec![String::new(); report.group_by.len()],
-        &report.total.totals,
-    );
-    out
 }
 
 async fn estimate(

@@ -1,0 +1,158 @@
+//! What operators look at: `GET /dashboard` (one static page that draws its charts
+//! from the JSON routes in the browser), `GET /v1/delivery` (the delivery projection
+//! and what-ifs of [`crate::delivery`]), and the HTTP request metrics.
+//!
+//! The page carries no data and no keys: it fetches `/v1/costs` and `/v1/delivery`
+//! with the browser's same-origin credentials (plus a bearer key the user types, kept
+//! in session storage, once the server asks for one), so it works unchanged behind
+//! authentication.
+
+use crate::{ApiError, AppState};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{MatchedPath, Query, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The page: HTML, CSS and script in one file, no build step, nothing fetched from
+/// another origin.
+const PAGE: &str = include_str!("../assets/dashboard.html");
+
+/// Only this origin's JSON routes may be reached from the page.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The dashboard's routes, merged into the main router.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/dashboard", get(page))
+        .route("/v1/delivery", get(delivery))
+}
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /v1/delivery` parameters; unknown ones are refused, as for `/v1/costs`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryParams {
+    since: Option<String>,
+    until: Option<String>,
+}
+
+async fn delivery(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<DeliveryParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(params) = params
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let bad_time = |e: imagegate_ledger::LedgerError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string())
+    };
+    let now = chrono::Utc::now();
+    let instant = |v: Option<String>| {
+        v.map(|v| imagegate_ledger::parse_instant(&v, now))
+            .transpose()
+            .map_err(bad_time)
+    };
+    let query = imagegate_ledger::ReportQuery {
+        group_by: Vec::new(),
+        since: instant(params.since)?,
+        until: instant(params.until)?,
+    };
+    let rows = state
+        .pipeline
+        .ledger()
+        .delivery(&query)
+        .await
+        .map_err(|e| match e {
+            imagegate_ledger::LedgerError::BadReport(_) => bad_time(e),
+            e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
+        })?;
+    let projection = crate::delivery::project(&rows, state.pipeline.config());
+    let mut body = serde_json::to_value(&projection).unwrap_or_default();
+    let time =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    body["since"] = query.since.map(time).into();
+    body["until"] = query.until.map(time).into();
+    Ok(Json(body).into_response())
+}
+
+/// Counts every answer by route template (never the raw path, which holds ids),
+/// method and status, and times it: `imagegate_http_requests_total` and
+/// `imagegate_http_request_duration_seconds`.
+pub(crate) async fn count_requests(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = method_label(req.method());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("imagegate_http_requests_total",
+        "route" => route.clone(), "method" => method, "status" => status)
+    .increment(1);
+    metrics::histogram!("imagegate_http_request_duration_seconds",
+        "route" => route, "method" => method)
+    .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A closed set, so a client inventing methods cannot grow the label space.
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_loads_nothing_from_elsewhere() {
+        // The SVG namespace is a name, not an address anything is fetched from.
+        let page = PAGE.replace("\"http://www.w3.org/2000/svg\"", "");
+        for needle in ["http://", "https://", "//cdn", "<link", "src=", "@import"] {
+            assert!(!page.contains(needle), "the page mentions {needle:?}");
+        }
+        for id in [
+            "chart-stage",
+            "chart-provider",
+            "chart-cache",
+            "chart-bytes",
+        ] {
+            assert!(PAGE.contains(&format!("id=\"{id}\"")), "no #{id}");
+        }
+        assert!(PAGE.contains("credentials: \"same-origin\""));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
+    }
+}
