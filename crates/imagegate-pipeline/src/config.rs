@@ -64,8 +64,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Sustained requests per minute per key (a key's own limit overrides it);
-    /// anonymous loopback callers share one allowance.
+    /// Sustained requests per minute per key without a limit of its own
+    /// (`keys create --requests-per-minute`); 0 leaves such keys unlimited. Anonymous
+    /// loopback callers share one allowance.
     pub requests_per_minute: u32,
     /// Requests a key may make at once above the sustained rate.
     pub burst: u32,
@@ -76,7 +77,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            requests_per_minute: 600,
+            requests_per_minute: 0,
             burst: 100,
             reload_secs: 2,
         }
@@ -370,8 +371,8 @@ impl PipelineConfig {
         {
             return Err("limits must be positive".into());
         }
-        if self.server.auth.requests_per_minute == 0 || self.server.auth.burst == 0 {
-            return Err("server.auth.requests_per_minute and burst must be at least 1".into());
+        if self.server.auth.burst == 0 {
+            return Err("server.auth.burst must be at least 1".into());
         }
         if !(1..=10).contains(&self.server.openai.max_n) {
             return Err("server.openai.max_n must be 1 to 10".into());

@@ -140,6 +140,9 @@ impl Auth {
             .lookup(bucket)
             .and_then(|k| k.requests_per_minute)
             .unwrap_or(self.config.requests_per_minute);
+        if per_minute == 0 {
+            return Ok(());
+        }
         let limiter = {
             let mut limiters = self
                 .limiters
