@@ -3,43 +3,17 @@
 //! sharing that store and a real PostgreSQL ledger. Garage and PostgreSQL missing are
 //! failures (the testkit says how to set them up), never skips.
 
+mod support;
+
 use imagegate_testkit::garage::Garage;
 use imagegate_testkit::postgres::TestSchema;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use support::{client, free_port, models_dir, repo_root};
 
 const KEY_ID_VAR: &str = "IMAGEGATE_TEST_S3_KEY_ID";
 const SECRET_VAR: &str = "IMAGEGATE_TEST_S3_SECRET";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"));
-    assert!(
-        dir.join("open-nsfw.onnx").is_file(),
-        "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
-        dir.join("open-nsfw.onnx").display()
-    );
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One imagegate process: its own port and data dir, the shared store and ledger.
 struct Replica {
@@ -173,13 +147,6 @@ impl Drop for Replica {
     fn drop(&mut self) {
         self.crash();
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
 }
 
 async fn post(

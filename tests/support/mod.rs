@@ -145,6 +145,7 @@ impl Site {
             .unwrap();
         let Some(addr) = line.trim().strip_prefix("imagegate listening on http://") else {
             let _ = child.kill();
+            let _ = child.wait();
             panic!(
                 "server did not start: {line:?}; log:\n{}",
                 std::fs::read_to_string(self.log()).unwrap_or_default()
@@ -187,6 +188,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("server did not stop within 20 s of SIGTERM");
     }
 }
