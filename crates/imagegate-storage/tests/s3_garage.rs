@@ -327,28 +327,3 @@ async fn without_named_variables_the_standard_aws_chain_supplies_credentials() {
     std::env::remove_var("AWS_ACCESS_KEY_ID");
     std::env::remove_var("AWS_SECRET_ACCESS_KEY");
 }
-
-/// Not a test: `cargo test -p imagegate-storage --test s3_garage -- --ignored --nocapture put_latency`
-/// prints the median latency of 50 sequential puts of a 30 KB object.
-#[tokio::test]
-#[ignore = "measurement"]
-async fn put_latency() {
-    let garage = Garage::start();
-    let store = store_for(&garage).await;
-    let body = sample(30_000, 6);
-    store.put("warm", body.clone(), "image/avif").await.unwrap();
-    let mut took = Vec::new();
-    for i in 0..50 {
-        let started = Instant::now();
-        store
-            .put(&format!("lat/{i}.avif"), body.clone(), "image/avif")
-            .await
-            .unwrap();
-        took.push(started.elapsed());
-    }
-    took.sort();
-    println!(
-        "put 30 KB x50: median {:?}, p90 {:?}, min {:?}, max {:?}",
-        took[25], took[45], took[0], took[49]
-    );
-}
