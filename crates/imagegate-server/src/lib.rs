@@ -7,6 +7,7 @@
 pub mod auth;
 mod error;
 pub mod openai;
+pub mod openapi;
 mod routes;
 
 pub use error::ApiError;
