@@ -2,7 +2,7 @@
 
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
@@ -340,8 +340,11 @@ pub fn estimate_body(
 )]
 async fn get_image(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // A path that is not UTF-8 once percent-decoded gets JSON like any bad input.
+    let Path(id) =
+        id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.body_text()))?;
     let key: ContentKey = id.parse().map_err(|e: imagegate_core::key::BadKey| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string())
     })?;
@@ -446,10 +449,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 )]
 async fn cdn(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such object");
+    // Not UTF-8 once percent-decoded: no object has such a key.
+    let Ok(Path(path)) = path else {
+        return Err(not_found());
+    };
     // Only published images are served: not manifests' temp files or anything else.
     if path.starts_with('.') || imagegate_storage::validate_key(&path).is_err() {
         return Err(not_found());
