@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// How a request treats the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheMode {
     /// Answer from the cache when the key exists; otherwise generate once.
@@ -51,7 +51,7 @@ pub enum CacheMode {
 
 /// A generation request as callers spell it (`POST /v1/images`, templates).
 /// Everything but `prompt` defaults from the profile and `[defaults]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     pub prompt: String,

@@ -34,7 +34,18 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/v1/delivery", get(delivery))
 }
 
-async fn page() -> Response {
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "costs",
+    security(()),
+    responses(
+        (status = 200, description = "The cost dashboard: one HTML page that draws its charts from `/v1/costs` and `/v1/delivery`", content_type = "text/html", body = String),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
+pub(crate) async fn page() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -49,12 +60,29 @@ async fn page() -> Response {
 /// `GET /v1/delivery` parameters; unknown ones are refused, as for `/v1/costs`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeliveryParams {
+pub(crate) struct DeliveryParams {
     since: Option<String>,
     until: Option<String>,
 }
 
-async fn delivery(
+#[utoipa::path(
+    get,
+    path = "/v1/delivery",
+    tag = "costs",
+    params(
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`), an RFC 3339 time or a UTC day"),
+        ("until" = Option<String>, Query, description = "Exclusive end, in the same forms as `since`"),
+    ),
+    responses(
+        (status = 200, description = "Stored bytes per width and format, the delivery projection and what-ifs", body = Object),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
+pub(crate) async fn delivery(
     State(state): State<Arc<AppState>>,
     params: Result<Query<DeliveryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {

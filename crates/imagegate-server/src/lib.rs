@@ -9,6 +9,7 @@ mod dashboard;
 pub mod delivery;
 mod error;
 pub mod openai;
+pub mod openapi;
 mod routes;
 
 pub use error::ApiError;

@@ -29,7 +29,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 /// The request as OpenAI documents it. Unknown fields are refused, as OpenAI does.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiImageRequest {
     pub prompt: String,
@@ -143,6 +143,31 @@ impl IntoResponse for OpenAiError {
     }
 }
 
+/// The OpenAI Images API: code written for OpenAI's clients works by changing its
+/// base URL. `url` answers are CDN URLs; errors keep OpenAI's shape.
+#[utoipa::path(
+    post,
+    path = "/v1/images/generations",
+    tag = "openai",
+    request_body(
+        content = OpenAiImageRequest,
+        description = "OpenAI's request; unknown fields are refused",
+        example = json!({"prompt": "a lighthouse at dusk, watercolor", "n": 2, "size": "512x512", "model": "dall-e-3", "quality": "hd", "response_format": "b64_json"})
+    ),
+    responses(
+        (status = 200, description = "The images, and what each cost", body = crate::openapi::OpenAiImagesBody),
+        (status = 400, response = crate::openapi::OpenAiBadRequest),
+        (status = 401, response = crate::openapi::OpenAiUnauthorized),
+        (status = 402, response = crate::openapi::OpenAiPaymentRequired),
+        (status = 413, response = crate::openapi::OpenAiPayloadTooLarge),
+        (status = 415, response = crate::openapi::OpenAiUnsupportedMediaType),
+        (status = 429, response = crate::openapi::OpenAiRateLimited),
+        (status = 500, response = crate::openapi::OpenAiInternal),
+        (status = 502, response = crate::openapi::OpenAiBadGateway),
+        (status = 503, response = crate::openapi::OpenAiUnavailable),
+        (status = 504, response = crate::openapi::OpenAiGatewayTimeout),
+    ),
+)]
 pub(crate) async fn generations(
     State(state): State<Arc<AppState>>,
     crate::routes::Caller(ctx): crate::routes::Caller,

@@ -2,7 +2,7 @@
 
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::middleware::Next;
@@ -24,12 +24,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/generations", post(crate::openai::generations))
         .route("/v1/estimate", post(estimate))
         .route("/v1/costs", get(costs))
-        .route(
-            "/healthz",
-            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .merge(crate::dashboard::routes());
     if server.serve_cdn && state.pipeline.store().kind() == "local" {
         app = app.route("/cdn/{*path}", get(cdn));
@@ -150,6 +148,33 @@ pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
     ApiError::new(status, code, rejection.body_text())
 }
 
+/// Generate (or fetch from the cache) and deliver.
+#[utoipa::path(
+    post,
+    path = "/v1/images",
+    tag = "images",
+    request_body(
+        content = ImageRequest,
+        description = "Only `prompt` is required; the rest default from the profile. `model` is a class \
+(`draft`, `standard`, `premium`) or a pinned `provider/model`; `size` is `WIDTHxHEIGHT`; \
+`policy` is `cheapest`, `fastest` or `balanced`.",
+        example = json!({"prompt": "a lighthouse at dusk, watercolor", "size": "1024x1024", "seed": 42, "variants": [256, 512], "formats": ["avif", "jpeg"], "policy": "cheapest", "cache": "use"})
+    ),
+    responses(
+        (status = 200, description = "The image's files, verdict and what this request cost", body = crate::openapi::ImageBody),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 402, response = crate::openapi::PaymentRequired),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, description = "The prompt (`prompt_blocked`) or the generated image (`content_blocked`) was refused", body = crate::openapi::BlockedBody),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 502, response = crate::openapi::BadGateway),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn create_image(
     State(state): State<Arc<AppState>>,
     Caller(ctx): Caller,
@@ -247,6 +272,30 @@ fn manifest_json(pipeline: &Pipeline, m: &Manifest) -> serde_json::Value {
     })
 }
 
+/// The candidates the router would consider for a request, their expected cost and
+/// latency, and its choice; generates nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/estimate",
+    tag = "images",
+    request_body(
+        content = ImageRequest,
+        description = "The same body as `POST /v1/images`",
+        example = json!({"prompt": "a lighthouse at dusk, watercolor", "model": "premium", "max_cost_usd": 0.05})
+    ),
+    responses(
+        (status = 200, description = "The router's view of the request", body = crate::openapi::EstimateBody),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 402, response = crate::openapi::PaymentRequired),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 415, response = crate::openapi::UnsupportedMediaType),
+        (status = 422, description = "The prompt was refused (`prompt_blocked`)", body = crate::openapi::ErrorBody),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn estimate(
     State(state): State<Arc<AppState>>,
     body: Result<Json<ImageRequest>, JsonRejection>,
@@ -278,10 +327,30 @@ pub fn estimate_body(
     })
 }
 
+/// The manifest of a key: files, URLs, safety verdict and the original cost.
+#[utoipa::path(
+    get,
+    path = "/v1/images/{id}",
+    tag = "images",
+    params(("id" = String, Path, description = "The content key: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")),
+    responses(
+        (status = 200, description = "The image as first generated, with that generation's cost", body = crate::openapi::ManifestBody),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn get_image(
     State(state): State<Arc<AppState>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    // A path that is not UTF-8 once percent-decoded gets JSON like any bad input.
+    let Path(id) =
+        id.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.body_text()))?;
     let key: ContentKey = id.parse().map_err(|e: imagegate_core::key::BadKey| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string())
     })?;
@@ -297,6 +366,34 @@ async fn get_image(
     Ok(Json(body).into_response())
 }
 
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Alive", body = crate::openapi::StatusBody),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the store and the ledger answer.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready for traffic", body = crate::openapi::StatusBody),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.pipeline.ready().await {
         Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
@@ -309,6 +406,18 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Prometheus metrics (`imagegate_*`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -317,12 +426,43 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Files of the local directory store (only when that store is configured), with
+/// immutable caching and `ETag` revalidation.
+#[utoipa::path(
+    get,
+    path = "/cdn/{path}",
+    tag = "operations",
+    security(()),
+    params(
+        ("path" = String, Path, description = "The object's key, e.g. `i/ab/<id>/768.avif`"),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client holds; `*` matches any"),
+    ),
+    responses(
+        (status = 200, description = "The file", content(
+            (Vec<u8> = "image/avif"),
+            (Vec<u8> = "image/webp"),
+            (Vec<u8> = "image/jpeg"),
+            (Vec<u8> = "image/png"),
+            (Object = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
+        (status = 304, description = "Not modified: the client's ETag matches"),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::Internal),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn cdn(
     State(state): State<Arc<AppState>>,
-    Path(path): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such object");
+    // Not UTF-8 once percent-decoded: no object has such a key.
+    let Ok(Path(path)) = path else {
+        return Err(not_found());
+    };
     // Only published images are served: not manifests' temp files or anything else.
     if path.starts_with('.') || imagegate_storage::validate_key(&path).is_err() {
         return Err(not_found());
@@ -373,6 +513,26 @@ struct CostsParams {
     until: Option<String>,
 }
 
+/// The cost report: totals grouped by any of stage, provider, model, key and day over
+/// a time window, and cache economics.
+#[utoipa::path(
+    get,
+    path = "/v1/costs",
+    tag = "costs",
+    params(
+        ("group_by" = Option<String>, Query, description = "Comma-separated dimensions: `stage`, `provider`, `model`, `key`, `day`", example = "stage,day"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`, `12h`), an RFC 3339 time or a UTC day", example = "7d"),
+        ("until" = Option<String>, Query, description = "Exclusive end, in the same forms as `since`"),
+    ),
+    responses(
+        (status = 200, description = "The report", body = crate::openapi::CostReportBody),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::RateLimited),
+        (status = 503, response = crate::openapi::Unavailable),
+        (status = 504, response = crate::openapi::GatewayTimeout),
+    ),
+)]
 async fn costs(
     State(state): State<Arc<AppState>>,
     params: Result<axum::extract::Query<CostsParams>, axum::extract::rejection::QueryRejection>,
