@@ -98,6 +98,7 @@ struct CanonicalProfile<'a> {
     formats: Vec<&'static str>,
     avif_quality: f32,
     avif_speed: u8,
+    avif_bit_depth: u8,
     jpeg_quality: u8,
     webp_quality: Option<u8>,
     watermark: Option<CanonicalWatermark<'a>>,
@@ -199,6 +200,7 @@ fn canonical_key(
             formats,
             avif_quality: profile.avif.quality,
             avif_speed: profile.avif.speed,
+            avif_bit_depth: profile.avif.bit_depth,
             jpeg_quality: profile.jpeg.quality,
             webp_quality: profile.webp_quality,
             watermark,
@@ -316,7 +318,7 @@ mod tests {
         #[test]
         fn any_output_deciding_change_gives_another_key(
             prompt in "[a-z]{1,12}( [a-z]{1,12}){0,4}",
-            field in 0usize..12,
+            field in 0usize..13,
             delta in 1u32..100,
         ) {
             let base_req = request(&prompt);
@@ -334,6 +336,7 @@ mod tests {
                 7 => p.formats = vec![ImageFormat::Avif],
                 8 => p.avif.quality = 60.0 + delta as f32 / 10.0,
                 9 => p.jpeg.quality = 79 - (delta % 50) as u8,
+                11 => p.avif.bit_depth = 18 - p.avif.bit_depth,
                 10 => p.watermark = Some(crate::profile::WatermarkSpec {
                     mark: WatermarkMark::Text { text: "imagegate".into(), color: [255; 3] },
                     position: crate::profile::WatermarkPosition::BottomRight,

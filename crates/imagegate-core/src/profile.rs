@@ -75,6 +75,16 @@ pub struct AvifSettings {
     pub quality: f32,
     /// 1 (slowest, smallest) ..= 10 (fastest).
     pub speed: u8,
+    /// The AV1 stream's bit depth, 8 or 10, whatever the (8-bit) input. BENCHMARKS.md
+    /// has the trade: 10 bits buy a little quality per byte for about twice the time.
+    #[serde(default = "default_avif_bit_depth")]
+    pub bit_depth: u8,
+}
+
+pub const DEFAULT_AVIF_BIT_DEPTH: u8 = 8;
+
+fn default_avif_bit_depth() -> u8 {
+    DEFAULT_AVIF_BIT_DEPTH
 }
 
 impl Default for AvifSettings {
@@ -82,6 +92,7 @@ impl Default for AvifSettings {
         AvifSettings {
             quality: 60.0,
             speed: 8,
+            bit_depth: DEFAULT_AVIF_BIT_DEPTH,
         }
     }
 }
@@ -221,6 +232,9 @@ impl RenderProfile {
         }
         if !(1..=10).contains(&self.avif.speed) {
             return Err(format!("profile {name:?}: avif.speed must be 1..=10"));
+        }
+        if !matches!(self.avif.bit_depth, 8 | 10) {
+            return Err(format!("profile {name:?}: avif.bit_depth must be 8 or 10"));
         }
         if !(1..=100).contains(&self.jpeg.quality) {
             return Err(format!("profile {name:?}: jpeg.quality must be 1..=100"));

@@ -53,6 +53,11 @@ fn encode_avif(image: &RgbImage, profile: &RenderProfile) -> Result<Vec<u8>, Str
     if !(1..=10).contains(&settings.speed) {
         return Err(format!("avif speed {} is outside 1..=10", settings.speed));
     }
+    let bit_depth = match settings.bit_depth {
+        8 => ravif::BitDepth::Eight,
+        10 => ravif::BitDepth::Ten,
+        other => return Err(format!("avif bit depth {other} is not 8 or 10")),
+    };
     if !(1.0..=100.0).contains(&settings.quality) {
         return Err(format!(
             "avif quality {} is outside 1..=100",
@@ -69,6 +74,7 @@ fn encode_avif(image: &RgbImage, profile: &RenderProfile) -> Result<Vec<u8>, Str
     let encoded = ravif::Encoder::new()
         .with_quality(settings.quality)
         .with_speed(settings.speed)
+        .with_bit_depth(bit_depth)
         .encode_rgb(ravif::Img::new(
             &pixels[..],
             image.width() as usize,
@@ -171,6 +177,32 @@ mod tests {
         p.avif.speed = 0;
         let err = encode(&picture(16, 16), ImageFormat::Avif, &p).unwrap_err();
         assert!(err.to_string().contains("speed 0"), "{err}");
+    }
+
+    #[test]
+    fn avif_bit_depth_is_the_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        for depth in [8u8, 10] {
+            let mut p = profile();
+            p.avif.bit_depth = depth;
+            let path = dir.path().join(format!("{depth}.avif"));
+            std::fs::write(&path, encode(&picture(64, 48), ImageFormat::Avif, &p).unwrap()).unwrap();
+            let info = Command::new("avifdec")
+                .arg("--info")
+                .arg(&path)
+                .output()
+                .expect("avifdec must be installed (apt-get install libavif-bin)");
+            let info = String::from_utf8_lossy(&info.stdout);
+            let line = info
+                .lines()
+                .find(|l| l.contains("Bit Depth"))
+                .unwrap_or_else(|| panic!("no bit depth in avifdec --info: {info}"));
+            assert!(line.trim_end().ends_with(&format!(": {depth}")), "{line}");
+        }
+        let mut bad = profile();
+        bad.avif.bit_depth = 12;
+        let err = encode(&picture(16, 16), ImageFormat::Avif, &bad).unwrap_err();
+        assert!(err.to_string().contains("bit depth 12"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod lease;
 mod report;
 #[cfg(test)]
 mod testing;
+mod writer;
 
 pub use delivery::DeliveryRow;
 pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
@@ -51,6 +52,9 @@ pub enum LedgerError {
     /// A value the ledger refuses to store (the message says why).
     #[error("{0}")]
     Invalid(String),
+    /// The task that commits request rows is gone (the runtime is shutting down).
+    #[error("the ledger writer has stopped")]
+    WriterStopped,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -116,6 +120,7 @@ pub struct StageTotal {
 #[derive(Clone)]
 pub struct Ledger {
     pool: Pool,
+    writer: writer::Writer,
     /// Redacted: safe for errors and logs.
     url: String,
 }
@@ -134,7 +139,8 @@ impl Ledger {
     pub async fn open(config: &LedgerConfig) -> Result<Ledger, LedgerError> {
         let url = backend::redact(&config.url);
         let pool = Pool::open(&config.url, &url).await?;
-        Ok(Ledger { pool, url })
+        let writer = writer::Writer::spawn(pool.clone());
+        Ok(Ledger { pool, writer, url })
     }
 
     /// `sqlite` or `postgres`.
@@ -149,58 +155,22 @@ impl Ledger {
         }
     }
 
-    /// Writes a request and its stages in one transaction; returns the request row id.
-    /// Once this returns the rows are durable (SQLite synchronous=FULL; PostgreSQL
-    /// synchronous_commit at least `on`).
+    /// Writes a request and its stages; returns the request row id. Once this returns
+    /// the rows are durable (SQLite synchronous=FULL; PostgreSQL synchronous_commit at
+    /// least `on`). Concurrent calls share one transaction (group commit, see
+    /// [`writer`]), so a burst of cache hits costs one fsync, not one each.
     pub async fn record(
         &self,
         request: &RequestRecord,
         stages: &[StageCost],
     ) -> Result<i64, LedgerError> {
-        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
-        let total: Micros = stages.iter().map(|s| s.micros).sum();
-        with_pool!(&self.pool, p => async {
-            let mut tx = p.begin().await?;
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO requests (request_id, content_key, cache, status, provider, model, \
-                 api_key, profile, micros, wall_ms, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-            )
-            .bind(&request.request_id)
-            .bind(request.key.to_hex())
-            .bind(request.cache.as_str())
-            .bind(&request.status)
-            .bind(&request.provider)
-            .bind(&request.model)
-            .bind(&request.api_key)
-            .bind(&request.profile)
-            .bind(total.0)
-            .bind(request.wall_ms)
-            .bind(&now)
-            .fetch_one(&mut *tx)
-            .await?;
-            for s in stages {
-                sqlx::query(
-                    "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
-                     bytes_out, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(id)
-                .bind(s.stage.as_str())
-                .bind(s.micros.0)
-                .bind(s.wall_ms)
-                .bind(s.cpu_ms)
-                .bind(saturating_i64(s.bytes_in))
-                .bind(saturating_i64(s.bytes_out))
-                .bind(s.detail.to_string())
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<i64, sqlx::Error>(id)
-        }
-        .await)
-        .map_err(|e| self.db(e))
+        self.writer
+            .record(request.clone(), stages.to_vec())
+            .await
+            .map_err(|e| match e {
+                writer::WriteError::Database(source) => self.db(source),
+                writer::WriteError::Stopped => LedgerError::WriterStopped,
+            })
     }
 
     /// How many times `stage` ran for `key`: e.g. generations paid for one key.
@@ -288,10 +258,6 @@ impl Ledger {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
-
-fn saturating_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

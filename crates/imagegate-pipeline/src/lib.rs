@@ -230,77 +230,7 @@ impl Pipeline {
         &self,
         req: &ImageRequest,
     ) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
-        let limits = &self.config.limits;
-        let defaults = &self.config.defaults;
-        let normalized = imagegate_core::key::normalize_text(&req.prompt);
-        if normalized.is_empty() {
-            return Err(PipelineError::BadRequest("prompt is empty".into()));
-        }
-        for (field, text) in [
-            ("prompt", Some(&req.prompt)),
-            ("negative_prompt", req.negative_prompt.as_ref()),
-        ] {
-            if let Some(t) = text {
-                let n = t.chars().count();
-                if n > limits.max_prompt_chars {
-                    return Err(PipelineError::BadRequest(format!(
-                        "{field} has {n} characters; the limit is {}",
-                        limits.max_prompt_chars
-                    )));
-                }
-            }
-        }
-        let profile_name = req.profile.as_deref().unwrap_or(&defaults.profile);
-        let mut profile = self
-            .profiles
-            .get(profile_name)
-            .cloned()
-            .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
-        if let Some(v) = &req.variants {
-            if v.is_empty() || v.len() > limits.max_variants {
-                return Err(PipelineError::BadRequest(format!(
-                    "variants must list 1 to {} widths",
-                    limits.max_variants
-                )));
-            }
-            profile.variants = v.clone();
-        }
-        if let Some(f) = &req.formats {
-            if f.is_empty() {
-                return Err(PipelineError::BadRequest("formats is empty".into()));
-            }
-            profile.formats = f.clone();
-        }
-        profile.validate().map_err(PipelineError::BadRequest)?;
-        let size: Size = req
-            .size
-            .as_deref()
-            .unwrap_or(&defaults.size)
-            .parse()
-            .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
-        let model: ModelChoice = req
-            .model
-            .as_deref()
-            .unwrap_or(&defaults.model)
-            .parse()
-            .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
-        if let Some(max) = req.max_cost_usd {
-            if !(max.is_finite() && max >= 0.0) {
-                return Err(PipelineError::BadRequest(
-                    "max_cost_usd must be a non-negative number".into(),
-                ));
-            }
-        }
-        let policy = self.policy(req)?;
-        let gen = GenerationRequest::new(
-            &req.prompt,
-            req.negative_prompt.as_deref(),
-            model,
-            size,
-            req.seed.unwrap_or(defaults.seed),
-        )
-        .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
-        Ok((gen, profile, policy))
+        resolve_request(&self.config, &self.profiles, req)
     }
 
     /// `POST /v1/images`: generate (or fetch from cache) and deliver.
@@ -702,17 +632,6 @@ impl Pipeline {
         })
     }
 
-    fn policy(&self, req: &ImageRequest) -> Result<Policy, PipelineError> {
-        match &req.policy {
-            Some(p) => p
-                .parse()
-                .map_err(|e: imagegate_providers::router::BadPolicy| {
-                    PipelineError::BadRequest(e.to_string())
-                }),
-            None => Ok(self.config.router.policy),
-        }
-    }
-
     /// `POST /v1/estimate`: what the router would consider and choose for `req`, and
     /// whether the key is already published (a hit costs no provider fee). Spends nothing.
     pub async fn estimate(
@@ -852,4 +771,91 @@ struct Generated {
     provider: String,
     model: String,
     stage: StageCost,
+}
+
+/// Resolves a caller's request against a configuration and its resolved profiles:
+/// every check the HTTP and CLI callers rely on, with no I/O, so the fuzz target
+/// (`fuzz/`, `parse_request`) exercises exactly what the server runs.
+pub fn resolve_request(
+    config: &PipelineConfig,
+    profiles: &BTreeMap<String, RenderProfile>,
+    req: &ImageRequest,
+) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
+    let limits = &config.limits;
+    let defaults = &config.defaults;
+    let normalized = imagegate_core::key::normalize_text(&req.prompt);
+    if normalized.is_empty() {
+        return Err(PipelineError::BadRequest("prompt is empty".into()));
+    }
+    for (field, text) in [
+        ("prompt", Some(&req.prompt)),
+        ("negative_prompt", req.negative_prompt.as_ref()),
+    ] {
+        if let Some(t) = text {
+            let n = t.chars().count();
+            if n > limits.max_prompt_chars {
+                return Err(PipelineError::BadRequest(format!(
+                    "{field} has {n} characters; the limit is {}",
+                    limits.max_prompt_chars
+                )));
+            }
+        }
+    }
+    let profile_name = req.profile.as_deref().unwrap_or(&defaults.profile);
+    let mut profile = profiles
+        .get(profile_name)
+        .cloned()
+        .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
+    if let Some(v) = &req.variants {
+        if v.is_empty() || v.len() > limits.max_variants {
+            return Err(PipelineError::BadRequest(format!(
+                "variants must list 1 to {} widths",
+                limits.max_variants
+            )));
+        }
+        profile.variants = v.clone();
+    }
+    if let Some(f) = &req.formats {
+        if f.is_empty() {
+            return Err(PipelineError::BadRequest("formats is empty".into()));
+        }
+        profile.formats = f.clone();
+    }
+    profile.validate().map_err(PipelineError::BadRequest)?;
+    let size: Size = req
+        .size
+        .as_deref()
+        .unwrap_or(&defaults.size)
+        .parse()
+        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+    let model: ModelChoice = req
+        .model
+        .as_deref()
+        .unwrap_or(&defaults.model)
+        .parse()
+        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+    if let Some(max) = req.max_cost_usd {
+        if !(max.is_finite() && max >= 0.0) {
+            return Err(PipelineError::BadRequest(
+                "max_cost_usd must be a non-negative number".into(),
+            ));
+        }
+    }
+    let policy = match &req.policy {
+        Some(p) => p
+            .parse()
+            .map_err(|e: imagegate_providers::router::BadPolicy| {
+                PipelineError::BadRequest(e.to_string())
+            })?,
+        None => config.router.policy,
+    };
+    let gen = GenerationRequest::new(
+        &req.prompt,
+        req.negative_prompt.as_deref(),
+        model,
+        size,
+        req.seed.unwrap_or(defaults.seed),
+    )
+    .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+    Ok((gen, profile, policy))
 }
