@@ -69,7 +69,10 @@ pub fn decode_image(data: &[u8]) {
         }
     };
     let (width, height) = rgb.dimensions();
-    assert!(width > 0 && height > 0, "decoded an empty {width}x{height} image");
+    assert!(
+        width > 0 && height > 0,
+        "decoded an empty {width}x{height} image"
+    );
     assert!(width <= limits.max_side && height <= limits.max_side);
     assert!(u64::from(width) * u64::from(height) <= limits.max_pixels);
     let rgba = decode_rgba(data, &limits).expect("decode_rgba refused what decode accepted");
@@ -82,7 +85,10 @@ pub fn decode_image(data: &[u8]) {
     let target = (width / 2).max(1).min(64);
     let small = resize(&rgb, target).expect("resizing a decoded image");
     if target < width {
-        assert_eq!(small.dimensions(), (target, scaled_height(width, height, target)));
+        assert_eq!(
+            small.dimensions(),
+            (target, scaled_height(width, height, target))
+        );
     } else {
         assert_eq!(small.dimensions(), (width, height));
     }
@@ -105,7 +111,10 @@ pub fn parse_request(data: &[u8]) {
         .expect("a resolved request carries a valid profile");
     assert!(profile.variants.len() <= defaults.config.limits.max_variants);
     assert!(req.prompt.chars().count() <= defaults.config.limits.max_prompt_chars);
-    assert!(!gen.prompt.trim().is_empty(), "an empty prompt was accepted");
+    assert!(
+        !gen.prompt.trim().is_empty(),
+        "an empty prompt was accepted"
+    );
     let (again, again_profile, again_policy) =
         resolve_request(&defaults.config, &defaults.profiles, &req)
             .expect("resolving the same request twice");

@@ -35,7 +35,11 @@ fn replay(target: &str, check: fn(&[u8]), at_least: usize) {
     for path in files {
         let data = fs::read(&path).expect("reading a fuzz input");
         let outcome = std::panic::catch_unwind(|| check(&data));
-        assert!(outcome.is_ok(), "{target}: {} breaks a property", path.display());
+        assert!(
+            outcome.is_ok(),
+            "{target}: {} breaks a property",
+            path.display()
+        );
     }
 }
 

@@ -186,7 +186,11 @@ mod tests {
             let mut p = profile();
             p.avif.bit_depth = depth;
             let path = dir.path().join(format!("{depth}.avif"));
-            std::fs::write(&path, encode(&picture(64, 48), ImageFormat::Avif, &p).unwrap()).unwrap();
+            std::fs::write(
+                &path,
+                encode(&picture(64, 48), ImageFormat::Avif, &p).unwrap(),
+            )
+            .unwrap();
             let info = Command::new("avifdec")
                 .arg("--info")
                 .arg(&path)
