@@ -82,7 +82,7 @@ pub fn decode_image(data: &[u8]) {
     defaults().watermarker.apply(&mut stamped);
     assert_eq!(stamped.dimensions(), (width, height));
 
-    let target = (width / 2).max(1).min(64);
+    let target = (width / 2).clamp(1, 64);
     let small = resize(&rgb, target).expect("resizing a decoded image");
     if target < width {
         assert_eq!(
