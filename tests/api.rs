@@ -1,6 +1,6 @@
 //! The HTTP surface as exposed to the world: the OpenAI-compatible route driven by
-//! the official `openai` Python client, API keys, rate limits, and logs that carry
-//! request ids and never secrets.
+//! the official `openai` Python client, API keys, rate limits, logs that carry
+//! request ids and never secrets, and a graceful stop on SIGTERM.
 
 mod support;
 
@@ -292,4 +292,68 @@ async fn logs_carry_request_ids_and_never_secrets() {
         "the failed request's error is logged with its id:\n{log}"
     );
     assert!(request_lines > 0, "no request-scoped log lines:\n{log}");
+}
+
+/// SIGTERM while a miss is being generated: the server stops accepting at once,
+/// finishes the request in flight (its client gets the full 200 answer), commits the
+/// request's ledger rows, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_the_request_in_flight_and_its_ledger_rows() {
+    let site = Site::new(|dir| {
+        // A 3 s provider, so the request is surely in flight when the signal lands.
+        small_config(dir, "127.0.0.1:0", "127.0.0.1:1", "")
+            .replace("latency_ms = 10", "latency_ms = 3000")
+    });
+    let server = site.serve(&[]);
+    let url = server.url("/v1/images");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .json(&serde_json::json!({"prompt": "a lighthouse in fog"}))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the miss finished before the signal"
+    );
+    server.terminate();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let late = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+        .get(server.url("/healthz"))
+        .send()
+        .await;
+    assert!(
+        late.is_err(),
+        "a new request was served after SIGTERM: {late:?}"
+    );
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(answer.status(), 200);
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(body["cache"], "miss", "{body}");
+    assert!(!body["images"].as_array().unwrap().is_empty(), "{body}");
+
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: site.ledger_url(),
+    })
+    .await
+    .unwrap();
+    let totals = ledger.stage_totals().await.unwrap();
+    let generate = totals
+        .iter()
+        .find(|t| t.stage == "generate")
+        .unwrap_or_else(|| panic!("no generate row in the ledger: {totals:?}"));
+    assert_eq!(generate.rows, 1, "{totals:?}");
+    ledger.close().await;
 }

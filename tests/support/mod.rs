@@ -173,23 +173,35 @@ impl Server {
     }
 
     /// SIGTERM and wait: the graceful path an orchestrator takes.
-    pub fn stop(mut self) {
-        let mut child = self.child.take().unwrap();
-        Command::new("kill")
+    pub fn stop(self) {
+        self.terminate();
+        self.wait_exit(Duration::from_secs(20));
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn terminate(&self) {
+        let child = self.child.as_ref().expect("the server is running");
+        let status = Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
             .status()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit; panics (killing it) after `limit`.
+    pub fn wait_exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                return;
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("server did not stop within 20 s of SIGTERM");
+        panic!("server did not stop within {limit:?}");
     }
 }
 
