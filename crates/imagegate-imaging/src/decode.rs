@@ -111,7 +111,8 @@ fn decode_dynamic(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, I
     header_limits.max_image_height = None;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(header_limits);
-    let (width, height) = reader.into_dimensions().map_err(decode_error)?;
+    let (width, height) =
+        without_panics(&format_name, || reader.into_dimensions())?.map_err(decode_error)?;
     limits.check(width, height)?;
 
     let mut decode_limits = image::Limits::default();
@@ -120,10 +121,27 @@ fn decode_dynamic(bytes: &[u8], limits: &DecodeLimits) -> Result<DynamicImage, I
     decode_limits.max_image_height = Some(limits.max_side);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     reader.limits(decode_limits);
-    let image = reader.decode().map_err(decode_error)?;
+    let image = without_panics(&format_name, || reader.decode())?.map_err(decode_error)?;
     // Belt and braces: the pixels we got must match what the header promised.
     limits.check(image.width(), image.height())?;
     Ok(image)
+}
+
+/// Runs a third-party decoder so that a panic inside it is a decode error. The
+/// fuzzer found one: png 0.18.1 panics on a PLTE chunk whose length is not a multiple
+/// of 3 (fuzz/regressions/decode_image/). Provider bytes must never take a worker down.
+fn without_panics<T>(format: &str, decode: impl FnOnce() -> T) -> Result<T, ImagingError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        ImagingError::Decode {
+            format: format.to_owned(),
+            reason: format!("the decoder panicked: {message}"),
+        }
+    })
 }
 
 fn guess_format(bytes: &[u8]) -> Result<image::ImageFormat, ImagingError> {
@@ -171,6 +189,20 @@ mod tests {
         RgbImage::from_fn(width, height, |x, y| {
             Rgb([(x * 255 / width) as u8, (y * 255 / height) as u8, 128])
         })
+    }
+
+    /// The fuzzer's first finding: png 0.18.1 panics on a PLTE chunk of 49 bytes.
+    #[test]
+    fn a_panicking_decoder_is_a_decode_error() {
+        let png = include_bytes!(
+            "../../../fuzz/regressions/decode_image/png-plte-length-not-a-multiple-of-3.png"
+        );
+        let err = decode(png, &DecodeLimits::default()).unwrap_err();
+        assert!(
+            matches!(&err, ImagingError::Decode { reason, .. } if reason.contains("panicked")),
+            "{err}"
+        );
+        assert!(decode_rgba(png, &DecodeLimits::default()).is_err());
     }
 
     // --- a hand-built PNG, so bombs need no encoder that would refuse them ---
