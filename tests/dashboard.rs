@@ -8,34 +8,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{free_port, models_dir, repo_root};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The classifier files the setup fetches; their absence is a failure, not a skip.
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"));
-    for f in ["open-nsfw.onnx", "libonnxruntime.so.1.31.1"] {
-        assert!(
-            dir.join(f).is_file(),
-            "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
-            dir.join(f).display()
-        );
-    }
-    dir
-}
 
 /// A missing browser is a failure, not a skip.
 fn chromium() -> &'static str {
@@ -44,14 +24,6 @@ fn chromium() -> &'static str {
         "{CHROMIUM} is missing: run scripts/setup.sh (it installs Debian's chromium)"
     );
     CHROMIUM
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Site {

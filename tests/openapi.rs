@@ -2,113 +2,10 @@
 //! OpenAPI 3.1 document listing every route, and Schemathesis, generating hostile
 //! requests from that document, finds no 5xx and no answer that breaks it.
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The classifier files the setup fetches; their absence is a failure, not a skip.
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"));
-    for f in ["open-nsfw.onnx", "libonnxruntime.so.1.31.1"] {
-        assert!(
-            dir.join(f).is_file(),
-            "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
-            dir.join(f).display()
-        );
-    }
-    dir
-}
-
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The embedded defaults' parts (local provider, local store served under /cdn/,
-/// SQLite ledger, real classifier) in a temp dir.
-fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let models = models_dir();
-    let data = dir.path().join("data");
-    let config = format!(
-        r#"
-pricing = "{pricing}"
-
-[server]
-listen = "127.0.0.1:{port}"
-
-[[providers]]
-kind = "local"
-latency_ms = 1
-
-[storage]
-kind = "local"
-root = "{data}/objects"
-public_base_url = "http://127.0.0.1:{port}/cdn"
-
-[ledger]
-url = "sqlite://{data}/ledger.db"
-
-[safety]
-classifier = true
-model = "{models}/open-nsfw.onnx"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-
-[profiles.default]
-variants = [64]
-formats = ["avif"]
-"#,
-        pricing = repo_root().join("config/pricing.toml").display(),
-        data = data.display(),
-        models = models.display(),
-    );
-    let config_path = dir.path().join("imagegate.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-        .arg("--config")
-        .arg(&config_path)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("imagegate listening on "),
-        "server did not start: {line:?}"
-    );
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    }
-}
+use std::process::Command;
+use support::{models_dir, repo_root, small_config, Site};
 
 /// Every route the server registers, as the document spells it, with its methods.
 const ROUTES: &[(&str, &str)] = &[
@@ -128,10 +25,9 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[tokio::test]
 async fn openapi_json_is_3_1_and_lists_every_route() {
-    let server = start();
-    let response = reqwest::get(format!("{}/openapi.json", server.base))
-        .await
-        .unwrap();
+    let site = Site::new(|dir| small_config(dir, "127.0.0.1:0", "127.0.0.1:1", ""));
+    let server = site.serve(&[]);
+    let response = reqwest::get(server.url("/openapi.json")).await.unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"]
         .to_str()

@@ -5,27 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-/// The classifier files the setup fetches; their absence is a failure, not a skip.
-fn models_dir() -> PathBuf {
-    let dir = std::env::var_os("IMAGEGATE_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models"));
-    for f in ["open-nsfw.onnx", "libonnxruntime.so.1.31.1"] {
-        assert!(
-            dir.join(f).is_file(),
-            "{} is missing: run scripts/fetch-models.sh (the README's test command does)",
-            dir.join(f).display()
-        );
-    }
-    dir
-}
+mod support;
+use support::{models_dir, repo_root};
 
 /// The local provider's price at 512x512: $0.002 per 1024x1024, in proportion to pixels.
 const LOCAL_512_MICROS: i64 = 500;
