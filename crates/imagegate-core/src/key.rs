@@ -99,6 +99,7 @@ struct CanonicalProfile<'a> {
     avif_quality: f32,
     avif_speed: u8,
     avif_bit_depth: u8,
+    avif_encoder: &'static str,
     jpeg_quality: u8,
     webp_quality: Option<u8>,
     watermark: Option<CanonicalWatermark<'a>>,
@@ -201,6 +202,7 @@ fn canonical_key(
             avif_quality: profile.avif.quality,
             avif_speed: profile.avif.speed,
             avif_bit_depth: profile.avif.bit_depth,
+            avif_encoder: profile.avif.encoder.as_str(),
             jpeg_quality: profile.jpeg.quality,
             webp_quality: profile.webp_quality,
             watermark,
@@ -318,7 +320,7 @@ mod tests {
         #[test]
         fn any_output_deciding_change_gives_another_key(
             prompt in "[a-z]{1,12}( [a-z]{1,12}){0,4}",
-            field in 0usize..13,
+            field in 0usize..14,
             delta in 1u32..100,
         ) {
             let base_req = request(&prompt);
@@ -337,6 +339,10 @@ mod tests {
                 8 => p.avif.quality = 60.0 + delta as f32 / 10.0,
                 9 => p.jpeg.quality = 79 - (delta % 50) as u8,
                 11 => p.avif.bit_depth = 18 - p.avif.bit_depth,
+                12 => p.avif.encoder = match p.avif.encoder {
+                    crate::profile::AvifEncoder::Aom => crate::profile::AvifEncoder::Rav1e,
+                    crate::profile::AvifEncoder::Rav1e => crate::profile::AvifEncoder::Aom,
+                },
                 10 => p.watermark = Some(crate::profile::WatermarkSpec {
                     mark: WatermarkMark::Text { text: "imagegate".into(), color: [255; 3] },
                     position: crate::profile::WatermarkPosition::BottomRight,

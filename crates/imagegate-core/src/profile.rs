@@ -67,18 +67,65 @@ impl fmt::Display for ImageFormat {
     }
 }
 
-/// rav1e settings through ravif.
+/// Which AV1 encoder writes a profile's AVIF files. The two write different bytes for
+/// the same settings, so the choice is part of the content key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvifEncoder {
+    /// libaom (the system library, the imaging crate's `aom` feature) in all-intra
+    /// mode, 4:2:0. BENCHMARKS.md: at equal SSIMULACRA2 about 8x faster than rav1e
+    /// at speed 8 and smaller.
+    Aom,
+    /// rav1e through ravif, pure Rust (with nasm assembly), 4:4:4.
+    Rav1e,
+}
+
+impl AvifEncoder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AvifEncoder::Aom => "aom",
+            AvifEncoder::Rav1e => "rav1e",
+        }
+    }
+
+    /// The encoder's speed scale: libaom's all-intra `cpu-used` is 0..=9, ravif's
+    /// speed 1..=10. Higher is faster and larger in both.
+    pub fn speeds(self) -> std::ops::RangeInclusive<u8> {
+        match self {
+            AvifEncoder::Aom => 0..=9,
+            AvifEncoder::Rav1e => 1..=10,
+        }
+    }
+}
+
+impl fmt::Display for AvifEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// AVIF settings; `encoder` picks libaom or rav1e.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AvifSettings {
-    /// 1..=100, ravif's quality scale.
+    /// 1..=100, higher is better. libaom maps it as libavif does
+    /// (`cq-level = round((100 - quality) * 63 / 100)`); rav1e uses ravif's scale.
     pub quality: f32,
-    /// 1 (slowest, smallest) ..= 10 (fastest).
+    /// The encoder's speed (`AvifEncoder::speeds`): higher is faster and larger.
     pub speed: u8,
     /// The AV1 stream's bit depth, 8 or 10, whatever the (8-bit) input. BENCHMARKS.md
     /// has the trade: 10 bits buy a little quality per byte for about twice the time.
     #[serde(default = "default_avif_bit_depth")]
     pub bit_depth: u8,
+    #[serde(default = "default_avif_encoder")]
+    pub encoder: AvifEncoder,
+}
+
+/// The numbers chose libaom (BENCHMARKS.md, "Resize + encode").
+pub const DEFAULT_AVIF_ENCODER: AvifEncoder = AvifEncoder::Aom;
+
+fn default_avif_encoder() -> AvifEncoder {
+    DEFAULT_AVIF_ENCODER
 }
 
 pub const DEFAULT_AVIF_BIT_DEPTH: u8 = 8;
@@ -93,6 +140,7 @@ impl Default for AvifSettings {
             quality: 60.0,
             speed: 8,
             bit_depth: DEFAULT_AVIF_BIT_DEPTH,
+            encoder: DEFAULT_AVIF_ENCODER,
         }
     }
 }
@@ -230,8 +278,14 @@ impl RenderProfile {
         if !(1.0..=100.0).contains(&self.avif.quality) {
             return Err(format!("profile {name:?}: avif.quality must be 1..=100"));
         }
-        if !(1..=10).contains(&self.avif.speed) {
-            return Err(format!("profile {name:?}: avif.speed must be 1..=10"));
+        let speeds = self.avif.encoder.speeds();
+        if !speeds.contains(&self.avif.speed) {
+            return Err(format!(
+                "profile {name:?}: avif.speed must be {}..={} for the {} encoder",
+                speeds.start(),
+                speeds.end(),
+                self.avif.encoder
+            ));
         }
         if !matches!(self.avif.bit_depth, 8 | 10) {
             return Err(format!("profile {name:?}: avif.bit_depth must be 8 or 10"));

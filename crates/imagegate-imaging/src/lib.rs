@@ -5,7 +5,7 @@
 //! decompression bomb is refused from its header, before any pixel is allocated),
 //! stamp a [`Watermarker`] (bundled-font text or a logo), [`blur`] for the safety
 //! stage, [`resize`] / [`resize_all`] to variant widths (Lanczos3, never upscaling),
-//! and [`encode`] to AVIF (ravif/rav1e), JPEG, or lossless WebP.
+//! and [`encode`] to AVIF (libaom by default, or ravif/rav1e), JPEG, or lossless WebP.
 //!
 //! It deliberately does not decide anything: which variants and formats to make,
 //! whether an image is safe, where bytes go and what they cost belong to the
@@ -19,8 +19,11 @@
 //!
 //! Building on x86_64 requires `nasm` (rav1e's assembly; without it AVIF encoding is
 //! several times slower). `build.rs` fails the build if `nasm -v` does not run,
-//! unless `IMAGEGATE_ALLOW_NO_NASM=1`.
+//! unless `IMAGEGATE_ALLOW_NO_NASM=1`. The default `aom` feature links the system
+//! libaom (Debian: libaom-dev, plus libclang-dev and pkg-config for the bindings).
 
+#[cfg(feature = "aom")]
+mod aom;
 mod blur;
 mod decode;
 mod encode;
@@ -30,7 +33,7 @@ mod watermark;
 
 pub use blur::blur;
 pub use decode::{decode, decode_rgba, DecodeLimits};
-pub use encode::encode;
+pub use encode::{avif_encoder_available, encode};
 pub use error::ImagingError;
 pub use resize::{resize, resize_all, scaled_height};
 pub use watermark::Watermarker;

@@ -332,6 +332,15 @@ impl PipelineConfig {
             let mut p = profile.clone();
             p.name = name.clone();
             p.validate()?;
+            if p.formats.contains(&imagegate_core::ImageFormat::Avif)
+                && !imagegate_imaging::avif_encoder_available(p.avif.encoder)
+            {
+                return Err(format!(
+                    "profile {name:?}: avif.encoder {:?} is not in this build (built without \
+                     imagegate-imaging's `aom` feature); use \"rav1e\" or rebuild with it",
+                    p.avif.encoder.as_str()
+                ));
+            }
             if p.variants.len() > self.limits.max_variants {
                 return Err(format!(
                     "profile {name:?} has more variants than limits.max_variants"

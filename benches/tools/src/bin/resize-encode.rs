@@ -3,16 +3,20 @@
 //! one format with the given settings, write the file. Prints one JSON line with
 //! the milliseconds of each step and the output size.
 //!
-//!     resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH]]
+//!     resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e]]]
 
-use imagegate_core::profile::{AvifSettings, ImageFormat, JpegSettings, RenderProfile};
+use imagegate_core::profile::{
+    AvifEncoder, AvifSettings, ImageFormat, JpegSettings, RenderProfile,
+};
 use imagegate_imaging::{decode, encode, resize, DecodeLimits};
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
-        eprintln!("usage: resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH]]");
+        eprintln!(
+            "usage: resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e]]]"
+        );
         std::process::exit(2);
     }
     let width: u32 = args[3].parse().expect("WIDTH is a number");
@@ -21,10 +25,16 @@ fn main() {
     let defaults = AvifSettings::default();
     let speed: u8 = args
         .get(6)
-        .map_or(defaults.speed, |s| s.parse().expect("SPEED is 1..=10"));
-    let bit_depth: u8 = args
-        .get(7)
-        .map_or(defaults.bit_depth, |s| s.parse().expect("BIT_DEPTH is 8 or 10"));
+        .map_or(defaults.speed, |s| s.parse().expect("SPEED is a number"));
+    let bit_depth: u8 = args.get(7).map_or(defaults.bit_depth, |s| {
+        s.parse().expect("BIT_DEPTH is 8 or 10")
+    });
+    let encoder = match args.get(8).map(String::as_str) {
+        None => defaults.encoder,
+        Some("aom") => AvifEncoder::Aom,
+        Some("rav1e") => AvifEncoder::Rav1e,
+        Some(other) => panic!("encoder {other:?} is not aom or rav1e"),
+    };
     let profile = RenderProfile {
         name: "bench".to_owned(),
         variants: vec![width],
@@ -33,6 +43,7 @@ fn main() {
             quality,
             speed,
             bit_depth,
+            encoder,
         },
         jpeg: JpegSettings {
             quality: quality.round().clamp(1.0, 100.0) as u8,
