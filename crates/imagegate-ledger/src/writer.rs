@@ -117,6 +117,22 @@ async fn commit(
 /// stays far below SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
 const ROWS_PER_STATEMENT: usize = 512;
 
+/// `items` in chunks whose lengths are powers of two (largest first, at most
+/// [`ROWS_PER_STATEMENT`]): a handful of statement texts, each prepared once and kept
+/// in the connection's statement cache, instead of one new text per batch size,
+/// whose parsing cost about as much as the rows it inserted.
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let len = items.len().min(ROWS_PER_STATEMENT);
+        let (chunk, rest) = items.split_at(1 << len.ilog2());
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// Writes `batch` in one transaction; the request row ids in `batch` order.
 ///
 /// One multi-row INSERT per table, not one statement per row: every statement is a
@@ -126,7 +142,7 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
     with_pool!(pool, p => async {
         let mut tx = p.begin().await?;
         let mut ids = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        for chunk in chunks(batch) {
             let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
             let mut query = sqlx::QueryBuilder::new(
                 "INSERT INTO requests (request_id, content_key, cache, status, provider, model, \
@@ -154,8 +170,6 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
             // concurrent_records_share_commits_and_every_row_lands checks it.
             let mut chunk_ids: Vec<i64> = query
                 .build_query_scalar()
-                // A statement text per batch size: not worth a slot in the cache.
-                .persistent(false)
                 .fetch_all(&mut *tx)
                 .await?;
             chunk_ids.sort_unstable();
@@ -177,7 +191,7 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
                     .map(move |s| (*id, &p.created_at, s, s.detail.to_string()))
             })
             .collect();
-        for chunk in stages.chunks(ROWS_PER_STATEMENT) {
+        for chunk in chunks(&stages) {
             let mut query = sqlx::QueryBuilder::new(
                 "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
                  bytes_out, detail, created_at) ",
@@ -193,7 +207,7 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
                     .push_bind(detail)
                     .push_bind(*created_at);
             });
-            query.build().persistent(false).execute(&mut *tx).await?;
+            query.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(ids)
@@ -227,6 +241,22 @@ mod tests {
             api_key: None,
             profile: "default".into(),
             wall_ms,
+        }
+    }
+
+    #[test]
+    fn chunks_are_powers_of_two_that_cover_everything_in_order() {
+        for n in [0, 1, 2, 3, 7, 8, 255, 256, 1000, 1025] {
+            let items: Vec<usize> = (0..n).collect();
+            let parts: Vec<&[usize]> = super::chunks(&items).collect();
+            assert_eq!(parts.concat(), items, "{n}");
+            assert!(
+                parts
+                    .iter()
+                    .all(|c| c.len().is_power_of_two() && c.len() <= super::ROWS_PER_STATEMENT),
+                "{n}: {:?}",
+                parts.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
         }
     }
 
@@ -279,7 +309,12 @@ mod tests {
             let rows = (n % 3 + 1) as i64;
             assert_eq!(
                 (request_id.as_str(), micros, stage_rows, stage_micros),
-                (format!("req-{n}").as_str(), rows * n as i64, rows, rows * n as i64),
+                (
+                    format!("req-{n}").as_str(),
+                    rows * n as i64,
+                    rows,
+                    rows * n as i64
+                ),
                 "request {n} got row {id}"
             );
         }
