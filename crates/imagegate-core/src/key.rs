@@ -4,9 +4,9 @@
 use crate::profile::{RenderProfile, WatermarkMark};
 use crate::request::{GenerationRequest, ModelChoice};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
-use std::borrow::Cow;
 use unicode_normalization::{IsNormalized, UnicodeNormalization};
 
 /// Bumped whenever a stage changes its output for the same input, so old cache
