@@ -113,49 +113,101 @@ async fn commit(
     Ok(ids)
 }
 
+/// Rows per multi-row INSERT at most: 11 (requests) or 9 (stages) parameters a row
+/// stays far below SQLite's 32,766 and PostgreSQL's 65,535 bind parameters.
+const ROWS_PER_STATEMENT: usize = 512;
+
+/// `items` in chunks whose lengths are powers of two (largest first, at most
+/// [`ROWS_PER_STATEMENT`]): a handful of statement texts, each prepared once and kept
+/// in the connection's statement cache, instead of one new text per batch size,
+/// whose parsing cost about as much as the rows it inserted.
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let len = items.len().min(ROWS_PER_STATEMENT);
+        let (chunk, rest) = items.split_at(1 << len.ilog2());
+        items = rest;
+        Some(chunk)
+    })
+}
+
 /// Writes `batch` in one transaction; the request row ids in `batch` order.
+///
+/// One multi-row INSERT per table, not one statement per row: every statement is a
+/// round trip to the database (for SQLite, to its connection's worker thread), and
+/// the hits waiting for this commit wait for all of them.
 async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
     with_pool!(pool, p => async {
         let mut tx = p.begin().await?;
         let mut ids = Vec::with_capacity(batch.len());
-        for Pending { request, stages, created_at, .. } in batch {
-            let total: Micros = stages.iter().map(|s| s.micros).sum();
-            let id: i64 = sqlx::query_scalar(
+        for chunk in chunks(batch) {
+            let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
+            let mut query = sqlx::QueryBuilder::new(
                 "INSERT INTO requests (request_id, content_key, cache, status, provider, model, \
-                 api_key, profile, micros, wall_ms, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
-            )
-            .bind(&request.request_id)
-            .bind(request.key.to_hex())
-            .bind(request.cache.as_str())
-            .bind(&request.status)
-            .bind(&request.provider)
-            .bind(&request.model)
-            .bind(&request.api_key)
-            .bind(&request.profile)
-            .bind(total.0)
-            .bind(request.wall_ms)
-            .bind(created_at)
-            .fetch_one(&mut *tx)
-            .await?;
-            for s in stages {
-                sqlx::query(
-                    "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
-                     bytes_out, detail, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(id)
-                .bind(s.stage.as_str())
-                .bind(s.micros.0)
-                .bind(s.wall_ms)
-                .bind(s.cpu_ms)
-                .bind(saturating_i64(s.bytes_in))
-                .bind(saturating_i64(s.bytes_out))
-                .bind(s.detail.to_string())
-                .bind(created_at)
-                .execute(&mut *tx)
+                 api_key, profile, micros, wall_ms, created_at) ",
+            );
+            query.push_values(chunk.iter().zip(&keys), |mut row, (pending, key)| {
+                let Pending { request, stages, created_at, .. } = pending;
+                let total: Micros = stages.iter().map(|s| s.micros).sum();
+                row.push_bind(&request.request_id)
+                    .push_bind(key)
+                    .push_bind(request.cache.as_str())
+                    .push_bind(&request.status)
+                    .push_bind(&request.provider)
+                    .push_bind(&request.model)
+                    .push_bind(&request.api_key)
+                    .push_bind(&request.profile)
+                    .push_bind(total.0)
+                    .push_bind(request.wall_ms)
+                    .push_bind(created_at);
+            });
+            query.push(" RETURNING id");
+            // RETURNING gives the rows in no promised order. Both databases number the
+            // rows of one INSERT in VALUES order, each above the last (SQLite
+            // AUTOINCREMENT, a PostgreSQL identity), so sorted ids are in batch order;
+            // concurrent_records_share_commits_and_every_row_lands checks it.
+            let mut chunk_ids: Vec<i64> = query
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
                 .await?;
+            chunk_ids.sort_unstable();
+            if chunk_ids.len() != chunk.len() {
+                return Err(sqlx::Error::Protocol(format!(
+                    "{} request rows inserted, {} ids returned",
+                    chunk.len(),
+                    chunk_ids.len()
+                )));
             }
-            ids.push(id);
+            ids.extend(chunk_ids);
+        }
+        let stages: Vec<(i64, &String, &StageCost, String)> = batch
+            .iter()
+            .zip(&ids)
+            .flat_map(|(p, id)| {
+                p.stages
+                    .iter()
+                    .map(move |s| (*id, &p.created_at, s, s.detail.to_string()))
+            })
+            .collect();
+        for chunk in chunks(&stages) {
+            let mut query = sqlx::QueryBuilder::new(
+                "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
+                 bytes_out, detail, created_at) ",
+            );
+            query.push_values(chunk, |mut row, (id, created_at, s, detail)| {
+                row.push_bind(*id)
+                    .push_bind(s.stage.as_str())
+                    .push_bind(s.micros.0)
+                    .push_bind(s.wall_ms)
+                    .push_bind(s.cpu_ms)
+                    .push_bind(saturating_i64(s.bytes_in))
+                    .push_bind(saturating_i64(s.bytes_out))
+                    .push_bind(detail)
+                    .push_bind(*created_at);
+            });
+            query.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(ids)
@@ -192,10 +244,39 @@ mod tests {
         }
     }
 
+    #[test]
+    fn chunks_are_powers_of_two_that_cover_everything_in_order() {
+        for n in [0, 1, 2, 3, 7, 8, 255, 256, 1000, 1025] {
+            let items: Vec<usize> = (0..n).collect();
+            let parts: Vec<&[usize]> = super::chunks(&items).collect();
+            assert_eq!(parts.concat(), items, "{n}");
+            assert!(
+                parts
+                    .iter()
+                    .all(|c| c.len().is_power_of_two() && c.len() <= super::ROWS_PER_STATEMENT),
+                "{n}: {:?}",
+                parts.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+        }
+    }
+
     fn stages() -> Vec<StageCost> {
         let mut lookup = StageCost::new(Stage::Cache);
         lookup.micros = Micros(3);
         vec![lookup]
+    }
+
+    /// Request `n`'s stages: as many as `n % 3 + 1`, each costing `n`, so a stage row
+    /// linked to the wrong request shows.
+    fn stages_of(n: usize) -> Vec<StageCost> {
+        [Stage::Cache, Stage::Generate, Stage::Upload][..n % 3 + 1]
+            .iter()
+            .map(|&stage| {
+                let mut s = StageCost::new(stage);
+                s.micros = Micros(n as i64);
+                s
+            })
+            .collect()
     }
 
     async fn concurrent_records_share_commits_and_every_row_lands(db: TestDb) {
@@ -204,12 +285,38 @@ mod tests {
         let tasks: Vec<_> = (0..N)
             .map(|n| {
                 let ledger = ledger.clone();
-                tokio::spawn(async move { ledger.record(&request(n, 1.0), &stages()).await })
+                tokio::spawn(async move { ledger.record(&request(n, 1.0), &stages_of(n)).await })
             })
             .collect();
         let mut ids = HashSet::new();
-        for task in tasks {
-            ids.insert(task.await.unwrap().expect("every record commits"));
+        for (n, task) in tasks.into_iter().enumerate() {
+            let id = task.await.unwrap().expect("every record commits");
+            ids.insert(id);
+            // The id returned is this request's row, and its stage rows point at it.
+            let (request_id, micros, stage_rows, stage_micros): (String, i64, i64, i64) =
+                with_pool!(&ledger.pool, p => {
+                    sqlx::query_as(
+                        "SELECT r.request_id, r.micros, COUNT(s.id), \
+                         CAST(COALESCE(SUM(s.micros), 0) AS BIGINT) \
+                         FROM requests r LEFT JOIN stages s ON s.request = r.id \
+                         WHERE r.id = $1 GROUP BY r.request_id, r.micros",
+                    )
+                    .bind(id)
+                    .fetch_one(p)
+                    .await
+                })
+                .unwrap();
+            let rows = (n % 3 + 1) as i64;
+            assert_eq!(
+                (request_id.as_str(), micros, stage_rows, stage_micros),
+                (
+                    format!("req-{n}").as_str(),
+                    rows * n as i64,
+                    rows,
+                    rows * n as i64
+                ),
+                "request {n} got row {id}"
+            );
         }
         assert_eq!(ids.len(), N, "row ids are distinct");
         let (requests, stage_rows, micros): (i64, i64, i64) = with_pool!(&ledger.pool, p => {
@@ -221,9 +328,11 @@ mod tests {
             .await
         })
         .unwrap();
+        let expected_stages: usize = (0..N).map(|n| n % 3 + 1).sum();
+        let expected_micros: usize = (0..N).map(|n| (n % 3 + 1) * n).sum();
         assert_eq!(
             (requests, stage_rows, micros),
-            (N as i64, N as i64, 3 * N as i64)
+            (N as i64, expected_stages as i64, expected_micros as i64)
         );
         let commits = ledger.writer.commits();
         assert!(

@@ -186,90 +186,192 @@ async fn create_image(
 }
 
 fn answer(state: &AppState, outcome: &Outcome) -> Response {
-    let (status, body) = outcome_body(&state.pipeline, outcome);
-    (status, Json(body)).into_response()
+    let m = &outcome.manifest;
+    if m.status == ManifestStatus::Blocked {
+        let (status, body) = outcome_body(&state.pipeline, outcome);
+        return (status, Json(body)).into_response();
+    }
+    // Straight from the typed view to bytes: a cache hit's whole answer is this
+    // body, and a `serde_json::Value` tree of it cost more than the rest of the hit.
+    json_response(&ImageView {
+        cache: Some(outcome.cache.as_str()),
+        cost: CostView::new(&outcome.stages),
+        manifest: ManifestView::new(&state.pipeline, m),
+    })
+}
+
+/// `value` as an `application/json` 200, serialized once into one buffer.
+fn json_response(value: &impl serde::Serialize) -> Response {
+    let mut body = Vec::with_capacity(4096);
+    match serde_json::to_writer(&mut body, value) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("serializing the response: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 /// The body (and status) `POST /v1/images` answers for an outcome; `imagegate
 /// process` prints the same.
 pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serde_json::Value) {
     let m = &outcome.manifest;
-    let cost = cost_json(&outcome.stages);
+    let cost = CostView::new(&outcome.stages);
     if m.status == ManifestStatus::Blocked {
         let body = serde_json::json!({
             "error": {"code": "content_blocked", "message": "the generated image was blocked by the safety policy"},
             "id": m.id,
             "cache": outcome.cache.as_str(),
-            "safety": safety_json(&m.safety),
+            "safety": SafetyView::from(&m.safety),
             "cost": cost,
         });
         return (StatusCode::UNPROCESSABLE_ENTITY, body);
     }
-    let mut body = manifest_json(pipeline, m);
-    body["cache"] = outcome.cache.as_str().into();
-    body["cost"] = cost;
-    (StatusCode::OK, body)
+    let body = ImageView {
+        cache: Some(outcome.cache.as_str()),
+        cost,
+        manifest: ManifestView::new(pipeline, m),
+    };
+    (
+        StatusCode::OK,
+        serde_json::to_value(&body).expect("the image view serializes"),
+    )
+}
+
+// The views below spell the JSON of API.md. Fields are in alphabetical order, the
+// order these bodies had when they were built as `serde_json::Value` maps.
+
+/// A published image with what this request cost.
+#[derive(serde::Serialize)]
+struct ImageView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'static str>,
+    cost: CostView<'a>,
+    #[serde(flatten)]
+    manifest: ManifestView<'a>,
 }
 
 /// A verdict as the API shows it.
-fn safety_json(v: &imagegate_core::SafetyVerdict) -> serde_json::Value {
-    serde_json::json!({"nsfw_score": v.nsfw_score, "action": v.action.as_str()})
+#[derive(serde::Serialize)]
+struct SafetyView {
+    action: &'static str,
+    /// Widened as the `Value` maps did, so the digits stay the same.
+    nsfw_score: Option<f64>,
 }
 
-fn cost_json(stages: &[StageCost]) -> serde_json::Value {
-    let total: imagegate_core::Micros = stages.iter().map(|s| s.micros).sum();
-    serde_json::json!({
-        "total_usd": total.as_usd(),
-        "stages": stages.iter().map(|s| {
-            let mut v = serde_json::json!({
-                "stage": s.stage.as_str(),
-                "usd": s.micros.as_usd(),
-                "ms": (s.wall_ms * 10.0).round() / 10.0,
-                "cpu_ms": (s.cpu_ms * 10.0).round() / 10.0,
-            });
-            if !s.detail.is_null() {
-                v["detail"] = s.detail.clone();
-            }
-            v
-        }).collect::<Vec<_>>(),
-    })
-}
-
-fn manifest_json(pipeline: &Pipeline, m: &Manifest) -> serde_json::Value {
-    let images: Vec<serde_json::Value> = m
-        .images
-        .iter()
-        .map(|v| {
-            serde_json::json!({
-                "width": v.width,
-                "height": v.height,
-                "format": v.format,
-                "url": pipeline.url_of(v),
-                "bytes": v.bytes,
-            })
-        })
-        .collect();
-    let mut srcset: BTreeMap<ImageFormat, Vec<String>> = BTreeMap::new();
-    for v in &m.images {
-        srcset
-            .entry(v.format)
-            .or_default()
-            .push(format!("{} {}w", pipeline.url_of(v), v.width));
+impl From<&imagegate_core::SafetyVerdict> for SafetyView {
+    fn from(v: &imagegate_core::SafetyVerdict) -> SafetyView {
+        SafetyView {
+            action: v.action.as_str(),
+            nsfw_score: v.nsfw_score.map(f64::from),
+        }
     }
-    let srcset: serde_json::Map<String, serde_json::Value> = srcset
-        .into_iter()
-        .map(|(f, list)| (f.extension().to_string(), list.join(", ").into()))
-        .collect();
-    serde_json::json!({
-        "id": m.id,
-        "status": m.status,
-        "provider": m.provider,
-        "model": m.model,
-        "images": images,
-        "srcset": srcset,
-        "safety": safety_json(&m.safety),
-        "created_at": m.created_at,
-    })
+}
+
+#[derive(serde::Serialize)]
+struct CostView<'a> {
+    stages: Vec<StageView<'a>>,
+    total_usd: f64,
+}
+
+impl<'a> CostView<'a> {
+    fn new(stages: &'a [StageCost]) -> CostView<'a> {
+        let total: imagegate_core::Micros = stages.iter().map(|s| s.micros).sum();
+        CostView {
+            total_usd: total.as_usd(),
+            stages: stages
+                .iter()
+                .map(|s| StageView {
+                    cpu_ms: (s.cpu_ms * 10.0).round() / 10.0,
+                    detail: (!s.detail.is_null()).then_some(&s.detail),
+                    ms: (s.wall_ms * 10.0).round() / 10.0,
+                    stage: s.stage.as_str(),
+                    usd: s.micros.as_usd(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StageView<'a> {
+    cpu_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a serde_json::Value>,
+    ms: f64,
+    stage: &'static str,
+    usd: f64,
+}
+
+#[derive(serde::Serialize)]
+struct ManifestView<'a> {
+    created_at: &'a str,
+    id: ContentKey,
+    images: Vec<VariantView>,
+    model: &'a str,
+    provider: &'a str,
+    safety: SafetyView,
+    srcset: BTreeMap<&'static str, String>,
+    status: ManifestStatus,
+}
+
+#[derive(serde::Serialize)]
+struct VariantView {
+    bytes: u64,
+    format: ImageFormat,
+    height: u32,
+    url: String,
+    width: u32,
+}
+
+impl<'a> ManifestView<'a> {
+    fn new(pipeline: &Pipeline, m: &'a Manifest) -> ManifestView<'a> {
+        let images: Vec<VariantView> = m
+            .images
+            .iter()
+            .map(|v| VariantView {
+                bytes: v.bytes,
+                format: v.format,
+                height: v.height,
+                url: pipeline.url_of(v),
+                width: v.width,
+            })
+            .collect();
+        // Formats in ImageFormat order, widths in manifest order, as before.
+        let mut by_format: BTreeMap<ImageFormat, String> = BTreeMap::new();
+        for v in &images {
+            let list = by_format.entry(v.format).or_default();
+            if !list.is_empty() {
+                list.push_str(", ");
+            }
+            list.push_str(&v.url);
+            list.push(' ');
+            list.push_str(&v.width.to_string());
+            list.push('w');
+        }
+        ManifestView {
+            created_at: &m.created_at,
+            id: m.id,
+            model: &m.model,
+            provider: &m.provider,
+            safety: SafetyView::from(&m.safety),
+            srcset: by_format
+                .into_iter()
+                .map(|(f, list)| (f.extension(), list))
+                .collect(),
+            status: m.status,
+            images,
+        }
+    }
 }
 
 /// The candidates the router would consider for a request, their expected cost and
@@ -361,9 +463,11 @@ async fn get_image(
             format!("no image with id {key}"),
         )
     })?;
-    let mut body = manifest_json(&state.pipeline, &manifest);
-    body["cost"] = cost_json(&manifest.stages);
-    Ok(Json(body).into_response())
+    Ok(json_response(&ImageView {
+        cache: None,
+        cost: CostView::new(&manifest.stages),
+        manifest: ManifestView::new(&state.pipeline, &manifest),
+    }))
 }
 
 /// Liveness: the process answers.
