@@ -59,7 +59,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, ImagingEr
     Ok(if decoded.color().has_alpha() {
         over_white(&decoded.to_rgba8())
     } else {
-        decoded.to_rgb8()
+        // Moves the buffer when it is already 8-bit RGB (what providers return);
+        // to_rgb8 would copy it.
+        decoded.into_rgb8()
     })
 }
 

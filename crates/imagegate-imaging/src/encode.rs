@@ -346,8 +346,12 @@ mod tests {
     #[test]
     fn without_the_aom_feature_aom_profiles_are_a_clear_error() {
         assert!(!avif_encoder_available(AvifEncoder::Aom));
-        let err = encode(&picture(16, 16), ImageFormat::Avif, &with_encoder(AvifEncoder::Aom))
-            .unwrap_err();
+        let err = encode(
+            &picture(16, 16),
+            ImageFormat::Avif,
+            &with_encoder(AvifEncoder::Aom),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("no libaom encoder"), "{err}");
     }
 

@@ -157,7 +157,33 @@ enum KeysAction {
     Revoke { id: String },
 }
 
+/// mimalloc v2's `mi_option_purge_delay` (the enum position in its mimalloc.h;
+/// libmimalloc-sys does not name it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Allocator settings for peak memory, before any thread starts. Under 64 concurrent
+/// misses they halved peak RSS for no measurable throughput (BENCHMARKS.md):
+/// glibc malloc, which the C libraries (libaom, ONNX Runtime) use, kept one arena
+/// per thread that touched it, and mimalloc held freed pages for its default 10 ms
+/// purge delay while megabyte-sized pictures came and went. The usual environment
+/// variables (`MALLOC_ARENA_MAX`, `MIMALLOC_PURGE_DELAY`) still win when set.
+fn tune_allocators() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes glibc's tunables; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set stores an option value; it is safe to call at any time.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    tune_allocators();
     let cli = Cli::parse();
     // warm draws a progress bar on stderr; routine info lines would tear it.
     let quiet = matches!(cli.command, Command::Warm { .. });
