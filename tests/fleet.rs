@@ -85,7 +85,7 @@ runtime_library = "{models}/libonnxruntime.so.1.31.1"
 [profiles.default]
 variants = [256, 512]
 formats = ["avif", "jpeg"]
-avif = {{ quality = 60, speed = 10 }}
+avif = {{ quality = 60, speed = 9 }}
 safety = {{ blur_at = 0.2, block_at = 0.8 }}
 "#,
             pricing = repo_root().join("config/pricing.toml").display(),

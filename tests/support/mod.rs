@@ -75,7 +75,7 @@ deny_words = ["forbiddenword"]
 [profiles.default]
 variants = [128, 256]
 formats = ["avif", "jpeg"]
-avif = {{ quality = 60, speed = 10 }}
+avif = {{ quality = 60, speed = 9 }}
 safety = {{ blur_at = 0.2, block_at = 0.8 }}
 {extra}
 "#,
