@@ -41,6 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The row every ratio is taken against.
+BASE = "vipsthumbnail avif (aom s8)"
+
 
 def run(cmd):
     """Runs cmd; returns (wall seconds, CPU seconds of the child, stdout)."""
@@ -94,13 +97,18 @@ class Bench:
             ("imagegate avif aom s8 10-bit", (1, 100), True, ".avif", ours("avif", 8, 10)),
             ("imagegate avif rav1e s8", (1, 100), True, ".avif", ours("avif", 8, 8, "rav1e")),
             ("imagegate avif rav1e s10", (1, 100), True, ".avif", ours("avif", 10, 8, "rav1e")),
-            ("vipsthumbnail avif (aom s8)", (1, 100), True, ".avif", vips_avif),
+            (BASE, (1, 100), True, ".avif", vips_avif),
             ("avifenc aom s8", (0, 63), False, ".avif", avifenc("aom", 8)),
             ("avifenc svt s8", (0, 63), False, ".avif", avifenc("svt", 8)),
             ("avifenc rav1e s8", (0, 63), False, ".avif", avifenc("rav1e", 8)),
             ("imagegate jpeg", (1, 100), True, ".jpg", ours("jpeg", 8)),
             ("vipsthumbnail jpeg", (1, 100), True, ".jpg", vips_jpeg),
         ]
+
+    def selected(self, name):
+        if not self.args.encoders or name == BASE:
+            return True
+        return any(word.strip() and word.strip() in name for word in self.args.encoders.split(","))
 
     def search(self, name, knob_range, increasing, suffix, build, reference, target):
         """Cheapest knob value scoring >= target - 1 (bisection; scores rise with quality)."""
@@ -149,6 +157,9 @@ def main():
     p.add_argument("--post-generation-only", action="store_true",
                    help="with --imagegate: only the post-generation path, not the encoder comparison")
     p.add_argument("--json", help="write every measurement here")
+    p.add_argument("--encoders", help="only the rows whose names contain one of these comma-separated "
+                   "words (e.g. 'aom s8,vipsthumbnail avif'); vipsthumbnail avif, the base of the "
+                   "ratios, is always kept")
     args = p.parse_args()
 
     images = sorted(Path(args.corpus).glob("*.png"))
@@ -178,6 +189,8 @@ def main():
             target = bench.score(reference, default_out)
             print(f"{image.name}: target SSIMULACRA2 {target:.2f}", file=sys.stderr)
             for name, knob_range, increasing, suffix, build in encoders:
+                if not bench.selected(name):
+                    continue
                 knob, (score, size, _) = bench.search(name, knob_range, increasing, suffix, build, reference, target)
                 wall, cpu = bench.time_it(build, knob, suffix)
                 rows.setdefault(name, []).append(
@@ -186,7 +199,7 @@ def main():
                 print(f"  {name:28} knob {knob:>3} score {score:6.2f} {size:>7} B "
                       f"wall {wall * 1000:7.1f} ms cpu {cpu * 1000:7.1f} ms", file=sys.stderr)
 
-    base = rows["vipsthumbnail avif (aom s8)"]
+    base = rows[BASE]
     print(f"\n{len(images)} images from {args.corpus}, 768 px wide, medians over images "
           f"(each timing the median of {args.repeats} runs)\n")
     print("| encoder | score (median) | within ±1 | bytes (median) | wall ms | CPU ms | "

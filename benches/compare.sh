@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # imagegate's resize + encode against vipsthumbnail (libvips + libaom) and avifenc
 # (aom, svt, rav1e), scored with SSIMULACRA2 at equal score. See benches/compare.py.
-#   benches/compare.sh [--images N] [--repeats N] [--json FILE]
+#   benches/compare.sh [--images N] [--repeats N] [--encoders LIST] [--json FILE]
 # Needs Debian's libvips-tools and libavif-bin (with aom, svt and rav1e encoders);
 # refuses to run without any of them rather than print a partial table.
 set -euo pipefail
