@@ -2,7 +2,8 @@
 """The HTTP paths of a release imagegate under load, on the embedded defaults
 (local provider, local store, SQLite ledger) in a scratch directory.
 
-Run through benches/load.sh. Measures, in one run:
+Run through benches/load.sh. Measures, in one run (--hits-only, --misses-only and
+--rss-only pick parts):
   cold start   spawn to the first 200 from GET /healthz and from GET /readyz
                (median of --starts starts on an existing ledger)
   hits         wrk, one repeated POST /v1/images body, after one miss made it a hit:
@@ -154,8 +155,14 @@ def main():
     p.add_argument("--rss-seconds", type=int, default=60)
     p.add_argument("--hits-only", action="store_true",
                    help="measure only the hits: no cold starts, misses or peak RSS")
+    p.add_argument("--misses-only", action="store_true",
+                   help="measure only the misses and the peak RSS: no cold starts or hits")
+    p.add_argument("--rss-only", action="store_true",
+                   help="measure only the peak RSS at --rss-connections concurrent misses")
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args()
+    if sum([args.hits_only, args.misses_only, args.rss_only]) > 1:
+        p.error("--hits-only, --misses-only and --rss-only exclude each other")
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="imagegate-load-") as tmp:
@@ -163,7 +170,7 @@ def main():
         port = free_port()
         server = Server(args.binary, scratch, port)
 
-        if not args.hits_only:
+        if not (args.hits_only or args.misses_only or args.rss_only):
             # Cold starts: the first creates the ledger; the rest open it, as a restart does.
             server.start()
             server.stop()
@@ -180,50 +187,67 @@ def main():
                   f"/readyz {results['cold_start_ms']['ready_median']:.0f} ms (median of {args.starts})",
                   file=sys.stderr)
 
-        server.start()
-        first = post(port, {"prompt": "a lighthouse on a cliff at dusk, benchmark"})
-        if first["cache"] != "miss":
-            raise SystemExit(f"expected the first request to miss, got {first['cache']}")
-        results["hits"] = {}
-        for c in args.hit_connections:
-            r = wrk(port, HIT_LUA, c, args.hit_seconds, scratch)
-            if r["non_2xx"] or r["socket_errors"]:
-                raise SystemExit(f"hits at {c} connections failed: {r}")
-            results["hits"][c] = r
-            print(f"hits, {c} connections: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
-                  file=sys.stderr)
-        if args.hits_only:
-            # Every hit answered must be in the ledger once the server has stopped.
-            server.stop()
-            results["ledger_hit_rows"] = ledger_hits(scratch)
-            print(json.dumps(results, indent=1))
-            if args.json:
-                Path(args.json).write_text(json.dumps(results, indent=1))
-            return
-
-        r = wrk(port, MISS_LUA, 8, args.miss_seconds, scratch)
-        if r["non_2xx"]:
-            raise SystemExit(f"misses failed: {r}")
-        results["misses"] = r
-        print(f"misses, 8 connections: {r['rps']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
-              file=sys.stderr)
-        server.stop()
-
-        # Peak memory from a fresh process: only the concurrent misses count.
-        server.start()
-        idle = server.peak_rss_mb()
-        r = wrk(port, MISS_LUA, args.rss_connections, args.rss_seconds, scratch, timeout="300s")
-        peak = server.peak_rss_mb()
-        server.stop()
-        results["rss"] = {"idle_peak_mb": idle, "peak_mb": peak, "connections": args.rss_connections,
-                          "completed": r["requests"], "non_2xx": r["non_2xx"], "rps": r["rps"]}
-        print(f"peak RSS at {args.rss_connections} concurrent misses: {peak:.0f} MB "
-              f"(after start-up {idle:.0f} MB; {r['requests']} misses served, {r['non_2xx']} refused)",
-              file=sys.stderr)
+        if not (args.misses_only or args.rss_only):
+            measure_hits(args, server, port, scratch, results)
+            if args.hits_only:
+                return
+        if not args.rss_only:
+            measure_misses(server, port, scratch, args.miss_seconds, results)
+        measure_rss(server, port, scratch, args.rss_connections, args.rss_seconds, results)
 
     print(json.dumps(results, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def measure_hits(args, server, port, scratch, results):
+    """Leaves the server running (for the misses) unless only hits are measured."""
+    server.start()
+    first = post(port, {"prompt": "a lighthouse on a cliff at dusk, benchmark"})
+    if first["cache"] != "miss":
+        raise SystemExit(f"expected the first request to miss, got {first['cache']}")
+    results["hits"] = {}
+    for c in args.hit_connections:
+        r = wrk(port, HIT_LUA, c, args.hit_seconds, scratch)
+        if r["non_2xx"] or r["socket_errors"]:
+            raise SystemExit(f"hits at {c} connections failed: {r}")
+        results["hits"][c] = r
+        print(f"hits, {c} connections: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
+              file=sys.stderr)
+    if args.hits_only:
+        # Every hit answered must be in the ledger once the server has stopped.
+        server.stop()
+        results["ledger_hit_rows"] = ledger_hits(scratch)
+        print(json.dumps(results, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def measure_misses(server, port, scratch, seconds, results):
+    """On the running server when the hits ran first, else on a fresh one."""
+    if server.proc is None or server.proc.poll() is not None:
+        server.start()
+    r = wrk(port, MISS_LUA, 8, seconds, scratch)
+    if r["non_2xx"]:
+        raise SystemExit(f"misses failed: {r}")
+    results["misses"] = r
+    print(f"misses, 8 connections: {r['rps']:.2f} req/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
+          file=sys.stderr)
+    server.stop()
+
+
+def measure_rss(server, port, scratch, connections, seconds, results):
+    # Peak memory from a fresh process: only the concurrent misses count.
+    server.start()
+    idle = server.peak_rss_mb()
+    r = wrk(port, MISS_LUA, connections, seconds, scratch, timeout="300s")
+    peak = server.peak_rss_mb()
+    server.stop()
+    results["rss"] = {"idle_peak_mb": idle, "peak_mb": peak, "connections": connections,
+                      "completed": r["requests"], "non_2xx": r["non_2xx"], "rps": r["rps"]}
+    print(f"peak RSS at {connections} concurrent misses: {peak:.0f} MB "
+          f"(after start-up {idle:.0f} MB; {r['requests']} misses served, {r['non_2xx']} refused)",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -134,7 +134,9 @@ pub struct ConcurrencyConfig {
     /// Threads one miss encodes its files on; 0 means one per CPU worker. The files of
     /// one image are independent, so this cuts a miss's latency when the pool is idle.
     pub encode_threads: usize,
-    /// Provider calls in flight at once.
+    /// Misses between their provider call and a CPU worker at once: calling the
+    /// provider, or holding its picture until a worker takes it. The bound on
+    /// provider output waiting in memory, as well as on provider calls.
     pub generations: usize,
     /// Misses allowed to wait for a provider slot before requests get 503.
     pub generation_queue: usize,

@@ -1,7 +1,7 @@
 //! The bounded pool that CPU stages run on, and per-thread CPU time.
 
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Runs CPU-bound closures on tokio's blocking threads, at most `workers` at once and
 /// at most `queue` more waiting; past that the caller is told to come back later
@@ -32,6 +32,11 @@ impl CpuPool {
         }
     }
 
+    /// Workers no job holds right now, for a running job's helper threads.
+    pub fn idle_workers(&self) -> IdleWorkers {
+        IdleWorkers(self.running.clone())
+    }
+
     pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -51,6 +56,25 @@ impl CpuPool {
         tokio::task::spawn_blocking(job)
             .await
             .map_err(|e| PoolError::Panicked(e.to_string()))
+    }
+}
+
+/// Lets a running job spread over workers the pool has idle (a miss encodes its files
+/// in parallel), without ever running more CPU threads than the pool has workers:
+/// under load every worker already runs a job of its own, and extra threads would
+/// only add one libaom encoder's memory each (about 33 MB at 1024 px) and contend
+/// for the same cores.
+#[derive(Clone)]
+pub struct IdleWorkers(Arc<Semaphore>);
+
+impl IdleWorkers {
+    /// Up to `at_most` idle workers, held until the returned permits drop. Never
+    /// waits, and takes none while jobs are waiting for a worker (tokio's semaphore
+    /// hands released permits to waiters first).
+    pub fn take(&self, at_most: usize) -> Vec<OwnedSemaphorePermit> {
+        (0..at_most)
+            .map_while(|_| self.0.clone().try_acquire_owned().ok())
+            .collect()
     }
 }
 
@@ -113,6 +137,46 @@ mod tests {
         blocker.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
         pool.run(|| ()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn helpers_only_take_idle_workers() {
+        let pool = CpuPool::new(3, 4);
+        let idle = pool.idle_workers();
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<usize>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        // One job running: two of three workers are idle, and a job can borrow both.
+        let job = {
+            let pool = pool.clone();
+            let idle = idle.clone();
+            let release_rx = release_rx.clone();
+            tokio::spawn(async move {
+                pool.run(move || {
+                    let helpers = idle.take(8);
+                    started_tx.send(helpers.len()).unwrap();
+                    release_rx.lock().unwrap().recv().unwrap();
+                })
+                .await
+            })
+        };
+        let borrowed = tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(borrowed, 2);
+        // All three workers are taken: nothing is left to borrow, and the next job
+        // waits for a worker instead of running beside them.
+        assert!(idle.take(1).is_empty());
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.run(|| ()).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        release_tx.send(()).unwrap();
+        job.await.unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
+        assert_eq!(idle.take(8).len(), 3);
     }
 
     #[test]

@@ -314,6 +314,7 @@ impl Pipeline {
                 provider: "source".into(),
                 model: "upload".into(),
                 stage: StageCost::new(Stage::Generate),
+                slot: None,
             };
             self.finish(key, &profile, generation).await
         };
@@ -567,7 +568,7 @@ impl Pipeline {
         gen: &GenerationRequest,
         policy: Policy,
     ) -> Result<Generated, PipelineError> {
-        let _admitted = self
+        let admitted = self
             .generation_admission
             .clone()
             .try_acquire_owned()
@@ -575,7 +576,7 @@ impl Pipeline {
                 what: "generation",
                 retry_after: Duration::from_secs(2),
             })?;
-        let _slot = self
+        let slot = self
             .generation_slots
             .clone()
             .acquire_owned()
@@ -629,6 +630,10 @@ impl Pipeline {
             provider: generation.provider,
             model: generation.model,
             stage,
+            slot: Some(GenerationSlot {
+                _admitted: admitted,
+                _slot: slot,
+            }),
         })
     }
 
@@ -663,7 +668,9 @@ impl Pipeline {
     ) -> Result<Manifest, PipelineError> {
         let limits = &self.config.limits;
         let job = render::RenderJob {
-            source: generated.bytes.clone(),
+            // Moved, not shared: the render frees the encoded picture as soon as it is
+            // decoded, instead of it staying alive here until the manifest is written.
+            source: generated.bytes,
             profile: profile.clone(),
             limits: DecodeLimits {
                 max_pixels: limits.max_pixels,
@@ -674,8 +681,17 @@ impl Pipeline {
             watermarker: self.watermarkers.get(&profile.name).cloned(),
             usd_per_core_hour: self.config.costs.usd_per_core_hour,
             encode_threads: self.encode_threads,
+            idle_workers: self.cpu.idle_workers(),
         };
-        let rendered = self.cpu.run(move || render::render(job)).await??;
+        let slot = generated.slot;
+        let rendered = self
+            .cpu
+            .run(move || {
+                // The picture is in a worker's hands now: the next generation may start.
+                drop(slot);
+                render::render(job)
+            })
+            .await??;
         let mut stages = Vec::with_capacity(8);
         if generated.provider != "source" {
             stages.push(generated.stage);
@@ -771,6 +787,17 @@ struct Generated {
     provider: String,
     model: String,
     stage: StageCost,
+    /// Held from the provider call until a CPU worker takes the picture, so provider
+    /// output never piles up in front of the CPU pool: when rendering is the
+    /// bottleneck, new generations wait (holding nothing) instead of every finished
+    /// picture waiting (holding its encoded bytes, megabytes each).
+    slot: Option<GenerationSlot>,
+}
+
+/// A miss's place among `concurrency.generations`, and in the generation queue.
+struct GenerationSlot {
+    _admitted: tokio::sync::OwnedSemaphorePermit,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Resolves a caller's request against a configuration and its resolved profiles:

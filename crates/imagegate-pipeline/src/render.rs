@@ -4,7 +4,7 @@
 //!
 //! [`CpuPool`]: crate::cpu::CpuPool
 
-use crate::cpu::measure;
+use crate::cpu::{measure, IdleWorkers};
 use crate::error::PipelineError;
 use imagegate_core::{
     ImageFormat, Micros, RenderProfile, SafetyAction, SafetyVerdict, Stage, StageCost,
@@ -22,6 +22,8 @@ pub(crate) struct RenderJob {
     pub usd_per_core_hour: f64,
     /// Threads one render may encode on at once (files are independent).
     pub encode_threads: usize,
+    /// Where threads beyond the job's own come from: only workers that are idle.
+    pub idle_workers: IdleWorkers,
 }
 
 pub(crate) struct EncodedFile {
@@ -63,6 +65,8 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     let (source_width, source_height) = image.dimensions();
     let mut s = stage(Stage::Decode, decoded.wall_ms, decoded.cpu_ms, price);
     s.bytes_in = job.source.len() as u64;
+    // Only the pixels matter from here on; the encoded bytes are megabytes.
+    drop(job.source);
     s.bytes_out = u64::from(source_width) * u64::from(source_height) * 3;
     s.detail = serde_json::json!({"width": source_width, "height": source_height});
     stages.push(s);
@@ -121,6 +125,7 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
             .collect()
     });
     let mut variants = resized.value?;
+    drop(image);
     // Widths above the source collapse to the source size: keep one of each.
     variants.dedup_by_key(|v| v.width());
     let mut s = stage(Stage::Resize, resized.wall_ms, resized.cpu_ms, price);
@@ -140,7 +145,12 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     formats.sort_unstable();
     formats.dedup();
     let encode_started = std::time::Instant::now();
-    let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, job.encode_threads)?;
+    // The job's own worker plus whichever others sit idle right now, up to
+    // encode_threads in all; held until the last file is encoded.
+    let threads_wanted = job.encode_threads.min(variants.len() * formats.len());
+    let helpers = job.idle_workers.take(threads_wanted.saturating_sub(1));
+    let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, 1 + helpers.len())?;
+    drop(helpers);
     let encode_wall_ms = encode_started.elapsed().as_secs_f64() * 1e3;
     let mut s = stage(Stage::Encode, encode_wall_ms, encode_cpu_ms, price);
     s.bytes_in = variants.iter().map(|v| v.as_raw().len() as u64).sum();

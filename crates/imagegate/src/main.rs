@@ -2,6 +2,7 @@
 //! on one configuration tree loaded from TOML and `IMAGEGATE_<SECTION>__<KEY>`
 //! environment variables.
 
+mod alloc;
 mod config;
 mod report;
 mod template;
@@ -14,11 +15,9 @@ use imagegate_pipeline::{Pipeline, RequestContext};
 use imagegate_server::AppState;
 use std::path::PathBuf;
 
-/// mimalloc instead of glibc malloc: the cache-hit path allocates a little on every
-/// request from many threads, and serves 1.4-1.6x the requests per second with it
-/// (BENCHMARKS.md, "HTTP under load").
+/// mimalloc for small blocks, glibc (mmap) for pictures: see alloc.rs.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
 use std::sync::Arc;
 
 #[derive(Parser)]
@@ -161,17 +160,33 @@ enum KeysAction {
 /// libmimalloc-sys does not name it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+/// Blocks glibc maps on their own rather than carving from an arena: 1 MiB, below
+/// a 1024² picture (3 MB) and above the many small blocks libaom makes per encode.
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
 /// Allocator settings for peak memory, before any thread starts. Under 64 concurrent
 /// misses they halved peak RSS for no measurable throughput (BENCHMARKS.md):
 /// glibc malloc, which the C libraries (libaom, ONNX Runtime) use, kept one arena
 /// per thread that touched it, and mimalloc held freed pages for its default 10 ms
 /// purge delay while megabyte-sized pictures came and went. The usual environment
-/// variables (`MALLOC_ARENA_MAX`, `MIMALLOC_PURGE_DELAY`) still win when set.
+/// variables (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MIMALLOC_PURGE_DELAY`)
+/// still win when set.
+///
+/// glibc's mmap threshold is fixed at [`MMAP_THRESHOLD`]: every picture-sized block
+/// (ours, and libaom's frame buffers) is mapped on allocation and unmapped on free.
+/// Left alone, glibc raises the threshold to the largest block freed so far (up to
+/// 32 MB), after which such blocks stay in its arenas once freed.
 fn tune_allocators() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only changes glibc's tunables; no other thread exists yet.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         }
     }
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {

@@ -12,7 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::{Micros, ModelClass, Size};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 pub use procedural::draw;
 
@@ -60,6 +62,10 @@ impl Default for LocalConfig {
 
 pub struct LocalProvider {
     config: LocalConfig,
+    /// Pictures drawn at once: one per core. A draw is pure CPU work holding a
+    /// picture and its PNG (about 6 MB at 1024 px) for as long as it runs, so more
+    /// draws than cores finish no sooner and only hold more memory.
+    drawing: Arc<Semaphore>,
 }
 
 impl LocalProvider {
@@ -79,7 +85,11 @@ impl LocalProvider {
                 message: "models is empty".into(),
             });
         }
-        Ok(LocalProvider { config })
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(LocalProvider {
+            config,
+            drawing: Arc::new(Semaphore::new(cores)),
+        })
     }
 }
 
@@ -106,8 +116,15 @@ impl Provider for LocalProvider {
         }
         let started = std::time::Instant::now();
         let req = request.clone();
-        // Drawing is CPU work: keep it off the async workers.
-        let drawing = tokio::task::spawn_blocking(move || procedural::draw_png(&req));
+        // Drawing is CPU work: keep it off the async workers, a core's worth at a time.
+        let slots = self.drawing.clone();
+        let drawing = async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .expect("the drawing semaphore is never closed");
+            tokio::task::spawn_blocking(move || procedural::draw_png(&req)).await
+        };
         let latency = tokio::time::sleep(Duration::from_millis(self.config.latency_ms));
         let (png, ()) = tokio::join!(drawing, latency);
         let png = png
