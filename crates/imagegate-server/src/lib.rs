@@ -10,6 +10,7 @@ pub mod delivery;
 mod error;
 pub mod openai;
 pub mod openapi;
+mod rendered;
 mod routes;
 
 pub use error::ApiError;
@@ -25,6 +26,18 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub metrics: PrometheusHandle,
     pub auth: Arc<auth::Auth>,
+    rendered: rendered::RenderedManifests,
+}
+
+impl AppState {
+    pub fn new(pipeline: Pipeline, metrics: PrometheusHandle, auth: Arc<auth::Auth>) -> AppState {
+        AppState {
+            pipeline,
+            metrics,
+            auth,
+            rendered: rendered::RenderedManifests::new(),
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
