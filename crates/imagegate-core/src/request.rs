@@ -135,7 +135,7 @@ pub struct TemplateRef {
 }
 
 /// Everything that decides what the provider is asked to draw.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GenerationRequest {
     pub prompt: String,
     pub negative_prompt: Option<String>,

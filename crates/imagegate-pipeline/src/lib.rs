@@ -12,6 +12,7 @@ pub mod budget;
 pub mod config;
 pub mod cpu;
 mod error;
+mod key_memo;
 mod render;
 
 pub use config::PipelineConfig;
@@ -113,6 +114,8 @@ pub struct Pipeline {
     store: Arc<dyn ObjectStore>,
     ledger: Ledger,
     cache: moka::future::Cache<ContentKey, Arc<Manifest>>,
+    /// Content keys of recent requests (`POST /v1/images` computes one per request).
+    keys: key_memo::KeyMemo,
     cpu: CpuPool,
     generation_slots: Arc<Semaphore>,
     generation_admission: Arc<Semaphore>,
@@ -173,6 +176,7 @@ impl Pipeline {
         };
         Ok(Pipeline {
             cache: moka::future::Cache::new(c.cache_entries),
+            keys: key_memo::KeyMemo::new(),
             cpu: CpuPool::new(workers, c.cpu_queue),
             encode_threads: if c.encode_threads == 0 {
                 workers
@@ -247,7 +251,7 @@ impl Pipeline {
                 rule: hit.rule().to_string(),
             });
         }
-        let key = content_key(&gen, &profile);
+        let key = self.keys.key(&gen, &profile);
         // A hit costs nothing from a provider, so only a miss is held to max_cost_usd
         // and to the key's budget, and both are checked before any provider is called.
         let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);

@@ -10,6 +10,7 @@ pub mod delivery;
 mod error;
 pub mod openai;
 pub mod openapi;
+mod rendered;
 mod routes;
 
 pub use error::ApiError;
@@ -25,6 +26,18 @@ pub struct AppState {
     pub pipeline: Pipeline,
     pub metrics: PrometheusHandle,
     pub auth: Arc<auth::Auth>,
+    rendered: rendered::RenderedManifests,
+}
+
+impl AppState {
+    pub fn new(pipeline: Pipeline, metrics: PrometheusHandle, auth: Arc<auth::Auth>) -> AppState {
+        AppState {
+            pipeline,
+            metrics,
+            auth,
+            rendered: rendered::RenderedManifests::new(),
+        }
+    }
 }
 
 /// The process-wide Prometheus recorder (the `metrics` facade allows one).
@@ -53,8 +66,16 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     // Peer addresses: anonymous access is for loopback clients only.
     let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    // An answer is one small write: send it now rather than hold it back (Nagle)
+    // until the client acknowledges the previous one.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -191,20 +191,44 @@ fn answer(state: &AppState, outcome: &Outcome) -> Response {
         let (status, body) = outcome_body(&state.pipeline, outcome);
         return (status, Json(body)).into_response();
     }
-    // Straight from the typed view to bytes: a cache hit's whole answer is this
-    // body, and a `serde_json::Value` tree of it cost more than the rest of the hit.
-    json_response(&ImageView {
-        cache: Some(outcome.cache.as_str()),
-        cost: CostView::new(&outcome.stages),
-        manifest: ManifestView::new(&state.pipeline, m),
-    })
+    // A cache hit's whole answer is this body. The manifest's part is rendered once
+    // per published manifest; only the cache outcome and this request's cost are
+    // written per request (building the URLs each time cost more than the rest of a hit).
+    image_response(state, Some(outcome.cache.as_str()), &outcome.stages, m)
 }
 
-/// `value` as an `application/json` 200, serialized once into one buffer.
-fn json_response(value: &impl serde::Serialize) -> Response {
-    let mut body = Vec::with_capacity(4096);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => (
+/// `ImageView` as an `application/json` 200, from the manifest's part as rendered
+/// once per manifest: its fields follow `cache` and `cost` (alphabetical order), so
+/// the rendered object is spliced in after them without its opening brace. The
+/// bytes are the ones serializing `ImageView` whole gives.
+fn image_response(
+    state: &AppState,
+    cache: Option<&'static str>,
+    stages: &[StageCost],
+    manifest: &Arc<Manifest>,
+) -> Response {
+    let body = state
+        .rendered
+        .get(manifest, || {
+            serde_json::to_vec(&ManifestView::new(&state.pipeline, manifest))
+        })
+        .and_then(|rendered| {
+            let mut body = Vec::with_capacity(rendered.len() + 512);
+            body.push(b'{');
+            if let Some(cache) = cache {
+                body.extend_from_slice(b"\"cache\":");
+                serde_json::to_writer(&mut body, cache)?;
+                body.push(b',');
+            }
+            body.extend_from_slice(b"\"cost\":");
+            serde_json::to_writer(&mut body, &CostView::new(stages))?;
+            body.push(b',');
+            // Never empty: ManifestView always has fields.
+            body.extend_from_slice(&rendered[1..]);
+            Ok(body)
+        });
+    match body {
+        Ok(body) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -463,11 +487,7 @@ async fn get_image(
             format!("no image with id {key}"),
         )
     })?;
-    Ok(json_response(&ImageView {
-        cache: None,
-        cost: CostView::new(&manifest.stages),
-        manifest: ManifestView::new(&state.pipeline, &manifest),
-    }))
+    Ok(image_response(&state, None, &manifest.stages, &manifest))
 }
 
 /// Liveness: the process answers.

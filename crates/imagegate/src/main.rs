@@ -392,11 +392,11 @@ async fn serve(
     let auth = imagegate_server::auth::Auth::start(pipeline.ledger().clone(), auth_config)
         .await
         .context("loading API keys")?;
-    let state = Arc::new(AppState {
+    let state = Arc::new(AppState::new(
         pipeline,
-        metrics: imagegate_server::metrics_handle(),
+        imagegate_server::metrics_handle(),
         auth,
-    });
+    ));
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
