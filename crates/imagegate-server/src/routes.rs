@@ -225,6 +225,21 @@ fn image_response(
             body.push(b',');
             // Never empty: ManifestView always has fields.
             body.extend_from_slice(&rendered[1..]);
+            // Debug builds (every test that gets an image answer) check the splice
+            // against the whole view serialized the plain way.
+            #[cfg(debug_assertions)]
+            {
+                let whole = serde_json::to_vec(&ImageView {
+                    cache,
+                    cost: CostView::new(stages),
+                    manifest: ManifestView::new(&state.pipeline, manifest),
+                })?;
+                assert_eq!(
+                    String::from_utf8_lossy(&body),
+                    String::from_utf8_lossy(&whole),
+                    "the spliced image answer differs from ImageView serialized whole"
+                );
+            }
             Ok(body)
         });
     match body {
