@@ -189,11 +189,14 @@ def main():
 
         if not (args.misses_only or args.rss_only):
             measure_hits(args, server, port, scratch, results)
-            if args.hits_only:
-                return
-        if not args.rss_only:
-            measure_misses(server, port, scratch, args.miss_seconds, results)
-        measure_rss(server, port, scratch, args.rss_connections, args.rss_seconds, results)
+        if args.hits_only:
+            # Every hit answered must be in the ledger once the server has stopped.
+            server.stop()
+            results["ledger_hit_rows"] = ledger_hits(scratch)
+        else:
+            if not args.rss_only:
+                measure_misses(server, port, scratch, args.miss_seconds, results)
+            measure_rss(server, port, scratch, args.rss_connections, args.rss_seconds, results)
 
     print(json.dumps(results, indent=1))
     if args.json:
@@ -201,7 +204,7 @@ def main():
 
 
 def measure_hits(args, server, port, scratch, results):
-    """Leaves the server running (for the misses) unless only hits are measured."""
+    """Leaves the server running, for the misses or the ledger count after the hits."""
     server.start()
     first = post(port, {"prompt": "a lighthouse on a cliff at dusk, benchmark"})
     if first["cache"] != "miss":
@@ -214,13 +217,6 @@ def measure_hits(args, server, port, scratch, results):
         results["hits"][c] = r
         print(f"hits, {c} connections: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
               file=sys.stderr)
-    if args.hits_only:
-        # Every hit answered must be in the ledger once the server has stopped.
-        server.stop()
-        results["ledger_hit_rows"] = ledger_hits(scratch)
-        print(json.dumps(results, indent=1))
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 def measure_misses(server, port, scratch, seconds, results):
