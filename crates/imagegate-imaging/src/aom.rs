@@ -256,25 +256,26 @@ unsafe fn fill_planes(
     height: usize,
     high: bool,
 ) {
-    let chroma_height = height.div_ceil(2);
     if high {
-        let planes = [0, 1, 2].map(|p| {
-            let rows = if p == 0 { height } else { chroma_height };
-            // libaom's 16-bit planes are 32-byte aligned and `stride` is in bytes.
-            let stride = img.stride[p] as usize / 2;
-            let plane = std::slice::from_raw_parts_mut(img.planes[p] as *mut u16, stride * rows);
-            (plane, stride)
-        });
-        rgb_to_ycbcr420(rgb, width, height, 2, planes);
+        rgb_to_ycbcr420(rgb, width, height, 2, planes::<u16>(img, height));
     } else {
-        let planes = [0, 1, 2].map(|p| {
-            let rows = if p == 0 { height } else { chroma_height };
-            let stride = img.stride[p] as usize;
-            let plane = std::slice::from_raw_parts_mut(img.planes[p], stride * rows);
-            (plane, stride)
-        });
-        rgb_to_ycbcr420(rgb, width, height, 0, planes);
+        rgb_to_ycbcr420(rgb, width, height, 0, planes::<u8>(img, height));
     }
+}
+
+/// libaom's three planes as `(samples, stride in samples)`; strides are in bytes
+/// and planes are 32-byte aligned.
+///
+/// # Safety
+/// As [`fill_planes`], with `S` the sample type of `img`'s format.
+unsafe fn planes<S: Sample>(img: &mut aom::aom_image_t, height: usize) -> [(&mut [S], usize); 3] {
+    let size = std::mem::size_of::<S>();
+    [0, 1, 2].map(|p| {
+        let rows = if p == 0 { height } else { height.div_ceil(2) };
+        let stride = img.stride[p] as usize / size;
+        let plane = std::slice::from_raw_parts_mut(img.planes[p] as *mut S, stride * rows);
+        (plane, stride)
+    })
 }
 
 /// A plane sample: 8 bits, or 10 bits in 16.
