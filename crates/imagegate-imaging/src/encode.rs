@@ -8,6 +8,7 @@
 use crate::ImagingError;
 use image::{ExtendedColorType, ImageEncoder, RgbImage};
 use imagegate_core::profile::{AvifEncoder, AvifSettings, ImageFormat, RenderProfile};
+use std::num::NonZeroUsize;
 
 /// Whether this build can encode AVIF with `encoder` (libaom needs the `aom`
 /// feature). Configuration checks this at start-up, so a profile naming a missing
@@ -28,6 +29,20 @@ pub fn encode(
     format: ImageFormat,
     profile: &RenderProfile,
 ) -> Result<Vec<u8>, ImagingError> {
+    encode_threaded(image, format, profile, NonZeroUsize::MIN)
+}
+
+/// [`encode`], except that a libaom AVIF encode may use up to `threads` threads: the
+/// calling one plus threads libaom starts and joins before this returns. Their CPU
+/// time is not on the calling thread's clock, so a caller that accounts CPU must
+/// count the threads this call starts too (a perf task clock that child threads
+/// inherit does). JPEG, WebP and rav1e encodes stay on the calling thread.
+pub fn encode_threaded(
+    image: &RgbImage,
+    format: ImageFormat,
+    profile: &RenderProfile,
+    threads: NonZeroUsize,
+) -> Result<Vec<u8>, ImagingError> {
     let (width, height) = image.dimensions();
     let fail = |reason: String| ImagingError::Encode {
         format,
@@ -39,7 +54,7 @@ pub fn encode(
         return Err(fail("the image has no pixels".to_owned()));
     }
     match format {
-        ImageFormat::Avif => encode_avif(image, profile).map_err(fail),
+        ImageFormat::Avif => encode_avif(image, profile, threads).map_err(fail),
         ImageFormat::Jpeg => {
             let mut out = Vec::new();
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, profile.jpeg.quality)
@@ -57,7 +72,11 @@ pub fn encode(
     }
 }
 
-fn encode_avif(image: &RgbImage, profile: &RenderProfile) -> Result<Vec<u8>, String> {
+fn encode_avif(
+    image: &RgbImage,
+    profile: &RenderProfile,
+    threads: NonZeroUsize,
+) -> Result<Vec<u8>, String> {
     let settings = profile.avif;
     // ravif clamps quality itself but asserts on speed; refuse out-of-range values
     // here with a message instead of a panic.
@@ -78,18 +97,22 @@ fn encode_avif(image: &RgbImage, profile: &RenderProfile) -> Result<Vec<u8>, Str
         ));
     }
     match settings.encoder {
-        AvifEncoder::Aom => encode_aom(image, &settings),
+        AvifEncoder::Aom => encode_aom(image, &settings, threads),
         AvifEncoder::Rav1e => encode_rav1e(image, &settings),
     }
 }
 
 #[cfg(feature = "aom")]
-fn encode_aom(image: &RgbImage, settings: &AvifSettings) -> Result<Vec<u8>, String> {
-    crate::aom::encode(image, settings)
+fn encode_aom(
+    image: &RgbImage,
+    settings: &AvifSettings,
+    threads: NonZeroUsize,
+) -> Result<Vec<u8>, String> {
+    crate::aom::encode(image, settings, threads)
 }
 
 #[cfg(not(feature = "aom"))]
-fn encode_aom(_: &RgbImage, _: &AvifSettings) -> Result<Vec<u8>, String> {
+fn encode_aom(_: &RgbImage, _: &AvifSettings, _: NonZeroUsize) -> Result<Vec<u8>, String> {
     Err(
         "this build has no libaom encoder (imagegate-imaging's `aom` feature); \
          set avif.encoder = \"rav1e\""
@@ -228,6 +251,29 @@ mod tests {
                 assert!(
                     diff < 12.0,
                     "{encoder} {width}x{height}: mean abs difference {diff}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn aom_on_more_threads_writes_tile_columns_that_decode_like_one_thread() {
+        let p = with_encoder(AvifEncoder::Aom);
+        for (width, height) in [(768, 512), (601, 97)] {
+            let original = picture(width, height);
+            let one = encode(&original, ImageFormat::Avif, &p).unwrap();
+            let (_, one_decoded) = avifdec(&one);
+            for threads in [2, 4] {
+                let threads = NonZeroUsize::new(threads).unwrap();
+                let avif = encode_threaded(&original, ImageFormat::Avif, &p, threads).unwrap();
+                // Tile columns change the bitstream: this is the threaded path.
+                assert_ne!(avif, one, "{width}x{height} on {threads} threads");
+                let (_, decoded) = avifdec(&avif);
+                assert_eq!(decoded.dimensions(), (width, height));
+                let diff = mean_abs_diff(&one_decoded, &decoded);
+                assert!(
+                    diff < 2.0,
+                    "{width}x{height} on {threads} threads: {diff} from one thread's picture"
                 );
             }
         }

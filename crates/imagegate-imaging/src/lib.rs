@@ -33,7 +33,7 @@ mod watermark;
 
 pub use blur::blur;
 pub use decode::{decode, decode_rgba, DecodeLimits};
-pub use encode::{avif_encoder_available, encode};
+pub use encode::{avif_encoder_available, encode, encode_threaded};
 pub use error::ImagingError;
 pub use resize::{resize, resize_all, scaled_height};
 pub use watermark::Watermarker;

@@ -3,19 +3,23 @@
 //! one format with the given settings, write the file. Prints one JSON line with
 //! the milliseconds of each step and the output size.
 //!
-//!     resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e]]]
+//!     resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e [THREADS]]]]
+//!
+//! THREADS (default 1) is how many threads libaom may use, as the service gives a
+//! lone encode the CPU workers that sit idle.
 
 use imagegate_core::profile::{
     AvifEncoder, AvifSettings, ImageFormat, JpegSettings, RenderProfile,
 };
-use imagegate_imaging::{decode, encode, resize, DecodeLimits};
+use imagegate_imaging::{decode, encode_threaded, resize, DecodeLimits};
+use std::num::NonZeroUsize;
 use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
         eprintln!(
-            "usage: resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e]]]"
+            "usage: resize-encode IN.png OUT WIDTH avif|jpeg|webp QUALITY [SPEED [BIT_DEPTH [aom|rav1e [THREADS]]]]"
         );
         std::process::exit(2);
     }
@@ -35,6 +39,9 @@ fn main() {
         Some("rav1e") => AvifEncoder::Rav1e,
         Some(other) => panic!("encoder {other:?} is not aom or rav1e"),
     };
+    let threads: NonZeroUsize = args.get(9).map_or(NonZeroUsize::MIN, |s| {
+        s.parse().expect("THREADS is a number of at least 1")
+    });
     let profile = RenderProfile {
         name: "bench".to_owned(),
         variants: vec![width],
@@ -59,7 +66,7 @@ fn main() {
     let decoded = Instant::now();
     let resized = resize(&source, width).expect("resizing");
     let resized_at = Instant::now();
-    let out = encode(&resized, format, &profile).expect("encoding");
+    let out = encode_threaded(&resized, format, &profile, threads).expect("encoding");
     let encoded = Instant::now();
     std::fs::write(&args[2], &out).expect("writing the output");
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
