@@ -133,6 +133,8 @@ pub struct ConcurrencyConfig {
     pub cpu_queue: usize,
     /// Threads one miss encodes its files on; 0 means one per CPU worker. The files of
     /// one image are independent, so this cuts a miss's latency when the pool is idle.
+    /// Threads beyond one per file go to libaom (tile columns), where the kernel
+    /// allows perf task clocks to count their CPU time.
     pub encode_threads: usize,
     /// Misses between their provider call and a CPU worker at once: calling the
     /// provider, or holding its picture until a worker takes it. The bound on

@@ -4,7 +4,7 @@
 //!
 //! [`CpuPool`]: crate::cpu::CpuPool
 
-use crate::cpu::{measure, IdleWorkers};
+use crate::cpu::{measure, IdleWorkers, TaskClock};
 use crate::error::PipelineError;
 use imagegate_core::{
     ImageFormat, Micros, RenderProfile, SafetyAction, SafetyVerdict, Stage, StageCost,
@@ -146,8 +146,15 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     formats.dedup();
     let encode_started = std::time::Instant::now();
     // The job's own worker plus whichever others sit idle right now, up to
-    // encode_threads in all; held until the last file is encoded.
-    let threads_wanted = job.encode_threads.min(variants.len() * formats.len());
+    // encode_threads in all; held until the last file is encoded. Files beyond
+    // one per thread spread over the threads; threads beyond one per file go to
+    // libaom, when their CPU time can be counted.
+    let files_wanted = variants.len() * formats.len();
+    let threads_wanted = if libaom_can_thread(&formats, &job.profile) {
+        job.encode_threads
+    } else {
+        job.encode_threads.min(files_wanted)
+    };
     let helpers = job.idle_workers.take(threads_wanted.saturating_sub(1));
     let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, 1 + helpers.len())?;
     drop(helpers);
@@ -172,12 +179,40 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     })
 }
 
+/// Whether an encode may hand spare threads to libaom: only libaom AVIF encodes
+/// thread internally, and only a task clock counts the threads libaom starts.
+fn libaom_can_thread(formats: &[ImageFormat], profile: &RenderProfile) -> bool {
+    formats.contains(&ImageFormat::Avif)
+        && profile.avif.encoder == imagegate_core::profile::AvifEncoder::Aom
+        && TaskClock::available()
+}
+
+/// How `threads` split among `files`: scoped worker threads (one per file at
+/// most), and the threads each libaom encoder may use (the spare ones, shared out
+/// evenly, when libaom may thread at all).
+fn split_threads(
+    threads: usize,
+    files: usize,
+    libaom_may_thread: bool,
+) -> (usize, std::num::NonZeroUsize) {
+    let workers = threads.clamp(1, files.max(1));
+    let libaom_threads = if libaom_may_thread {
+        std::num::NonZeroUsize::new(threads / workers).unwrap_or(std::num::NonZeroUsize::MIN)
+    } else {
+        std::num::NonZeroUsize::MIN
+    };
+    (workers, libaom_threads)
+}
+
 /// One encode job's position in (variant, format) order and its result.
 type IndexedFile = (usize, Result<EncodedFile, PipelineError>);
 
-/// Encodes every variant in every format on up to `threads` scoped threads. Returns
-/// the files in (variant, format) order and the CPU time summed over the threads,
-/// each measured with its own thread clock.
+/// Encodes every variant in every format on up to `threads` threads: one scoped
+/// thread per file while there are more files than threads, and the rest, when
+/// there are fewer, split among the files' libaom encoders. Returns the files in
+/// (variant, format) order and the CPU time summed over the scoped threads, each
+/// measured with its own clock (a task clock when libaom threads are on, so that
+/// libaom's threads count too).
 fn encode_all(
     variants: &[image::RgbImage],
     formats: &[ImageFormat],
@@ -189,8 +224,19 @@ fn encode_all(
         .iter()
         .flat_map(|v| formats.iter().map(move |&f| (v, f)))
         .collect();
+    let (workers, libaom_threads) =
+        split_threads(threads, jobs.len(), libaom_can_thread(formats, profile));
     let next = AtomicUsize::new(0);
-    let worker = || -> (Vec<IndexedFile>, f64) {
+    let worker = || -> Result<(Vec<IndexedFile>, f64), PipelineError> {
+        // Started on the thread it measures, after this job's scoped threads exist,
+        // so a task clock counts this thread's libaom threads and no sibling's.
+        let task_clock = if libaom_threads.get() > 1 {
+            Some(TaskClock::start().map_err(|e| {
+                PipelineError::Internal(format!("starting the encode's task clock: {e}"))
+            })?)
+        } else {
+            None
+        };
         let measured = measure(|| {
             let mut done = Vec::new();
             loop {
@@ -198,7 +244,7 @@ fn encode_all(
                 let Some(&(v, format)) = jobs.get(i) else {
                     break;
                 };
-                let file = imagegate_imaging::encode(v, format, profile)
+                let file = imagegate_imaging::encode_threaded(v, format, profile, libaom_threads)
                     .map(|bytes| EncodedFile {
                         width: v.width(),
                         height: v.height(),
@@ -212,17 +258,23 @@ fn encode_all(
             }
             done
         });
-        (measured.value, measured.cpu_ms)
+        let cpu_ms = match &task_clock {
+            Some(clock) => clock.elapsed_ms().map_err(|e| {
+                PipelineError::Internal(format!("reading the encode's task clock: {e}"))
+            })?,
+            None => measured.cpu_ms,
+        };
+        Ok((measured.value, cpu_ms))
     };
-    let threads = threads.clamp(1, jobs.len().max(1));
     let results: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(worker)).collect();
+        let handles: Vec<_> = (1..workers).map(|_| scope.spawn(worker)).collect();
         let mut all = vec![worker()];
         for h in handles {
-            all.push(h.join().unwrap_or_else(|_| (vec![], 0.0)));
+            all.push(h.join().unwrap_or_else(|_| Ok((vec![], 0.0))));
         }
         all
     });
+    let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let cpu_ms = results.iter().map(|(_, cpu)| cpu).sum();
     let mut indexed: Vec<IndexedFile> = results.into_iter().flat_map(|(files, _)| files).collect();
     if indexed.len() != jobs.len() {
@@ -234,4 +286,78 @@ fn encode_all(
         .map(|(_, f)| f)
         .collect::<Result<Vec<_>, _>>()?;
     Ok((files, cpu_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::thread_cpu_ms;
+    use imagegate_core::profile::{AvifSettings, JpegSettings};
+
+    /// A deterministic picture with gradients and noise, so libaom has real work
+    /// in every superblock.
+    fn textured(side: u32) -> image::RgbImage {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        image::RgbImage::from_fn(side, side, |x, y| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state & 0x3f) as u8;
+            image::Rgb([
+                (x / 3) as u8 ^ noise,
+                (y / 3) as u8 ^ noise,
+                ((x + y) / 6) as u8 ^ noise,
+            ])
+        })
+    }
+
+    fn profile(formats: Vec<ImageFormat>) -> RenderProfile {
+        RenderProfile {
+            name: "test".into(),
+            variants: vec![768],
+            formats,
+            avif: AvifSettings::default(),
+            jpeg: JpegSettings::default(),
+            webp_quality: None,
+            watermark: None,
+            safety: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_lone_avif_hands_spare_threads_to_libaom_and_counts_their_cpu() {
+        let variants = vec![textured(768)];
+        let profile = profile(vec![ImageFormat::Avif]);
+        let before = thread_cpu_ms();
+        let (files, counted_cpu_ms) =
+            encode_all(&variants, &[ImageFormat::Avif], &profile, 2).expect("encoding");
+        let calling_thread_cpu_ms = thread_cpu_ms() - before;
+        assert_eq!(files.len(), 1);
+        assert!(files[0].bytes.starts_with(&[0, 0, 0]) && files[0].bytes.len() > 1000);
+        // The encode ran on this thread and on the thread libaom started: what it
+        // reports must include the second one's time, which this thread's clock
+        // cannot see.
+        assert!(
+            counted_cpu_ms > calling_thread_cpu_ms + 1.0,
+            "reported {counted_cpu_ms} ms of CPU; the calling thread used {calling_thread_cpu_ms} ms"
+        );
+    }
+
+    #[test]
+    fn threads_go_to_files_first_and_the_spare_ones_to_libaom() {
+        let split = |threads, files, libaom| {
+            let (workers, libaom_threads) = split_threads(threads, files, libaom);
+            (workers, libaom_threads.get())
+        };
+        // More files than threads: one file per thread, libaom on one thread each.
+        assert_eq!(split(2, 6, true), (2, 1));
+        assert_eq!(split(4, 4, true), (4, 1));
+        // Fewer: the spare threads are shared out among the files' encoders.
+        assert_eq!(split(2, 1, true), (1, 2));
+        assert_eq!(split(4, 2, true), (2, 2));
+        assert_eq!(split(5, 2, true), (2, 2));
+        // Never when libaom may not thread (rav1e, no AVIF, or no task clock).
+        assert_eq!(split(4, 1, false), (1, 1));
+        assert_eq!(split(0, 3, true), (1, 1));
+    }
 }
