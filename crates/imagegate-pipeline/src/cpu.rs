@@ -152,8 +152,9 @@ impl TaskClock {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "perf task clocks are not available: libaom encodes stay on one thread, \
-                     whose CPU time the thread clock can account"
+                    "perf task clocks are not available (perf_event_open refused; in Docker, \
+                     --cap-add PERFMON): libaom encodes stay on one thread, whose CPU time \
+                     the thread clock can account"
                 );
                 false
             }

@@ -174,6 +174,11 @@ impl Pipeline {
         } else {
             c.cpu_workers
         };
+        // Checked now so that a kernel refusing perf events is in the start-up log,
+        // not first noticed by a request.
+        if cpu::TaskClock::available() {
+            tracing::debug!("perf task clocks available: a lone libaom encode may thread");
+        }
         Ok(Pipeline {
             cache: moka::future::Cache::new(c.cache_entries),
             keys: key_memo::KeyMemo::new(),
