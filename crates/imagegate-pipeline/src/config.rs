@@ -146,6 +146,19 @@ pub struct ConcurrencyConfig {
     pub cache_entries: u64,
 }
 
+impl ConcurrencyConfig {
+    /// `cpu_workers` with 0 resolved to one per core.
+    pub fn resolved_cpu_workers(&self) -> usize {
+        if self.cpu_workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        } else {
+            self.cpu_workers
+        }
+    }
+}
+
 impl Default for ConcurrencyConfig {
     fn default() -> Self {
         ConcurrencyConfig {
@@ -284,6 +297,10 @@ pub struct SafetyConfig {
     pub model_sha256: String,
     #[serde(default = "pinned_runtime_sha256")]
     pub runtime_sha256: String,
+    /// ONNX Runtime sessions, each holding the model's weights (about 30 MB). 0 means
+    /// one per four CPU workers: classifying is about a tenth of a miss's CPU, so one
+    /// session keeps up with four workers, and a second on two cores only cost memory
+    /// (BENCHMARKS.md, peak RSS).
     #[serde(default = "default_sessions")]
     pub sessions: usize,
     #[serde(default = "default_intra_threads")]
@@ -304,18 +321,23 @@ fn pinned_runtime_sha256() -> String {
     imagegate_safety::RUNTIME_SHA256.into()
 }
 fn default_sessions() -> usize {
-    2
+    0
 }
 fn default_intra_threads() -> usize {
     1
 }
 
 impl SafetyConfig {
-    pub fn classifier_config(&self) -> imagegate_safety::ClassifierConfig {
+    /// The classifier's settings for a pool of `cpu_workers` workers.
+    pub fn classifier_config(&self, cpu_workers: usize) -> imagegate_safety::ClassifierConfig {
         imagegate_safety::ClassifierConfig {
             model_path: self.model.clone(),
             runtime_library: self.runtime_library.clone(),
-            sessions: self.sessions,
+            sessions: if self.sessions == 0 {
+                cpu_workers.div_ceil(4).max(1)
+            } else {
+                self.sessions
+            },
             intra_threads: self.intra_threads,
             model_sha256: Some(self.model_sha256.clone()),
             runtime_sha256: Some(self.runtime_sha256.clone()),
@@ -396,9 +418,6 @@ impl PipelineConfig {
                 .map_err(|e| format!("server.openai.models.{alias}: {e}"))?;
         }
         self.budgets.validate()?;
-        if self.safety.sessions == 0 {
-            return Err("safety.sessions must be at least 1".into());
-        }
         Ok(())
     }
 
@@ -420,5 +439,40 @@ impl PipelineConfig {
             out.insert(name.clone(), p);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn safety(sessions: Option<usize>) -> SafetyConfig {
+        let mut fields = serde_json::json!({
+            "classifier": true,
+            "model": "models/open-nsfw.onnx",
+            "runtime_library": "models/libonnxruntime.so",
+        });
+        if let Some(n) = sessions {
+            fields["sessions"] = n.into();
+        }
+        serde_json::from_value(fields).expect("a safety section")
+    }
+
+    #[test]
+    fn sessions_default_to_one_per_four_cpu_workers() {
+        let auto = safety(None);
+        let sessions = |workers| auto.classifier_config(workers).sessions;
+        assert_eq!(
+            [
+                sessions(1),
+                sessions(2),
+                sessions(4),
+                sessions(5),
+                sessions(16)
+            ],
+            [1, 1, 1, 2, 4]
+        );
+        assert_eq!(safety(Some(3)).classifier_config(2).sessions, 3);
+        assert_eq!(safety(Some(0)).classifier_config(8).sessions, 2);
     }
 }

@@ -150,7 +150,9 @@ impl Pipeline {
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
         let classifier = if config.safety.classifier {
-            let cc = config.safety.classifier_config();
+            let cc = config
+                .safety
+                .classifier_config(config.concurrency.resolved_cpu_workers());
             // Loading builds ONNX sessions: seconds of CPU, so not on the async workers.
             let loaded = tokio::task::spawn_blocking(move || Classifier::load(&cc))
                 .await
@@ -167,13 +169,7 @@ impl Pipeline {
         let ledger = Ledger::open(&config.ledger).await?;
         let budgets = budget::Budgets::new(config.budgets.clone(), ledger.clone());
         let c = &config.concurrency;
-        let workers = if c.cpu_workers == 0 {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        } else {
-            c.cpu_workers
-        };
+        let workers = c.resolved_cpu_workers();
         // Checked now so that a kernel refusing perf events is in the start-up log,
         // not first noticed by a request.
         if cpu::TaskClock::available() {

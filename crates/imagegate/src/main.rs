@@ -474,7 +474,9 @@ async fn classify(
         .get(&profile_name)
         .with_context(|| format!("profile {profile_name:?} is not configured"))?
         .safety;
-    let classifier_config = config.safety.classifier_config();
+    let classifier_config = config
+        .safety
+        .classifier_config(config.concurrency.resolved_cpu_workers());
     let limits = imagegate_imaging::DecodeLimits {
         max_pixels: config.limits.max_pixels,
         max_side: config.limits.max_side,
