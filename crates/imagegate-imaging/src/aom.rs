@@ -204,8 +204,8 @@ fn encode_av1(
         if threads.get() > 1 {
             // One tile gives libaom's threads only rows of superblocks to share,
             // which did little for a 768 px picture; tile columns of at least 256 px
-            // encode independently. They cost about 1% in bytes, and only a lone
-            // encode with idle cores gets here.
+            // encode independently. They cost about 1% in bytes, paid only by
+            // callers that ask for threads.
             let most_columns = (width / 256).max(1).ilog2();
             let tile_columns_log2 = threads.get().ilog2().min(most_columns);
             ctx.control(c::AV1E_SET_TILE_COLUMNS, tile_columns_log2 as c_int)?;

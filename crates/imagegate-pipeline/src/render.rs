@@ -149,14 +149,20 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
     // encode_threads in all; held until the last file is encoded. Files beyond
     // one per thread spread over the threads; threads beyond one per file go to
     // libaom, when their CPU time can be counted.
-    let files_wanted = variants.len() * formats.len();
-    let threads_wanted = if libaom_can_thread(&formats, &job.profile) {
+    let libaom_may_thread = libaom_can_thread(&formats, &job.profile);
+    let threads_wanted = if libaom_may_thread {
         job.encode_threads
     } else {
-        job.encode_threads.min(files_wanted)
+        job.encode_threads.min(variants.len() * formats.len())
     };
     let helpers = job.idle_workers.take(threads_wanted.saturating_sub(1));
-    let (files, encode_cpu_ms) = encode_all(&variants, &formats, &job.profile, 1 + helpers.len())?;
+    let (files, encode_cpu_ms) = encode_all(
+        &variants,
+        &formats,
+        &job.profile,
+        1 + helpers.len(),
+        libaom_may_thread,
+    )?;
     drop(helpers);
     let encode_wall_ms = encode_started.elapsed().as_secs_f64() * 1e3;
     let mut s = stage(Stage::Encode, encode_wall_ms, encode_cpu_ms, price);
@@ -218,14 +224,14 @@ fn encode_all(
     formats: &[ImageFormat],
     profile: &RenderProfile,
     threads: usize,
+    libaom_may_thread: bool,
 ) -> Result<(Vec<EncodedFile>, f64), PipelineError> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let jobs: Vec<(&image::RgbImage, ImageFormat)> = variants
         .iter()
         .flat_map(|v| formats.iter().map(move |&f| (v, f)))
         .collect();
-    let (workers, libaom_threads) =
-        split_threads(threads, jobs.len(), libaom_can_thread(formats, profile));
+    let (workers, libaom_threads) = split_threads(threads, jobs.len(), libaom_may_thread);
     let next = AtomicUsize::new(0);
     let worker = || -> (Vec<IndexedFile>, f64) {
         // Started on the thread it measures, after this job's scoped threads exist,
@@ -345,8 +351,15 @@ mod tests {
         let variants = vec![textured(768)];
         let profile = profile(vec![ImageFormat::Avif]);
         let before = thread_cpu_ms();
-        let (files, counted_cpu_ms) =
-            encode_all(&variants, &[ImageFormat::Avif], &profile, 2).expect("encoding");
+        let formats = [ImageFormat::Avif];
+        let (files, counted_cpu_ms) = encode_all(
+            &variants,
+            &formats,
+            &profile,
+            2,
+            libaom_can_thread(&formats, &profile),
+        )
+        .expect("encoding");
         let calling_thread_cpu_ms = thread_cpu_ms() - before;
         assert_eq!(files.len(), 1);
         assert!(files[0].bytes.starts_with(&[0, 0, 0]) && files[0].bytes.len() > 1000);
