@@ -41,6 +41,8 @@ pub(crate) use with_pool;
 /// How long a caller waits for a connection (or for PostgreSQL to answer a connect)
 /// before the ledger reports an error instead of hanging the request.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SQLite connection waits for another's write lock before it fails.
+pub(crate) const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Pool {
     /// Opens and migrates. `url` is the caller's; `shown` is its redacted form, the only
@@ -67,7 +69,7 @@ impl Pool {
                 .journal_mode(SqliteJournalMode::Wal)
                 // FULL: a commit is on disk before the response that reports it leaves.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true);
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)

@@ -12,6 +12,7 @@ mod delivery;
 mod keys;
 mod lease;
 mod report;
+mod sqlite_writer;
 #[cfg(test)]
 mod testing;
 mod writer;
@@ -52,6 +53,17 @@ pub enum LedgerError {
     /// A value the ledger refuses to store (the message says why).
     #[error("{0}")]
     Invalid(String),
+    /// SQLite refused the request rows (the ledger's writer writes them with its own
+    /// connection, not through sqlx).
+    #[error("ledger database {url}: {source}")]
+    Write {
+        url: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The SQLite writer's connection or thread could not be started.
+    #[error("ledger database {url}: {reason}")]
+    WriterStart { url: String, reason: String },
     /// The task that commits request rows is gone (the runtime is shutting down).
     #[error("the ledger writer has stopped")]
     WriterStopped,
@@ -139,7 +151,7 @@ impl Ledger {
     pub async fn open(config: &LedgerConfig) -> Result<Ledger, LedgerError> {
         let url = backend::redact(&config.url);
         let pool = Pool::open(&config.url, &url).await?;
-        let writer = writer::Writer::spawn(pool.clone());
+        let writer = writer::Writer::spawn(&pool).map_err(|e| write_error(&url, e))?;
         Ok(Ledger { pool, writer, url })
     }
 
@@ -167,10 +179,7 @@ impl Ledger {
         self.writer
             .record(request.clone(), stages.to_vec())
             .await
-            .map_err(|e| match e {
-                writer::WriteError::Database(source) => self.db(source),
-                writer::WriteError::Stopped => LedgerError::WriterStopped,
-            })
+            .map_err(|e| write_error(&self.url, e))
     }
 
     /// How many times `stage` ran for `key`: e.g. generations paid for one key.
@@ -257,6 +266,17 @@ impl Ledger {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// `url` is the redacted one.
+fn write_error(url: &str, e: writer::WriteError) -> LedgerError {
+    let url = url.to_string();
+    match e {
+        writer::WriteError::Database(source) => LedgerError::Database { url, source },
+        writer::WriteError::Sqlite(source) => LedgerError::Write { url, source },
+        writer::WriteError::Start(reason) => LedgerError::WriterStart { url, reason },
+        writer::WriteError::Stopped => LedgerError::WriterStopped,
     }
 }
 

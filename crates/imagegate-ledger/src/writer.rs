@@ -3,31 +3,37 @@
 //! the cache-hit path. One task owns the writes instead: it takes whatever requests
 //! are waiting (up to [`MAX_BATCH`]), writes them in one transaction, commits, and
 //! only then tells each caller its row id, so "returned means durable" still holds.
+//! For PostgreSQL that task runs on the runtime and writes through the sqlx pool; for
+//! SQLite it is a thread with its own connection ([`crate::sqlite_writer`] says why).
 
-use crate::backend::{with_pool, Pool};
+use crate::backend::{Pool, SQLITE_BUSY_TIMEOUT};
 use crate::RequestRecord;
 use chrono::{SecondsFormat, Utc};
 use imagegate_core::{Micros, StageCost};
+use sqlx::PgPool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests per transaction at most: large enough that a burst shares one commit,
 /// small enough that one transaction never holds the SQLite write lock for long.
-const MAX_BATCH: usize = 256;
+pub(crate) const MAX_BATCH: usize = 256;
 /// Requests waiting for the writer at most; callers beyond it wait to enqueue.
 const QUEUE: usize = 4096;
 
 pub(crate) enum WriteError {
     Database(sqlx::Error),
+    Sqlite(rusqlite::Error),
+    /// The SQLite writer's connection or thread could not be started.
+    Start(String),
     Stopped,
 }
 
-struct Pending {
-    request: RequestRecord,
-    stages: Vec<StageCost>,
-    created_at: String,
-    done: oneshot::Sender<Result<i64, sqlx::Error>>,
+pub(crate) struct Pending {
+    pub(crate) request: RequestRecord,
+    pub(crate) stages: Vec<StageCost>,
+    pub(crate) created_at: String,
+    pub(crate) done: oneshot::Sender<Result<i64, WriteError>>,
 }
 
 #[derive(Clone)]
@@ -39,13 +45,27 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writing task on the current runtime; it ends when the last
-    /// `Writer` clone is dropped.
-    pub(crate) fn spawn(pool: Pool) -> Writer {
+    /// Starts the writer (for PostgreSQL a task on the current runtime, for SQLite a
+    /// thread with its own connection); it ends when the last `Writer` clone is dropped.
+    pub(crate) fn spawn(pool: &Pool) -> Result<Writer, WriteError> {
         let (queue, pending) = mpsc::channel(QUEUE);
         let commits = Arc::new(AtomicU64::new(0));
-        tokio::spawn(write_batches(pool, pending, Arc::clone(&commits)));
-        Writer { queue, commits }
+        match pool {
+            Pool::Sqlite(p) => {
+                let path = p.connect_options().get_filename().to_path_buf();
+                let conn = crate::sqlite_writer::open(&path, SQLITE_BUSY_TIMEOUT)
+                    .map_err(WriteError::Sqlite)?;
+                let counted = Arc::clone(&commits);
+                std::thread::Builder::new()
+                    .name("ledger-writer".into())
+                    .spawn(move || crate::sqlite_writer::write_batches(conn, pending, &counted))
+                    .map_err(|e| WriteError::Start(format!("starting the writer thread: {e}")))?;
+            }
+            Pool::Postgres(p) => {
+                tokio::spawn(write_batches(p.clone(), pending, Arc::clone(&commits)));
+            }
+        }
+        Ok(Writer { queue, commits })
     }
 
     #[cfg(test)]
@@ -70,14 +90,15 @@ impl Writer {
             .send(pending)
             .await
             .map_err(|_| WriteError::Stopped)?;
-        match answer.await {
-            Ok(result) => result.map_err(WriteError::Database),
-            Err(_) => Err(WriteError::Stopped),
-        }
+        answer.await.unwrap_or(Err(WriteError::Stopped))
     }
 }
 
-async fn write_batches(pool: Pool, mut pending: mpsc::Receiver<Pending>, commits: Arc<AtomicU64>) {
+async fn write_batches(
+    pool: PgPool,
+    mut pending: mpsc::Receiver<Pending>,
+    commits: Arc<AtomicU64>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
         match commit(&pool, &batch, &commits).await {
@@ -89,13 +110,14 @@ async fn write_batches(pool: Pool, mut pending: mpsc::Receiver<Pending>, commits
             // One request's bad row must not fail the others it was batched with:
             // write each alone, so every caller gets its own outcome.
             Err(error) if batch.len() == 1 => {
-                let _ = batch.remove(0).done.send(Err(error));
+                let _ = batch.remove(0).done.send(Err(WriteError::Database(error)));
             }
             Err(_) => {
                 for p in batch.drain(..) {
                     let result = commit(&pool, std::slice::from_ref(&p), &commits)
                         .await
-                        .map(|ids| ids[0]);
+                        .map(|ids| ids[0])
+                        .map_err(WriteError::Database);
                     let _ = p.done.send(result);
                 }
             }
@@ -104,7 +126,7 @@ async fn write_batches(pool: Pool, mut pending: mpsc::Receiver<Pending>, commits
 }
 
 async fn commit(
-    pool: &Pool,
+    pool: &PgPool,
     batch: &[Pending],
     commits: &AtomicU64,
 ) -> Result<Vec<i64>, sqlx::Error> {
@@ -138,9 +160,9 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 /// One multi-row INSERT per table, not one statement per row: every statement is a
 /// round trip to the database (for SQLite, to its connection's worker thread), and
 /// the hits waiting for this commit wait for all of them.
-async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
-    with_pool!(pool, p => async {
-        let mut tx = p.begin().await?;
+async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
+    {
+        let mut tx = pool.begin().await?;
         let mut ids = Vec::with_capacity(batch.len());
         for chunk in chunks(batch) {
             let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
@@ -149,7 +171,12 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
                  api_key, profile, micros, wall_ms, created_at) ",
             );
             query.push_values(chunk.iter().zip(&keys), |mut row, (pending, key)| {
-                let Pending { request, stages, created_at, .. } = pending;
+                let Pending {
+                    request,
+                    stages,
+                    created_at,
+                    ..
+                } = pending;
                 let total: Micros = stages.iter().map(|s| s.micros).sum();
                 row.push_bind(&request.request_id)
                     .push_bind(key)
@@ -168,10 +195,7 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
             // rows of one INSERT in VALUES order, each above the last (SQLite
             // AUTOINCREMENT, a PostgreSQL identity), so sorted ids are in batch order;
             // concurrent_records_share_commits_and_every_row_lands checks it.
-            let mut chunk_ids: Vec<i64> = query
-                .build_query_scalar()
-                .fetch_all(&mut *tx)
-                .await?;
+            let mut chunk_ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;
             chunk_ids.sort_unstable();
             if chunk_ids.len() != chunk.len() {
                 return Err(sqlx::Error::Protocol(format!(
@@ -212,10 +236,9 @@ async fn insert(pool: &Pool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error>
         tx.commit().await?;
         Ok(ids)
     }
-    .await)
 }
 
-fn saturating_i64(v: u64) -> i64 {
+pub(crate) fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -378,7 +401,7 @@ mod tests {
             let result = task.await.unwrap();
             if n == 10 {
                 assert!(
-                    matches!(result, Err(LedgerError::Database { .. })),
+                    matches!(result, Err(LedgerError::Write { .. })),
                     "the NaN row is refused: {result:?}"
                 );
             } else {
