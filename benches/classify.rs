@@ -1,12 +1,15 @@
 //! Milliseconds per image: `Classifier::score` end to end (preprocess + inference)
-//! against bare inference on an already preprocessed tensor.
+//! against bare inference on an already preprocessed tensor, and preprocessing alone,
+//! both the fast path `score` uses and the scalar reference it must equal.
 //!
 //! Needs the model and runtime (`scripts/fetch-models.sh`, or IMAGEGATE_MODELS_DIR)
 //! and the corpus (`../shared/corpus`, or IMAGEGATE_CORPUS); skips with a message
 //! when either is absent.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use imagegate_safety::{preprocess, Classifier, ClassifierConfig, MODEL_FILE};
+use imagegate_safety::{
+    preprocess, preprocess_reference, Classifier, ClassifierConfig, MODEL_FILE,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -84,6 +87,12 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 1) % images.len();
             preprocess(&images[next]).expect("preprocess")
+        })
+    });
+    group.bench_function("preprocess_reference_1024px", |b| {
+        b.iter(|| {
+            next = (next + 1) % images.len();
+            preprocess_reference(&images[next]).expect("preprocess")
         })
     });
     group.bench_function("bare_session_run", |b| {

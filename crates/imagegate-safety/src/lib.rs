@@ -14,6 +14,7 @@
 //! [`decide`] with the profile's thresholds; [`PromptScreen::check`] before generation.
 
 mod classifier;
+mod crop_resample;
 mod error;
 mod pillow_resample;
 mod policy;
@@ -25,5 +26,5 @@ pub use classifier::{
 };
 pub use error::SafetyError;
 pub use policy::decide;
-pub use preprocess::{preprocess, CROP, INPUT_LEN, MEAN_BGR, RESIZE};
+pub use preprocess::{preprocess, preprocess_reference, CROP, INPUT_LEN, MEAN_BGR, RESIZE};
 pub use prompt_screen::{PromptScreen, ScreenHit};

@@ -8,19 +8,30 @@
 //! one gives the reference's exact pixels, so any score difference is the runtime's.
 
 /// Fractional bits of the fixed-point coefficients (Pillow's `PRECISION_BITS`).
-const PRECISION_BITS: u32 = 32 - 8 - 2;
+pub(crate) const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Rounding bias every accumulator starts from, so `>> PRECISION_BITS` rounds to nearest.
+pub(crate) const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Per output position: first input index and that index's weights.
-struct Coefficients {
+pub(crate) struct Coefficients {
     bounds: Vec<(usize, usize)>,
     weights: Vec<i32>,
     /// Stride of `weights` per output position.
     ksize: usize,
 }
 
+impl Coefficients {
+    /// First input index of output position `out` and its weights, one per input index.
+    pub(crate) fn taps(&self, out: usize) -> (usize, &[i32]) {
+        let (first, count) = self.bounds[out];
+        let start = out * self.ksize;
+        (first, &self.weights[start..start + count])
+    }
+}
+
 /// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter
 /// over the whole input (`box` = 0..in_size).
-fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
+pub(crate) fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // bilinear support 1.0, stretched
@@ -57,7 +68,7 @@ fn coefficients(in_size: usize, out_size: usize) -> Coefficients {
 }
 
 #[inline]
-fn clip8(acc: i32) -> u8 {
+pub(crate) fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -74,7 +85,6 @@ pub(crate) fn resize_rgb8(
     if src_w == dst_w && src_h == dst_h {
         return src.to_vec();
     }
-    const HALF: i32 = 1 << (PRECISION_BITS - 1);
     let vert = coefficients(src_h, dst_h);
 
     // Horizontal pass, only over the rows the vertical pass reads (as Pillow does).

@@ -4,7 +4,12 @@
 //! with the downscale factor, i.e. antialiased; reproduced exactly by
 //! [`crate::pillow_resample`]), crop the central 224x224, reorder to BGR, subtract the
 //! Caffe means. The result is one NHWC image without the batch axis.
+//!
+//! [`preprocess`] computes only the cropped pixels, with SIMD where the CPU has it
+//! ([`crate::crop_resample`]); [`preprocess_reference`] does the above step by step.
+//! Both give the same floats, bit for bit.
 
+use crate::crop_resample::{resample_crop_into, Kernels};
 use crate::pillow_resample::resize_rgb8;
 use crate::SafetyError;
 use image::RgbImage;
@@ -32,14 +37,32 @@ pub fn preprocess(image: &RgbImage) -> Result<Vec<f32>, SafetyError> {
 
 /// [`preprocess`] into a caller's buffer of [`INPUT_LEN`] floats.
 pub(crate) fn preprocess_into(image: &RgbImage, out: &mut [f32]) -> Result<(), SafetyError> {
+    check_size(image)?;
+    resample_crop_into(
+        Kernels::detect(),
+        image.as_raw(),
+        image.width() as usize,
+        image.height() as usize,
+        out,
+    );
+    Ok(())
+}
+
+/// [`preprocess`] the straightforward way, in scalar code: the whole 256x256 resize,
+/// then the crop. Several times slower and the same result; kept as the reference the
+/// fast path is tested against, and benchmarked beside it.
+pub fn preprocess_reference(image: &RgbImage) -> Result<Vec<f32>, SafetyError> {
+    let mut out = vec![0.0; INPUT_LEN];
+    preprocess_reference_into(image, &mut out)?;
+    Ok(out)
+}
+
+pub(crate) fn preprocess_reference_into(
+    image: &RgbImage,
+    out: &mut [f32],
+) -> Result<(), SafetyError> {
     debug_assert_eq!(out.len(), INPUT_LEN);
-    if image.width() == 0 || image.height() == 0 {
-        return Err(SafetyError::BadImage(format!(
-            "image is {}x{}",
-            image.width(),
-            image.height()
-        )));
-    }
+    check_size(image)?;
     let pixels = resize_rgb8(
         image.as_raw(),
         image.width() as usize,
@@ -57,6 +80,18 @@ pub(crate) fn preprocess_into(image: &RgbImage, out: &mut [f32]) -> Result<(), S
             dst[1] = f32::from(rgb[1]) - MEAN_BGR[1];
             dst[2] = f32::from(rgb[0]) - MEAN_BGR[2];
         }
+    }
+    Ok(())
+}
+
+/// An empty (zero-sized) image cannot be resized.
+fn check_size(image: &RgbImage) -> Result<(), SafetyError> {
+    if image.width() == 0 || image.height() == 0 {
+        return Err(SafetyError::BadImage(format!(
+            "image is {}x{}",
+            image.width(),
+            image.height()
+        )));
     }
     Ok(())
 }
@@ -102,7 +137,12 @@ mod tests {
 
     #[test]
     fn empty_image_is_an_error() {
-        let img = RgbImage::new(0, 10);
-        assert!(matches!(preprocess(&img), Err(SafetyError::BadImage(_))));
+        for img in [RgbImage::new(0, 10), RgbImage::new(10, 0)] {
+            assert!(matches!(preprocess(&img), Err(SafetyError::BadImage(_))));
+            assert!(matches!(
+                preprocess_reference(&img),
+                Err(SafetyError::BadImage(_))
+            ));
+        }
     }
 }
