@@ -11,19 +11,38 @@
 //! re-reading pages. Under cache-hit load the ledger took about half of the server's
 //! time that way (BENCHMARKS.md, "Cache hits, 2026-11-25").
 
-use crate::writer::{saturating_i64, Pending, WriteError, MAX_BATCH};
-use imagegate_core::Micros;
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+use crate::writer::{chunks, saturating_i64, Pending, WriteError, MAX_BATCH};
+use imagegate_core::{Micros, StageCost};
+use rusqlite::{params_from_iter, Connection, OpenFlags, ToSql, TransactionBehavior};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-const INSERT_REQUEST: &str = "INSERT INTO requests (request_id, content_key, cache, status, \
-     provider, model, api_key, profile, micros, wall_ms, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
-const INSERT_STAGE: &str = "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, \
-     bytes_in, bytes_out, detail, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const REQUEST_COLUMNS: &str = "INSERT INTO requests (request_id, content_key, cache, status, \
+     provider, model, api_key, profile, micros, wall_ms, created_at) VALUES ";
+const REQUEST_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+const STAGE_COLUMNS: &str = "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, \
+     bytes_in, bytes_out, detail, created_at) VALUES ";
+const STAGE_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// Statement texts kept prepared: one per power-of-two chunk length and table.
+const STATEMENT_CACHE: usize = 32;
+
+/// `INSERT ... VALUES row, row, ...` with `rows` placeholder groups.
+fn insert_sql(columns: &str, row: &str, rows: usize, returning: bool) -> String {
+    let mut sql = String::with_capacity(columns.len() + rows * (row.len() + 2) + 13);
+    sql.push_str(columns);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    if returning {
+        sql.push_str(" RETURNING id");
+    }
+    sql
+}
 
 /// Opens the writer's connection to a ledger file the pool has already created and
 /// migrated, with the pool's durability settings.
@@ -45,6 +64,7 @@ pub(crate) fn open(path: &Path, busy_timeout: Duration) -> rusqlite::Result<Conn
     // FULL: a commit is on disk before the response that reports it leaves.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }
 
@@ -81,6 +101,10 @@ pub(crate) fn write_batches(
 
 /// Writes `batch` in one transaction; the request row ids in `batch` order. On an
 /// error the transaction rolls back when it is dropped, and nothing of it is kept.
+///
+/// One multi-row INSERT per table and chunk, not one per row: each statement opens
+/// cursors on the table and its indexes and updates the AUTOINCREMENT counter, and
+/// per row that cost about as much as the rows themselves.
 fn commit(
     conn: &mut Connection,
     batch: &[Pending],
@@ -90,45 +114,77 @@ fn commit(
     // a snapshot gone stale behind another writer cannot fail the upgrade.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut ids = Vec::with_capacity(batch.len());
-    {
-        let mut insert_request = tx.prepare_cached(INSERT_REQUEST)?;
-        let mut insert_stage = tx.prepare_cached(INSERT_STAGE)?;
-        for Pending {
-            request,
-            stages,
-            created_at,
-            ..
-        } in batch
-        {
-            let total: Micros = stages.iter().map(|s| s.micros).sum();
-            let id = insert_request.insert(params![
-                request.request_id,
-                request.key.to_hex(),
-                request.cache.as_str(),
-                request.status,
-                request.provider,
-                request.model,
-                request.api_key,
-                request.profile,
-                total.0,
-                request.wall_ms,
-                created_at,
-            ])?;
-            for s in stages {
-                insert_stage.execute(params![
-                    id,
-                    s.stage.as_str(),
-                    s.micros.0,
-                    s.wall_ms,
-                    s.cpu_ms,
-                    saturating_i64(s.bytes_in),
-                    saturating_i64(s.bytes_out),
-                    s.detail.to_string(),
-                    created_at,
-                ])?;
-            }
-            ids.push(id);
+    for chunk in chunks(batch) {
+        let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
+        let totals: Vec<i64> = chunk
+            .iter()
+            .map(|p| p.stages.iter().map(|s| s.micros).sum::<Micros>().0)
+            .collect();
+        let outcomes: Vec<&str> = chunk.iter().map(|p| p.request.cache.as_str()).collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
+        for (((p, key), total), outcome) in chunk.iter().zip(&keys).zip(&totals).zip(&outcomes) {
+            let r = &p.request;
+            values.extend([
+                &r.request_id as &dyn ToSql,
+                key,
+                outcome,
+                &r.status,
+                &r.provider,
+                &r.model,
+                &r.api_key,
+                &r.profile,
+                total,
+                &r.wall_ms,
+                &p.created_at,
+            ]);
         }
+        let sql = insert_sql(REQUEST_COLUMNS, REQUEST_ROW, chunk.len(), true);
+        let mut insert = tx.prepare_cached(&sql)?;
+        let mut chunk_ids = insert
+            .query_map(params_from_iter(values), |row| row.get::<_, i64>(0))?
+            .collect::<rusqlite::Result<Vec<i64>>>()?;
+        // RETURNING promises no order; SQLite numbers one INSERT's rows in VALUES
+        // order, each above the last, so sorted ids are in batch order
+        // (concurrent_records_share_commits_and_every_row_lands checks it).
+        chunk_ids.sort_unstable();
+        if chunk_ids.len() != chunk.len() {
+            return Err(rusqlite::Error::StatementChangedRows(chunk_ids.len()));
+        }
+        ids.extend(chunk_ids);
+    }
+    let stages: Vec<(i64, &Pending, &StageCost, String)> = batch
+        .iter()
+        .zip(&ids)
+        .flat_map(|(p, &id)| {
+            p.stages
+                .iter()
+                .map(move |s| (id, p, s, s.detail.to_string()))
+        })
+        .collect();
+    for chunk in chunks(&stages) {
+        let names: Vec<(&str, [i64; 2])> = chunk
+            .iter()
+            .map(|(_, _, s, _)| {
+                let bytes = [saturating_i64(s.bytes_in), saturating_i64(s.bytes_out)];
+                (s.stage.as_str(), bytes)
+            })
+            .collect();
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
+        for ((id, p, s, detail), (name, [bytes_in, bytes_out])) in chunk.iter().zip(&names) {
+            values.extend([
+                id as &dyn ToSql,
+                name,
+                &s.micros.0,
+                &s.wall_ms,
+                &s.cpu_ms,
+                bytes_in,
+                bytes_out,
+                detail,
+                &p.created_at,
+            ]);
+        }
+        let sql = insert_sql(STAGE_COLUMNS, STAGE_ROW, chunk.len(), false);
+        tx.prepare_cached(&sql)?.execute(params_from_iter(values))?;
     }
     tx.commit()?;
     commits.fetch_add(1, Ordering::Relaxed);

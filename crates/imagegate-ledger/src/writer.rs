@@ -143,7 +143,7 @@ const ROWS_PER_STATEMENT: usize = 512;
 /// [`ROWS_PER_STATEMENT`]): a handful of statement texts, each prepared once and kept
 /// in the connection's statement cache, instead of one new text per batch size,
 /// whose parsing cost about as much as the rows it inserted.
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(crate) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
