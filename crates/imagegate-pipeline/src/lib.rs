@@ -369,7 +369,11 @@ impl Pipeline {
             CacheMode::Use => {
                 let slot = origin.clone();
                 let init = async move {
-                    let (m, from) = self.produce_once_across_replicas(key, produce).await?;
+                    // Boxed here and below: the miss path's state machine is kilobytes
+                    // (provider call, render, upload), and inline it would be part of
+                    // every hit's future too, which is copied each time it is moved.
+                    let (m, from) =
+                        Box::pin(self.produce_once_across_replicas(key, produce)).await?;
                     *slot.lock().expect("origin lock is never poisoned") = Some(from);
                     Ok::<_, PipelineError>(Arc::new(m))
                 };
@@ -397,7 +401,7 @@ impl Pipeline {
                 }
             }
             CacheMode::Refresh | CacheMode::Bypass => {
-                let manifest = Arc::new(produce().await?);
+                let manifest = Arc::new(Box::pin(produce()).await?);
                 if mode == CacheMode::Refresh {
                     self.cache.insert(key, manifest.clone()).await;
                 } else {
