@@ -9,7 +9,6 @@
 use crate::{ApiError, AppState};
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -178,22 +177,23 @@ fn is_open(path: &str) -> bool {
     ) || path.starts_with("/cdn/")
 }
 
+/// Checks the caller's key (and its rate limit) and records who it is on `req`;
+/// `Err` is the refusal to send instead of running the route.
 pub(crate) async fn authenticate(
-    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-    mut req: Request<axum::body::Body>,
-    next: Next,
-) -> Response {
-    let path = req.uri().path().to_string();
-    if is_open(&path) {
-        return next.run(req).await;
+    state: &AppState,
+    req: &mut Request<axum::body::Body>,
+) -> Result<(), Response> {
+    let path = req.uri().path();
+    if is_open(path) {
+        return Ok(());
     }
     let openai_shape = path == "/v1/images/generations";
-    let fail = |e: ApiError| -> Response {
-        if openai_shape {
+    let fail = |e: ApiError| -> Result<(), Response> {
+        Err(if openai_shape {
             crate::openai::OpenAiError::from(e).into_response()
         } else {
             e.into_response()
-        }
+        })
     };
     let auth = &state.auth;
     let bearer = req
@@ -251,5 +251,5 @@ pub(crate) async fn authenticate(
         return fail(e);
     }
     req.extensions_mut().insert(AuthedKey(key_id));
-    next.run(req).await
+    Ok(())
 }

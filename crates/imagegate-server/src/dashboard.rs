@@ -11,7 +11,6 @@ use crate::{ApiError, AppState};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{MatchedPath, Query, Request, State};
 use axum::http::{header, Method, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -123,23 +122,39 @@ pub(crate) async fn delivery(
 /// Counts every answer by route template (never the raw path, which holds ids),
 /// method and status, and times it: `imagegate_http_requests_total` and
 /// `imagegate_http_request_duration_seconds`.
-pub(crate) async fn count_requests(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".to_string());
-    let method = method_label(req.method());
-    let started = Instant::now();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("imagegate_http_requests_total",
-        "route" => route.clone(), "method" => method, "status" => status)
-    .increment(1);
-    metrics::histogram!("imagegate_http_request_duration_seconds",
-        "route" => route, "method" => method)
-    .record(started.elapsed().as_secs_f64());
-    response
+pub(crate) struct RequestCount {
+    route: String,
+    method: &'static str,
+    started: Instant,
+}
+
+impl RequestCount {
+    pub(crate) fn start(req: &Request) -> RequestCount {
+        RequestCount {
+            route: req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "unmatched".to_string()),
+            method: method_label(req.method()),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn finish(self, response: &Response) {
+        let RequestCount {
+            route,
+            method,
+            started,
+        } = self;
+        let status = response.status().as_u16().to_string();
+        metrics::counter!("imagegate_http_requests_total",
+            "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+        metrics::histogram!("imagegate_http_request_duration_seconds",
+            "route" => route, "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    }
 }
 
 /// A closed set, so a client inventing methods cannot grow the label space.

@@ -52,12 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 ))
                 .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::auth::authenticate,
-        ))
-        .layer(axum::middleware::from_fn(crate::dashboard::count_requests))
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state)
 }
 
@@ -115,8 +110,16 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-/// Every request gets an id (the caller's `x-request-id` if sane), echoed back.
-async fn request_id(mut req: Request<axum::body::Body>, next: Next) -> Response {
+/// What every request passes on its way in and out: its id (the caller's
+/// `x-request-id` if sane, echoed back), the request metrics (which count refusals
+/// too), then authentication. One middleware, not one per concern: each layer clones
+/// the route's service and boxes a future per request, which showed on the
+/// cache-hit path.
+async fn edge(
+    State(state): State<Arc<AppState>>,
+    mut req: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
@@ -126,7 +129,16 @@ async fn request_id(mut req: Request<axum::body::Body>, next: Next) -> Response 
         .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
     req.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
-    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    let answer = async move {
+        let count = crate::dashboard::RequestCount::start(&req);
+        let response = match crate::auth::authenticate(&state, &mut req).await {
+            Ok(()) => next.run(req).await,
+            Err(refused) => refused,
+        };
+        count.finish(&response);
+        response
+    };
+    let mut response = tracing::Instrument::instrument(answer, span).await;
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
