@@ -177,19 +177,19 @@ fn is_open(path: &str) -> bool {
     ) || path.starts_with("/cdn/")
 }
 
-/// Checks the caller's key (and its rate limit) and records who it is on `req`;
-/// `Err` is the refusal to send instead of running the route.
-pub(crate) async fn authenticate(
+/// Checks the caller's key (and its rate limit) and records who it is on `req`.
+/// Returns the refusal to send instead of running the route, if it is refused.
+pub(crate) async fn refusal(
     state: &AppState,
     req: &mut Request<axum::body::Body>,
-) -> Result<(), Response> {
+) -> Option<Response> {
     let path = req.uri().path();
     if is_open(path) {
-        return Ok(());
+        return None;
     }
     let openai_shape = path == "/v1/images/generations";
-    let fail = |e: ApiError| -> Result<(), Response> {
-        Err(if openai_shape {
+    let fail = |e: ApiError| -> Option<Response> {
+        Some(if openai_shape {
             crate::openai::OpenAiError::from(e).into_response()
         } else {
             e.into_response()
@@ -251,5 +251,5 @@ pub(crate) async fn authenticate(
         return fail(e);
     }
     req.extensions_mut().insert(AuthedKey(key_id));
-    Ok(())
+    None
 }

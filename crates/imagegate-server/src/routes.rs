@@ -131,9 +131,9 @@ async fn edge(
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     let answer = async move {
         let count = crate::dashboard::RequestCount::start(&req);
-        let response = match crate::auth::authenticate(&state, &mut req).await {
-            Ok(()) => next.run(req).await,
-            Err(refused) => refused,
+        let response = match crate::auth::refusal(&state, &mut req).await {
+            None => next.run(req).await,
+            Some(refused) => refused,
         };
         count.finish(&response);
         response
