@@ -8,8 +8,8 @@
 //! pool handed out a connection; every argument was boxed into sqlx's own value type; and
 //! the pool gave each batch whichever connection was free, whose page cache the previous
 //! batch's commit on another connection had made stale, so each batch began by
-//! re-reading pages. Under cache-hit load the ledger took about half of the server's
-//! time that way (BENCHMARKS.md, "Cache hits, 2026-11-25").
+//! re-reading pages. Under cache-hit load the ledger took about 42% of the server's
+//! CPU that way (BENCHMARKS.md, "Cache hits, 2026-11-25 morning").
 
 use crate::writer::{chunks, saturating_i64, Pending, WriteError, MAX_BATCH};
 use imagegate_core::{Micros, StageCost};

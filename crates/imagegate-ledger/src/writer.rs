@@ -158,84 +158,82 @@ pub(crate) fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 /// Writes `batch` in one transaction; the request row ids in `batch` order.
 ///
 /// One multi-row INSERT per table, not one statement per row: every statement is a
-/// round trip to the database (for SQLite, to its connection's worker thread), and
-/// the hits waiting for this commit wait for all of them.
+/// round trip to the database, and the hits waiting for this commit wait for all of
+/// them.
 async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Error> {
-    {
-        let mut tx = pool.begin().await?;
-        let mut ids = Vec::with_capacity(batch.len());
-        for chunk in chunks(batch) {
-            let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO requests (request_id, content_key, cache, status, provider, model, \
-                 api_key, profile, micros, wall_ms, created_at) ",
-            );
-            query.push_values(chunk.iter().zip(&keys), |mut row, (pending, key)| {
-                let Pending {
-                    request,
-                    stages,
-                    created_at,
-                    ..
-                } = pending;
-                let total: Micros = stages.iter().map(|s| s.micros).sum();
-                row.push_bind(&request.request_id)
-                    .push_bind(key)
-                    .push_bind(request.cache.as_str())
-                    .push_bind(&request.status)
-                    .push_bind(&request.provider)
-                    .push_bind(&request.model)
-                    .push_bind(&request.api_key)
-                    .push_bind(&request.profile)
-                    .push_bind(total.0)
-                    .push_bind(request.wall_ms)
-                    .push_bind(created_at);
-            });
-            query.push(" RETURNING id");
-            // RETURNING gives the rows in no promised order. Both databases number the
-            // rows of one INSERT in VALUES order, each above the last (SQLite
-            // AUTOINCREMENT, a PostgreSQL identity), so sorted ids are in batch order;
-            // concurrent_records_share_commits_and_every_row_lands checks it.
-            let mut chunk_ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;
-            chunk_ids.sort_unstable();
-            if chunk_ids.len() != chunk.len() {
-                return Err(sqlx::Error::Protocol(format!(
-                    "{} request rows inserted, {} ids returned",
-                    chunk.len(),
-                    chunk_ids.len()
-                )));
-            }
-            ids.extend(chunk_ids);
+    let mut tx = pool.begin().await?;
+    let mut ids = Vec::with_capacity(batch.len());
+    for chunk in chunks(batch) {
+        let keys: Vec<String> = chunk.iter().map(|p| p.request.key.to_hex()).collect();
+        let mut query = sqlx::QueryBuilder::new(
+            "INSERT INTO requests (request_id, content_key, cache, status, provider, model, \
+             api_key, profile, micros, wall_ms, created_at) ",
+        );
+        query.push_values(chunk.iter().zip(&keys), |mut row, (pending, key)| {
+            let Pending {
+                request,
+                stages,
+                created_at,
+                ..
+            } = pending;
+            let total: Micros = stages.iter().map(|s| s.micros).sum();
+            row.push_bind(&request.request_id)
+                .push_bind(key)
+                .push_bind(request.cache.as_str())
+                .push_bind(&request.status)
+                .push_bind(&request.provider)
+                .push_bind(&request.model)
+                .push_bind(&request.api_key)
+                .push_bind(&request.profile)
+                .push_bind(total.0)
+                .push_bind(request.wall_ms)
+                .push_bind(created_at);
+        });
+        query.push(" RETURNING id");
+        // RETURNING gives the rows in no promised order. Both databases number the
+        // rows of one INSERT in VALUES order, each above the last (SQLite
+        // AUTOINCREMENT, a PostgreSQL identity), so sorted ids are in batch order;
+        // concurrent_records_share_commits_and_every_row_lands checks it.
+        let mut chunk_ids: Vec<i64> = query.build_query_scalar().fetch_all(&mut *tx).await?;
+        chunk_ids.sort_unstable();
+        if chunk_ids.len() != chunk.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} request rows inserted, {} ids returned",
+                chunk.len(),
+                chunk_ids.len()
+            )));
         }
-        let stages: Vec<(i64, &String, &StageCost, String)> = batch
-            .iter()
-            .zip(&ids)
-            .flat_map(|(p, id)| {
-                p.stages
-                    .iter()
-                    .map(move |s| (*id, &p.created_at, s, s.detail.to_string()))
-            })
-            .collect();
-        for chunk in chunks(&stages) {
-            let mut query = sqlx::QueryBuilder::new(
-                "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
-                 bytes_out, detail, created_at) ",
-            );
-            query.push_values(chunk, |mut row, (id, created_at, s, detail)| {
-                row.push_bind(*id)
-                    .push_bind(s.stage.as_str())
-                    .push_bind(s.micros.0)
-                    .push_bind(s.wall_ms)
-                    .push_bind(s.cpu_ms)
-                    .push_bind(saturating_i64(s.bytes_in))
-                    .push_bind(saturating_i64(s.bytes_out))
-                    .push_bind(detail)
-                    .push_bind(*created_at);
-            });
-            query.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(ids)
+        ids.extend(chunk_ids);
     }
+    let stages: Vec<(i64, &String, &StageCost, String)> = batch
+        .iter()
+        .zip(&ids)
+        .flat_map(|(p, id)| {
+            p.stages
+                .iter()
+                .map(move |s| (*id, &p.created_at, s, s.detail.to_string()))
+        })
+        .collect();
+    for chunk in chunks(&stages) {
+        let mut query = sqlx::QueryBuilder::new(
+            "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
+             bytes_out, detail, created_at) ",
+        );
+        query.push_values(chunk, |mut row, (id, created_at, s, detail)| {
+            row.push_bind(*id)
+                .push_bind(s.stage.as_str())
+                .push_bind(s.micros.0)
+                .push_bind(s.wall_ms)
+                .push_bind(s.cpu_ms)
+                .push_bind(saturating_i64(s.bytes_in))
+                .push_bind(saturating_i64(s.bytes_out))
+                .push_bind(detail)
+                .push_bind(*created_at);
+        });
+        query.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(ids)
 }
 
 pub(crate) fn saturating_i64(v: u64) -> i64 {
