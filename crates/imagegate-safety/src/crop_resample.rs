@@ -17,7 +17,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
-use crate::pillow_resample::{clip8, coefficients, HALF};
+use crate::pillow_resample::{clip8, coefficients, horizontal_pixel, HALF};
 use crate::preprocess::{CROP, MEAN_BGR, RESIZE};
 use std::ops::Range;
 
@@ -219,13 +219,8 @@ fn horizontal_portable(rows: &[u8], row_len: usize, taps: &AxisTaps, dst: &mut [
         for (x, out) in out_row.chunks_exact_mut(3).enumerate() {
             let (first, weights) = taps.get(x);
             let px = &in_row[first * 3..(first + weights.len()) * 3];
-            let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-            for (w, p) in weights.iter().zip(px.chunks_exact(3)) {
-                r += i32::from(p[0]) * w;
-                g += i32::from(p[1]) * w;
-                b += i32::from(p[2]) * w;
-            }
-            out.copy_from_slice(&[clip8(b), clip8(g), clip8(r)]);
+            let [r, g, b] = horizontal_pixel(weights, px);
+            out.copy_from_slice(&[b, g, r]);
         }
     }
 }

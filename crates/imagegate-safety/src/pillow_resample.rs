@@ -72,6 +72,19 @@ pub(crate) fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
+/// One output pixel of the horizontal pass: `weights` over the packed RGB8 pixels
+/// `px`, rounded to 8 bits as Pillow rounds its intermediate rows.
+#[inline]
+pub(crate) fn horizontal_pixel(weights: &[i32], px: &[u8]) -> [u8; 3] {
+    let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+    for (w, p) in weights.iter().zip(px.chunks_exact(3)) {
+        r += i32::from(p[0]) * w;
+        g += i32::from(p[1]) * w;
+        b += i32::from(p[2]) * w;
+    }
+    [clip8(r), clip8(g), clip8(b)]
+}
+
 /// Resizes packed RGB8 `src` (`src_w` x `src_h`) to `dst_w` x `dst_h` exactly as
 /// Pillow's `Image.resize(..., Image.BILINEAR)` does.
 pub(crate) fn resize_rgb8(
@@ -100,13 +113,7 @@ pub(crate) fn resize_rgb8(
                 let (xmin, count) = horiz.bounds[xx];
                 let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + count];
                 let px = &in_row[xmin * 3..(xmin + count) * 3];
-                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-                for (w, p) in k.iter().zip(px.chunks_exact(3)) {
-                    r += i32::from(p[0]) * w;
-                    g += i32::from(p[1]) * w;
-                    b += i32::from(p[2]) * w;
-                }
-                out.copy_from_slice(&[clip8(r), clip8(g), clip8(b)]);
+                out.copy_from_slice(&horizontal_pixel(k, px));
             }
         }
         (temp, dst_w)
