@@ -172,6 +172,18 @@ impl Server {
         self.base.rsplit(':').next().unwrap().parse().unwrap()
     }
 
+    /// One line of the process's `/proc/PID/status`, value only (`VmRSS`, ...).
+    pub fn proc_status(&self, field: &str) -> String {
+        let pid = self.child.as_ref().expect("the server is running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field} line:\n{status}"))
+            .trim()
+            .to_string()
+    }
+
     /// SIGTERM and wait: the graceful path an orchestrator takes.
     pub fn stop(self) {
         self.terminate();
