@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The HTTP paths under load (cache hits, misses, peak RSS, cold start) on a release
 # build; see benches/load.py.   benches/load.sh [load.py options]
-# Needs wrk (Debian's wrk package) and the models (scripts/setup.sh); refuses to run
+# Needs wrk (Debian's wrk package) and the models (scripts/setup/run.sh); refuses to run
 # without them rather than print a partial table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -21,7 +21,7 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 fn chromium() -> &'static str {
     assert!(
         Path::new(CHROMIUM).is_file(),
-        "{CHROMIUM} is missing: run scripts/setup.sh (it installs Debian's chromium)"
+        "{CHROMIUM} is missing: run scripts/setup/test.sh (it installs Debian's chromium)"
     );
     CHROMIUM
 }

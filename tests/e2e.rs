@@ -228,7 +228,7 @@ fn avif_dimensions(bytes: &[u8]) -> (u32, u32) {
         .stdout(Stdio::null())
         .status()
         .expect(
-            "avifdec (Debian libavif-bin) is needed to check AVIF output: run scripts/setup.sh",
+            "avifdec (Debian libavif-bin) is needed to check AVIF output: run scripts/setup/test.sh",
         );
     assert!(status.success(), "avifdec could not decode our AVIF");
     let png = image::open(&out).unwrap();

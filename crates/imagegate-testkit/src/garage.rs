@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 /// The Garage release the harness drives (its CLI syntax changed across majors).
 pub const GARAGE_VERSION: &str = "2.5.0";
 pub const REGION: &str = "garage";
-const SETUP_HINT: &str = "run scripts/setup.sh (it runs `cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite`), or point IMAGEGATE_GARAGE_BIN at a garage 2.5.0 binary";
+const SETUP_HINT: &str = "run scripts/setup/test.sh (it runs `cargo install garage --version 2.5.0 --locked --no-default-features --features bundled-libs,sqlite`), or point IMAGEGATE_GARAGE_BIN at a garage 2.5.0 binary";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Garage binds its ports within milliseconds of starting; longer means one was taken.
 const PORTS_TIMEOUT: Duration = Duration::from_secs(10);

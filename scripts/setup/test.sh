@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# What the test suite adds to scripts/setup/run.sh (scripts/test.sh runs both):
+#   - a check that every version constraint in debian-packages.txt still resolves in
+#     the archive this machine sees, so a package that moved is named here, in one
+#     line, before anything is built;
+#   - the Debian packages marked `test` (libavif-bin, chromium);
+#   - Garage, built once from crates.io at a pinned version.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+"$HERE/debian-packages.sh" check
+"$HERE/run.sh"
+"$HERE/debian-packages.sh" install test
+"$HERE/garage.sh"
