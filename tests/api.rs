@@ -113,7 +113,10 @@ fn readme_sdk_example() -> String {
         .split_once("```python\n")
         .expect("a python block follows the marker")
         .1;
-    code.split_once("```").expect("the block ends").0.to_string()
+    code.split_once("```")
+        .expect("the block ends")
+        .0
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

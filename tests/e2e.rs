@@ -399,6 +399,177 @@ async fn concurrent_identical_requests_cause_one_generation() {
     server.stop();
 }
 
+/// The key id of a request body, from `/v1/estimate` (which spends nothing).
+async fn key_of(server: &Server, body: &serde_json::Value) -> String {
+    let estimate: serde_json::Value = client()
+        .post(server.url("/v1/estimate"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    estimate["id"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callers_who_leave_mid_generation_cause_one_generation_and_the_next_request_hits() {
+    let site = Site::new(Options {
+        latency_ms: 1500,
+        ..Options::default()
+    });
+    let server = site.start();
+    let body = serde_json::json!({"prompt": "a kite over the dunes", "variants": [256]});
+    let id = key_of(&server, &body).await;
+    // The first caller gives up 300 ms in, three more who joined it too: the
+    // generation (paid once) goes on without any of them.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let first = impatient
+        .post(server.url("/v1/images"))
+        .header("x-request-id", "the-first-caller")
+        .json(&body)
+        .send()
+        .await;
+    assert!(first.is_err(), "the generation takes 1.5 s: {first:?}");
+    let joined = futures::future::join_all(
+        (0..3).map(|_| impatient.post(server.url("/v1/images")).json(&body).send()),
+    )
+    .await;
+    assert!(joined.iter().all(Result::is_err));
+    // Nobody waits; the key is published all the same.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let published = client()
+            .get(server.url(&format!("/v1/images/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if published == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never published");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, answer) = post(&server, body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["cache"], "hit");
+    let ledger = site.ledger().await;
+    assert_eq!(
+        ledger.paid_generations(id.parse().unwrap()).await.unwrap(),
+        1,
+        "the provider was paid once"
+    );
+    // The miss is booked to the caller who started it, though it left.
+    let rows = ledger.request_rows("the-first-caller").await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].cache, imagegate_ledger::CacheOutcome::Miss);
+    assert_eq!(rows[0].status, imagegate_ledger::RequestStatus::Ok);
+    assert!(rows[0].micros.0 >= 2_000, "{rows:?}");
+    ledger.close().await;
+    server.stop();
+}
+
+/// kill -9 while 64 misses are in flight: every answer that reported a cost has its
+/// ledger row, every published key has all of its files, and paid work that had not
+/// finished is in the ledger as in progress (its charge), not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_64_concurrent_misses_loses_nothing_acknowledged() {
+    let site = Site::new(Options {
+        latency_ms: 100,
+        ..Options::default()
+    });
+    let mut server = site.start();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let requests: Vec<_> = (0..64)
+        .map(|i| {
+            let url = server.url("/v1/images");
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let request_id = format!("kill-9-{i}");
+                let r = client()
+                    .post(url)
+                    .header("x-request-id", &request_id)
+                    .json(&serde_json::json!({"prompt": format!("crash test {i}"), "variants": [256]}))
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    if r.status() == 200 {
+                        if let Ok(body) = r.json::<serde_json::Value>().await {
+                            answered.lock().unwrap().push((request_id, body));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while answered.lock().unwrap().len() < 8 {
+        assert!(std::time::Instant::now() < deadline, "nothing was answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    for r in requests {
+        let _ = r.await;
+    }
+    let answered = answered.lock().unwrap().clone();
+    let ledger = site.ledger().await;
+    for (request_id, body) in &answered {
+        let rows = ledger.request_rows(request_id).await.unwrap();
+        assert_eq!(rows.len(), 1, "{request_id}: {rows:?}");
+        let reported = total_micros(body);
+        assert_eq!(rows[0].micros.0, reported, "{request_id}: {body}");
+        assert_eq!(rows[0].status, imagegate_ledger::RequestStatus::Ok);
+    }
+    // No half-published key: a manifest exists only with every file it lists.
+    let mut published = 0;
+    for path in walk(&site.objects()) {
+        if path.file_name().is_some_and(|n| n == "manifest.json") {
+            published += 1;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            for image in manifest["images"].as_array().unwrap() {
+                let file = site.objects().join(image["object"].as_str().unwrap());
+                assert!(
+                    file.is_file(),
+                    "{} lists a missing {}",
+                    path.display(),
+                    file.display()
+                );
+            }
+        }
+    }
+    assert!(
+        published >= answered.len(),
+        "{published} published, {} answered",
+        answered.len()
+    );
+    // Paid and unfinished: charged, in progress; the next start leaves young ones be.
+    let stats: Vec<imagegate_ledger::RequestRow> = {
+        let mut rows = Vec::new();
+        for i in 0..64 {
+            rows.extend(ledger.request_rows(&format!("kill-9-{i}")).await.unwrap());
+        }
+        rows
+    };
+    let in_progress = stats
+        .iter()
+        .filter(|r| r.status == imagegate_ledger::RequestStatus::InProgress)
+        .count();
+    eprintln!(
+        "kill -9 under 64 misses: {} answered, {published} published, {in_progress} paid and in progress, {} rows",
+        answered.len(),
+        stats.len()
+    );
+    assert!(stats.iter().all(|r| r.micros.0 > 0), "{stats:?}");
+    ledger.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_clear_json_errors_and_change_nothing() {
     let site = Site::new(Options::default());

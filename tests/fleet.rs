@@ -29,6 +29,8 @@ struct ReplicaOptions<'a> {
     ledger_url: Option<&'a str>,
     latency_ms: u64,
     lease_ttl_secs: u64,
+    /// A daily budget for every key (anonymous callers included).
+    daily_budget_usd: Option<f64>,
 }
 
 impl Replica {
@@ -87,7 +89,14 @@ variants = [256, 512]
 formats = ["avif", "jpeg"]
 avif = {{ quality = 60, speed = 9 }}
 safety = {{ blur_at = 0.2, block_at = 0.8 }}
+{budgets}
 "#,
+            budgets = opts
+                .daily_budget_usd
+                .map(|usd| format!(
+                    "[budgets]\nprocessing_reserve_usd = 0.0005\n[budgets.default]\ndaily_usd = {usd}\n"
+                ))
+                .unwrap_or_default(),
             pricing = repo_root().join("config/pricing.toml").display(),
             latency = opts.latency_ms,
             endpoint = s3.endpoint,
@@ -164,6 +173,17 @@ async fn post(
     (status, headers, r.json().await.unwrap())
 }
 
+async fn paid_generations(ledger_url: &str, id: &str) -> i64 {
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: ledger_url.to_string(),
+    })
+    .await
+    .unwrap();
+    let n = ledger.paid_generations(id.parse().unwrap()).await.unwrap();
+    ledger.close().await;
+    n
+}
+
 async fn generations(ledger_url: &str, id: &str) -> i64 {
     let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
         url: ledger_url.to_string(),
@@ -186,6 +206,7 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
         ledger_url: None,
         latency_ms: 20,
         lease_ttl_secs: 30,
+        daily_budget_usd: None,
     });
     let (status, _, body) = post(&a, serde_json::json!({"prompt": "a harbour at dawn"})).await;
     assert_eq!(status, 200, "{body}");
@@ -230,6 +251,7 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
         ledger_url: None,
         latency_ms: 20,
         lease_ttl_secs: 30,
+        daily_budget_usd: None,
     });
     let (status, _, again) = post(&b, serde_json::json!({"prompt": "a harbour at  dawn"})).await;
     assert_eq!(status, 200, "{again}");
@@ -251,6 +273,7 @@ async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
         ledger_url: None,
         latency_ms: 20,
         lease_ttl_secs: 30,
+        daily_budget_usd: None,
     });
     let ready = client().get(replica.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -284,12 +307,46 @@ async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
         .await
         .unwrap();
     assert_eq!(manifest.status(), 404);
-    assert_eq!(generations(&ledger, &id).await, 0);
+    // The provider was paid before the store failed: that charge is in the ledger,
+    // as a failed request, and counts against the caller's budget.
+    assert_eq!(paid_generations(&ledger, &id).await, 1);
+    let costs: serde_json::Value = client()
+        .get(replica.url("/v1/costs?group_by=status,stage"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failed_generate = costs["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "failed" && r["stage"] == "generate")
+        .unwrap_or_else(|| panic!("no failed generate row: {costs}"));
+    assert!(
+        failed_generate["micros"].as_i64().unwrap() >= 2_000,
+        "{costs}"
+    );
+    let today = chrono::Utc::now() - chrono::Duration::hours(1);
+    let committed = {
+        let l = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+            url: ledger.clone(),
+        })
+        .await
+        .unwrap();
+        let c = l.committed(None, today).await.unwrap();
+        l.close().await;
+        c
+    };
+    assert!(committed.0 >= 2_000, "the budget sees {committed}");
 
-    // The same process, not restarted, works again.
+    // The same process, not restarted, works again, and finishes the paid work
+    // instead of paying the provider a second time.
     let (status, _, body) = post(&replica, request.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cache"], "miss");
+    assert_eq!(paid_generations(&ledger, &id).await, 1, "paid once: {body}");
     let (status, _, body) = post(&replica, request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cache"], "hit");
@@ -306,6 +363,7 @@ async fn two_replicas_on_one_store_and_ledger_act_as_one() {
         ledger_url: Some(schema.url()),
         latency_ms: 300,
         lease_ttl_secs: 30,
+        daily_budget_usd: None,
     };
     let a = Replica::new(options());
     let b = Replica::new(options());
@@ -370,12 +428,14 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
         ledger_url: Some(schema.url()),
         latency_ms: 30_000,
         lease_ttl_secs: 2,
+        daily_budget_usd: None,
     });
     let b = Replica::new(ReplicaOptions {
         garage: &garage,
         ledger_url: Some(schema.url()),
         latency_ms: 20,
         lease_ttl_secs: 2,
+        daily_budget_usd: None,
     });
     let body = serde_json::json!({"prompt": "an abandoned mill"});
     let a_url = a.url("/v1/images");
@@ -422,5 +482,56 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
     assert_eq!(generations(schema.url(), &key.to_hex()).await, 1);
     ledger.close().await;
     drop(b);
+    schema.drop_schema().await;
+}
+
+/// Two replicas on one PostgreSQL ledger, one daily budget with room for two misses
+/// (each reserves $0.0025 and spends about $0.00205), 24 concurrent misses spread
+/// over both: the budget holds for the fleet, not per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_never_spend_past_one_budget() {
+    let garage = Garage::start();
+    let schema = TestSchema::create().await;
+    let budget = 0.0065;
+    let options = || ReplicaOptions {
+        garage: &garage,
+        ledger_url: Some(schema.url()),
+        latency_ms: 300,
+        lease_ttl_secs: 30,
+        daily_budget_usd: Some(budget),
+    };
+    let a = Replica::new(options());
+    let b = Replica::new(options());
+    let calls = (0..24).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        post(
+            target,
+            serde_json::json!({"prompt": format!("fleet budget {i}"), "variants": [256], "formats": ["jpeg"]}),
+        )
+    });
+    let answers = futures::future::join_all(calls).await;
+    let served = answers.iter().filter(|(s, _, _)| *s == 200).count();
+    for (status, _, body) in &answers {
+        assert!(
+            *status == 200 || (*status == 402 && body["error"]["code"] == "budget_exhausted"),
+            "{status} {body}"
+        );
+    }
+    assert!(served >= 2, "{answers:?}");
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: schema.url().to_string(),
+    })
+    .await
+    .unwrap();
+    let spent = ledger
+        .spent_since(None, chrono::Utc::now() - chrono::Duration::days(1))
+        .await
+        .unwrap();
+    ledger.close().await;
+    assert!(
+        spent.as_usd() <= budget,
+        "{served} served for {spent} of a ${budget} budget"
+    );
+    drop((a, b));
     schema.drop_schema().await;
 }

@@ -80,4 +80,22 @@ impl Manifest {
     pub fn variant_object_key(id: ContentKey, width: u32, format: ImageFormat) -> String {
         format!("i/{}/{}/{}.{}", id.shard(), id, width, format.extension())
     }
+
+    /// Where one variant of a bypass generation of a key lives: beside no published
+    /// key's files, under a `nonce` of the request's own, so it replaces nothing.
+    pub fn bypass_variant_object_key(
+        id: ContentKey,
+        nonce: &str,
+        width: u32,
+        format: ImageFormat,
+    ) -> String {
+        format!(
+            "b/{}/{}/{}/{}.{}",
+            id.shard(),
+            id,
+            nonce,
+            width,
+            format.extension()
+        )
+    }
 }

@@ -103,7 +103,7 @@ mod tests {
                 .parse::<ContentKey>()
                 .unwrap(),
             cache: CacheOutcome::Miss,
-            status: "ok".into(),
+            status: crate::RequestStatus::Ok,
             provider: Some("local".into()),
             model: None,
             api_key: None,

@@ -1,5 +1,7 @@
 //! The cost ledger: one row per request and one per stage it ran, committed before
-//! the response leaves; plus the leases that make single flight hold across replicas.
+//! the response leaves (a paid miss's row the moment its provider is paid, see
+//! `charges`); plus what makes replicas act as one: the leases of cross-replica single
+//! flight, budget reservations and request rates per key.
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -8,20 +10,28 @@
 //! [`Ledger::delivery`] sum rows for it. Entry point: [`Ledger::open`].
 
 mod backend;
+mod charges;
 mod delivery;
 mod keys;
 mod lease;
+mod rate_limit;
 mod report;
+mod reservations;
 mod sqlite_writer;
+mod status;
 #[cfg(test)]
 mod testing;
+mod write_tx;
 mod writer;
 
+pub use charges::{ChargeId, ChargeRow};
 pub use delivery::DeliveryRow;
 pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };
+pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
+pub use status::RequestStatus;
 
 use backend::{with_pool, Pool};
 use chrono::{SecondsFormat, Utc};
@@ -110,12 +120,21 @@ pub struct RequestRecord {
     pub request_id: String,
     pub key: ContentKey,
     pub cache: CacheOutcome,
-    pub status: String,
+    pub status: RequestStatus,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub api_key: Option<String>,
     pub profile: String,
     pub wall_ms: f64,
+}
+
+/// A request row as [`Ledger::request_rows`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    pub key: ContentKey,
+    pub cache: CacheOutcome,
+    pub status: RequestStatus,
+    pub micros: Micros,
 }
 
 /// Totals of one stage over some rows.
@@ -197,6 +216,56 @@ impl Ledger {
         .map_err(|e| self.db(e))
     }
 
+    /// How many times a provider was paid for `key`: its generate stages that cost
+    /// something or were paid at an unknown price (paid work reused by a retry is a
+    /// generate stage that costs nothing).
+    pub async fn paid_generations(&self, key: ContentKey) -> Result<i64, LedgerError> {
+        with_pool!(&self.pool, p => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM stages s JOIN requests r ON r.id = s.request \
+                 WHERE r.content_key = $1 AND s.stage = $2 AND (s.micros > 0 OR s.unpriced = 1)",
+            )
+            .bind(key.to_hex())
+            .bind(Stage::Generate.as_str())
+            .fetch_one(p)
+            .await
+        })
+        .map_err(|e| self.db(e))
+    }
+
+    /// The rows recorded for one request id (a request has one; a caller's retry
+    /// with the same id has more), for audits and tests.
+    pub async fn request_rows(&self, request_id: &str) -> Result<Vec<RequestRow>, LedgerError> {
+        let rows: Vec<(String, String, String, i64)> = with_pool!(&self.pool, p => {
+            sqlx::query_as(
+                "SELECT content_key, cache, status, micros FROM requests \
+                 WHERE request_id = $1 ORDER BY id",
+            )
+            .bind(request_id)
+            .fetch_all(p)
+            .await
+        })
+        .map_err(|e| self.db(e))?;
+        rows.into_iter()
+            .map(|(key, cache, status, micros)| {
+                let bad =
+                    |what: &str| LedgerError::Invalid(format!("request {request_id}: {what}"));
+                Ok(RequestRow {
+                    key: key.parse().map_err(|_| bad("bad content key"))?,
+                    cache: match cache.as_str() {
+                        "miss" => CacheOutcome::Miss,
+                        "hit" => CacheOutcome::Hit,
+                        "bypass" => CacheOutcome::Bypass,
+                        other => return Err(bad(&format!("cache {other:?}"))),
+                    },
+                    status: RequestStatus::parse(&status)
+                        .ok_or_else(|| bad(&format!("status {status:?}")))?,
+                    micros: Micros(micros),
+                })
+            })
+            .collect()
+    }
+
     /// Requests answered for `key` with the given cache outcome.
     pub async fn request_count(
         &self,
@@ -222,18 +291,15 @@ impl Ledger {
         since: chrono::DateTime<Utc>,
     ) -> Result<Micros, LedgerError> {
         let since = since.to_rfc3339_opts(SecondsFormat::Millis, true);
-        let total: Option<i64> = with_pool!(&self.pool, p => {
-            sqlx::query_scalar(
-                "SELECT CAST(SUM(micros) AS BIGINT) FROM requests \
-                 WHERE api_key IS NOT DISTINCT FROM $1 AND created_at >= $2",
-            )
-            .bind(api_key)
-            .bind(&since)
-            .fetch_one(p)
-            .await
+        let total: i64 = with_pool!(&self.pool, p => {
+            sqlx::query_scalar(reservations::spent_sql(api_key))
+                .bind(api_key)
+                .bind(&since)
+                .fetch_one(p)
+                .await
         })
         .map_err(|e| self.db(e))?;
-        Ok(Micros(total.unwrap_or(0)))
+        Ok(Micros(total))
     }
 
     /// Per-stage totals over the whole ledger.
@@ -308,7 +374,7 @@ mod tests {
             request_id: "r1".into(),
             key: key(k),
             cache,
-            status: "ok".into(),
+            status: RequestStatus::Ok,
             provider: Some("local".into()),
             model: Some("procedural-v1".into()),
             api_key: None,

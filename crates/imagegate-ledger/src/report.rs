@@ -24,15 +24,19 @@ pub enum Dimension {
     Key,
     /// The UTC calendar day, `YYYY-MM-DD`.
     Day,
+    /// What became of the request (`ok`, `blocked`, `failed`, `in_progress`,
+    /// `abandoned`): paid work that delivered nothing is a cost too.
+    Status,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 5] = [
+    pub const ALL: [Dimension; 6] = [
         Dimension::Stage,
         Dimension::Provider,
         Dimension::Model,
         Dimension::Key,
         Dimension::Day,
+        Dimension::Status,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +46,7 @@ impl Dimension {
             Dimension::Model => "model",
             Dimension::Key => "key",
             Dimension::Day => "day",
+            Dimension::Status => "status",
         }
     }
 
@@ -54,6 +59,7 @@ impl Dimension {
             Dimension::Key => "r.api_key",
             // created_at is RFC 3339 UTC, so its first ten characters are the day.
             Dimension::Day => "substr(r.created_at, 1, 10)",
+            Dimension::Status => "r.status",
         }
     }
 
@@ -136,6 +142,9 @@ pub struct Totals {
     pub wall_ms: f64,
     pub cpu_ms: f64,
     pub bytes_out: i64,
+    /// Stage rows paid at a price nobody knows: `micros` leaves them out, so a
+    /// non-zero count means the total is a lower bound.
+    pub unpriced_stages: i64,
 }
 
 /// One group: its dimension values (in `group_by` order; None where the ledger has
@@ -164,7 +173,8 @@ fn serialize_totals<M: SerializeMap>(map: &mut M, t: &Totals) -> Result<(), M::E
     map.serialize_entry("usd", &t.micros.as_usd())?;
     map.serialize_entry("wall_ms", &round1(t.wall_ms))?;
     map.serialize_entry("cpu_ms", &round1(t.cpu_ms))?;
-    map.serialize_entry("bytes_out", &t.bytes_out)
+    map.serialize_entry("bytes_out", &t.bytes_out)?;
+    map.serialize_entry("unpriced_stages", &t.unpriced_stages)
 }
 
 fn round1(v: f64) -> f64 {
@@ -242,7 +252,7 @@ pub(crate) fn check_window(query: &ReportQuery) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Reads the five sums of `SUMS` starting at column `at`.
+/// Reads the six sums of `SUMS` starting at column `at`.
 macro_rules! totals_at {
     ($row:expr, $at:expr) => {
         Totals {
@@ -251,6 +261,7 @@ macro_rules! totals_at {
             wall_ms: $row.try_get($at + 2)?,
             cpu_ms: $row.try_get($at + 3)?,
             bytes_out: $row.try_get($at + 4)?,
+            unpriced_stages: $row.try_get($at + 5)?,
         }
     };
 }
@@ -259,7 +270,8 @@ macro_rules! totals_at {
 /// BIGINT into NUMERIC.
 const SUMS: &str = "COUNT(DISTINCT r.id), CAST(COALESCE(SUM(s.micros), 0) AS BIGINT), \
                     COALESCE(SUM(s.wall_ms), 0.0), COALESCE(SUM(s.cpu_ms), 0.0), \
-                    CAST(COALESCE(SUM(s.bytes_out), 0) AS BIGINT)";
+                    CAST(COALESCE(SUM(s.bytes_out), 0) AS BIGINT), \
+                    CAST(COALESCE(SUM(s.unpriced), 0) AS BIGINT)";
 
 impl Ledger {
     /// Totals grouped by `query.group_by` over `query`'s window. Sums always run over
@@ -345,7 +357,7 @@ impl Ledger {
              FROM requests r LEFT JOIN requests o ON o.id = ( \
                SELECT m.id FROM requests m \
                WHERE r.cache = 'hit' AND m.content_key = r.content_key \
-                 AND m.cache = 'miss' AND m.id < r.id \
+                 AND m.cache = 'miss' AND m.status IN ('ok', 'blocked') AND m.id < r.id \
                ORDER BY m.id DESC LIMIT 1) \
              WHERE {WINDOW}",
             count("r.cache = 'hit'"),
@@ -407,7 +419,7 @@ mod tests {
             request_id: id.into(),
             key: key(k),
             cache,
-            status: "ok".into(),
+            status: crate::RequestStatus::Ok,
             provider: Some(provider.into()),
             model: Some(format!("{provider}-model")),
             api_key: api_key.map(str::to_string),
@@ -737,13 +749,15 @@ mod tests {
                 wall_ms: 1.25,
                 cpu_ms: 0.0,
                 bytes_out: 9,
+                unpriced_stages: 1,
             },
         };
         assert_eq!(
             serde_json::to_value(&row).unwrap(),
             serde_json::json!({
                 "stage": "generate", "key": null, "requests": 2, "micros": 40213,
-                "usd": 0.040213, "wall_ms": 1.3, "cpu_ms": 0.0, "bytes_out": 9
+                "usd": 0.040213, "wall_ms": 1.3, "cpu_ms": 0.0, "bytes_out": 9,
+                "unpriced_stages": 1
             })
         );
     }

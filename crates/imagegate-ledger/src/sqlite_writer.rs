@@ -23,8 +23,8 @@ const REQUEST_COLUMNS: &str = "INSERT INTO requests (request_id, content_key, ca
      provider, model, api_key, profile, micros, wall_ms, created_at) VALUES ";
 const REQUEST_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const STAGE_COLUMNS: &str = "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, \
-     bytes_in, bytes_out, detail, created_at) VALUES ";
-const STAGE_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     bytes_in, bytes_out, detail, created_at, unpriced) VALUES ";
+const STAGE_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 /// Statement texts kept prepared: one per power-of-two chunk length and table.
 const STATEMENT_CACHE: usize = 32;
 
@@ -120,15 +120,20 @@ fn commit(
             .iter()
             .map(|p| p.stages.iter().map(|s| s.micros).sum::<Micros>().0)
             .collect();
-        let outcomes: Vec<&str> = chunk.iter().map(|p| p.request.cache.as_str()).collect();
+        let outcomes: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|p| (p.request.cache.as_str(), p.request.status.as_str()))
+            .collect();
         let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 11);
-        for (((p, key), total), outcome) in chunk.iter().zip(&keys).zip(&totals).zip(&outcomes) {
+        for (((p, key), total), (outcome, status)) in
+            chunk.iter().zip(&keys).zip(&totals).zip(&outcomes)
+        {
             let r = &p.request;
             values.extend([
                 &r.request_id as &dyn ToSql,
                 key,
                 outcome,
-                &r.status,
+                status,
                 &r.provider,
                 &r.model,
                 &r.api_key,
@@ -162,15 +167,21 @@ fn commit(
         })
         .collect();
     for chunk in chunks(&stages) {
-        let names: Vec<(&str, [i64; 2])> = chunk
+        let names: Vec<(&str, [i64; 3])> = chunk
             .iter()
             .map(|(_, _, s, _)| {
-                let bytes = [saturating_i64(s.bytes_in), saturating_i64(s.bytes_out)];
-                (s.stage.as_str(), bytes)
+                let numbers = [
+                    saturating_i64(s.bytes_in),
+                    saturating_i64(s.bytes_out),
+                    i64::from(s.unpriced),
+                ];
+                (s.stage.as_str(), numbers)
             })
             .collect();
-        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 9);
-        for ((id, p, s, detail), (name, [bytes_in, bytes_out])) in chunk.iter().zip(&names) {
+        let mut values: Vec<&dyn ToSql> = Vec::with_capacity(chunk.len() * 10);
+        for ((id, p, s, detail), (name, [bytes_in, bytes_out, unpriced])) in
+            chunk.iter().zip(&names)
+        {
             values.extend([
                 id as &dyn ToSql,
                 name,
@@ -181,6 +192,7 @@ fn commit(
                 bytes_out,
                 detail,
                 &p.created_at,
+                unpriced,
             ]);
         }
         let sql = insert_sql(STAGE_COLUMNS, STAGE_ROW, chunk.len(), false);

@@ -180,7 +180,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Erro
             row.push_bind(&request.request_id)
                 .push_bind(key)
                 .push_bind(request.cache.as_str())
-                .push_bind(&request.status)
+                .push_bind(request.status.as_str())
                 .push_bind(&request.provider)
                 .push_bind(&request.model)
                 .push_bind(&request.api_key)
@@ -217,7 +217,7 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Erro
     for chunk in chunks(&stages) {
         let mut query = sqlx::QueryBuilder::new(
             "INSERT INTO stages (request, stage, micros, wall_ms, cpu_ms, bytes_in, \
-             bytes_out, detail, created_at) ",
+             bytes_out, detail, created_at, unpriced) ",
         );
         query.push_values(chunk, |mut row, (id, created_at, s, detail)| {
             row.push_bind(*id)
@@ -228,7 +228,8 @@ async fn insert(pool: &PgPool, batch: &[Pending]) -> Result<Vec<i64>, sqlx::Erro
                 .push_bind(saturating_i64(s.bytes_in))
                 .push_bind(saturating_i64(s.bytes_out))
                 .push_bind(detail)
-                .push_bind(*created_at);
+                .push_bind(*created_at)
+                .push_bind(i16::from(s.unpriced));
         });
         query.build().execute(&mut *tx).await?;
     }
@@ -256,7 +257,7 @@ mod tests {
             request_id: format!("req-{n}"),
             key: format!("{:02x}", n % 256).repeat(32).parse().unwrap(),
             cache: CacheOutcome::Hit,
-            status: "ok".into(),
+            status: crate::RequestStatus::Ok,
             provider: Some("local".into()),
             model: Some("procedural-v1".into()),
             api_key: None,

@@ -1,17 +1,17 @@
 //! Spending limits per API key, daily and monthly (UTC). A miss reserves its expected
-//! cost before the provider is called and releases the reservation once its actual
-//! cost is in the ledger, so concurrent requests cannot spend past a limit together.
+//! cost before the provider is called, in the ledger database, so concurrent
+//! requests on any number of replicas cannot spend past a limit together; the
+//! reservation goes when the request's charge settles.
 
 use crate::error::PipelineError;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use imagegate_core::Micros;
-use imagegate_ledger::Ledger;
+use imagegate_ledger::{BudgetWindow, Ledger, ReservationId, Reserve, SpendLimit};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 
 /// The key id requests without an API key are booked under.
-pub const ANONYMOUS: &str = "anonymous";
+pub const ANONYMOUS: &str = imagegate_ledger::ANONYMOUS_BUCKET;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,27 +57,45 @@ impl BudgetsConfig {
 pub struct Budgets {
     config: BudgetsConfig,
     ledger: Ledger,
-    /// Serialises check-then-reserve so two callers cannot both fit in the last dollar.
-    admission: tokio::sync::Mutex<()>,
-    reserved: Arc<Mutex<HashMap<String, Micros>>>,
 }
 
-/// A live reservation; dropping it releases the amount (after the ledger has the
-/// actual cost, since the caller holds it until then).
+/// How long a reservation holds budget without being settled: longer than any miss
+/// runs (provider deadline, render, upload), short enough that one left behind by a
+/// replica that died frees the key's budget the same hour.
+const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// A live reservation in the ledger. The charge it is for settles it (and removes
+/// it in the same transaction); dropped unsettled (the request failed before any
+/// provider was paid), it is released in the background.
 pub struct Reservation {
-    key: String,
-    amount: Micros,
-    reserved: Arc<Mutex<HashMap<String, Micros>>>,
+    id: Option<ReservationId>,
+    ledger: Ledger,
+}
+
+impl Reservation {
+    /// The reservation's row, for the charge that settles it.
+    pub(crate) fn id(&self) -> Option<ReservationId> {
+        self.id
+    }
+
+    /// The charge that settled it removed its row.
+    pub(crate) fn settled(mut self) {
+        self.id = None;
+    }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut map = self.reserved.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = map.get_mut(&self.key) {
-            r.0 -= self.amount.0;
-            if r.0 <= 0 {
-                map.remove(&self.key);
-            }
+        let Some(id) = self.id.take() else { return };
+        let ledger = self.ledger.clone();
+        // Left alone it would still expire after its TTL; releasing now gives the
+        // budget back at once.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = ledger.release_reservation(id).await {
+                    tracing::warn!(error = %e, "releasing a budget reservation failed; it expires by itself");
+                }
+            });
         }
     }
 }
@@ -96,12 +114,7 @@ fn start_of_month(now: DateTime<Utc>) -> DateTime<Utc> {
 
 impl Budgets {
     pub fn new(config: BudgetsConfig, ledger: Ledger) -> Budgets {
-        Budgets {
-            config,
-            ledger,
-            admission: tokio::sync::Mutex::new(()),
-            reserved: Arc::default(),
-        }
+        Budgets { config, ledger }
     }
 
     fn limit_for(&self, key: &str) -> Option<BudgetLimit> {
@@ -113,53 +126,58 @@ impl Budgets {
         self.limit_for(api_key.unwrap_or(ANONYMOUS)).is_some()
     }
 
-    /// Reserves `expected` (plus the processing reserve) for `api_key`, or answers
-    /// `BudgetExhausted` when a daily or monthly limit would be passed.
+    /// Reserves `expected` (plus the processing reserve) for `api_key` in the ledger
+    /// database, which every replica shares, or answers `BudgetExhausted` when a
+    /// daily or monthly limit would be passed by what is spent, what others hold
+    /// reserved and this.
     pub async fn reserve(
         &self,
         api_key: Option<&str>,
         expected: Micros,
     ) -> Result<Option<Reservation>, PipelineError> {
-        let key = api_key.unwrap_or(ANONYMOUS);
-        let Some(limit) = self.limit_for(key) else {
+        let Some(limit) = self.limit_for(api_key.unwrap_or(ANONYMOUS)) else {
             return Ok(None);
         };
         let amount = expected + Micros::from_usd(self.config.processing_reserve_usd);
-        let _serialised = self.admission.lock().await;
         let now = Utc::now();
-        let reserved = self
-            .reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or_default();
-        for (window, since, limit_usd) in [
-            ("daily", start_of_day(now), limit.daily_usd),
-            ("monthly", start_of_month(now), limit.monthly_usd),
-        ] {
-            let Some(limit_usd) = limit_usd else { continue };
-            let spent = self.ledger.spent_since(api_key, since).await?;
-            if spent + reserved + amount > Micros::from_usd(limit_usd) {
-                return Err(PipelineError::BudgetExhausted {
-                    window,
-                    limit_usd,
-                    committed_usd: (spent + reserved).as_usd(),
-                    needed_usd: amount.as_usd(),
-                });
-            }
+        let limits: Vec<SpendLimit> = [
+            (BudgetWindow::Daily, start_of_day(now), limit.daily_usd),
+            (
+                BudgetWindow::Monthly,
+                start_of_month(now),
+                limit.monthly_usd,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(window, since, usd)| {
+            usd.map(|usd| SpendLimit {
+                window,
+                since,
+                limit: Micros::from_usd(usd),
+            })
+        })
+        .collect();
+        match self
+            .ledger
+            .reserve(api_key, amount, &limits, RESERVATION_TTL)
+            .await?
+        {
+            Reserve::Granted(id) => Ok(Some(Reservation {
+                id: Some(id),
+                ledger: self.ledger.clone(),
+            })),
+            Reserve::Refused {
+                window,
+                limit,
+                committed,
+                needed,
+            } => Err(PipelineError::BudgetExhausted {
+                window: window.as_str(),
+                limit_usd: limit.as_usd(),
+                committed_usd: committed.as_usd(),
+                needed_usd: needed.as_usd(),
+            }),
         }
-        *self
-            .reserved
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.to_string())
-            .or_default() += amount;
-        Ok(Some(Reservation {
-            key: key.to_string(),
-            amount,
-            reserved: self.reserved.clone(),
-        }))
     }
 }
 
@@ -196,7 +214,7 @@ mod tests {
             }),
             keys: BTreeMap::from([("rich".to_string(), BudgetLimit::default())]),
         };
-        let budgets = Budgets::new(config, ledger);
+        let budgets = Budgets::new(config, ledger.clone());
         let a = budgets.reserve(None, Micros(2000)).await.unwrap();
         let b = budgets.reserve(None, Micros(2000)).await.unwrap();
         let refused = budgets.reserve(None, Micros(2000)).await;
@@ -215,6 +233,13 @@ mod tests {
             .unwrap()
             .is_some());
         drop(a);
+        // Released in the background: wait until the ledger says so.
+        let since = start_of_day(Utc::now());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while ledger.committed(None, since).await.unwrap() > Micros(2000) {
+            assert!(std::time::Instant::now() < deadline, "never released");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert!(budgets.reserve(None, Micros(2000)).await.unwrap().is_some());
         drop(b);
     }

@@ -279,9 +279,9 @@ impl Default for FleetConfig {
 /// the `/cdn/` of the address imagegate listens on. A wildcard address (0.0.0.0, ::)
 /// names no host a client could use, so loopback stands in for it.
 pub fn local_cdn_base_url(listen: &str) -> Result<String, String> {
-    let addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("server.listen {listen:?} is not an address like 127.0.0.1:8080: {e}"))?;
+    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
+        format!("server.listen {listen:?} is not an address like 127.0.0.1:8080: {e}")
+    })?;
     let ip = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
         ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
@@ -449,9 +449,11 @@ impl PipelineConfig {
         self.budgets.validate()?;
         if let StorageConfig::Local(local) = &self.storage {
             if local.public_base_url.is_none() && !self.server.serve_cdn {
-                return Err("storage.public_base_url is unset and server.serve_cdn is off: \
+                return Err(
+                    "storage.public_base_url is unset and server.serve_cdn is off: \
                             set the URL the store's files are served at"
-                    .into());
+                        .into(),
+                );
             }
         }
         Ok(())
@@ -524,7 +526,10 @@ mod tests {
             local_cdn_base_url("0.0.0.0:8080").unwrap(),
             "http://127.0.0.1:8080/cdn"
         );
-        assert_eq!(local_cdn_base_url("[::]:81").unwrap(), "http://[::1]:81/cdn");
+        assert_eq!(
+            local_cdn_base_url("[::]:81").unwrap(),
+            "http://[::1]:81/cdn"
+        );
         assert!(local_cdn_base_url("localhost").is_err());
     }
 

@@ -37,25 +37,57 @@ impl CpuPool {
         IdleWorkers(self.running.clone())
     }
 
+    /// A place in the pool (running or queued), or `Full` at once when there is none.
+    /// Taken before a job is built, so a caller that is turned away still holds
+    /// whatever the job would have consumed.
+    pub fn admit(&self) -> Result<Admitted, PoolError> {
+        let admitted = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PoolError::Full(self.capacity))?;
+        Ok(Admitted {
+            admitted,
+            running: self.running.clone(),
+        })
+    }
+
     pub async fn run<T, F>(&self, job: F) -> Result<T, PoolError>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let _admitted = self
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| PoolError::Full(self.capacity))?;
-        let _running = self
+        self.admit()?.run(job).await
+    }
+}
+
+/// A job's place in the pool, from [`CpuPool::admit`].
+pub struct Admitted {
+    admitted: OwnedSemaphorePermit,
+    running: Arc<Semaphore>,
+}
+
+impl Admitted {
+    /// Waits for a worker, then runs `job` on it. The places go back when the job
+    /// ends, not when the caller stops waiting: a blocking job cannot be cancelled,
+    /// and callers that leave must not let more jobs run than there are workers.
+    pub async fn run<T, F>(self, job: F) -> Result<T, PoolError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let running = self
             .running
-            .clone()
             .acquire_owned()
             .await
             .expect("the pool semaphore is never closed");
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|e| PoolError::Panicked(e.to_string()))
+        let admitted = self.admitted;
+        tokio::task::spawn_blocking(move || {
+            let _places = (admitted, running);
+            job()
+        })
+        .await
+        .map_err(|e| PoolError::Panicked(e.to_string()))
     }
 }
 
@@ -214,6 +246,43 @@ mod tests {
         blocker.await.unwrap().unwrap();
         queued.await.unwrap().unwrap();
         pool.run(|| ()).await.unwrap();
+    }
+
+    /// A caller that stops waiting does not give the job's worker back while the
+    /// job still runs: the next job waits, and a third is refused.
+    #[tokio::test]
+    async fn a_job_whose_caller_left_keeps_its_worker_until_it_ends() {
+        let pool = CpuPool::new(1, 0);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<()>();
+        let abandoned = {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                pool.run(move || {
+                    started.send(()).unwrap();
+                    hold.recv().unwrap();
+                })
+                .await
+            })
+        };
+        running.await.unwrap();
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        assert!(
+            matches!(pool.run(|| ()).await, Err(PoolError::Full(1))),
+            "the abandoned job still holds the only worker"
+        );
+        release.send(()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match pool.run(|| ()).await {
+                Ok(()) => break,
+                Err(PoolError::Full(_)) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await
+                }
+                Err(e) => panic!("the worker never came back: {e}"),
+            }
+        }
     }
 
     #[tokio::test]

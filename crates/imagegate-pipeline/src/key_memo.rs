@@ -1,7 +1,9 @@
 //! Content keys of recent requests, so a repeated request (a cache hit, mostly)
 //! does not encode and hash its canonical form again: that was about 18k of a
 //! hit's ~176k instructions (callgrind). The key itself is still only ever computed
-//! by [`imagegate_core::content_key`]; this remembers its answers.
+//! by [`imagegate_core::content_key`]; this remembers its answers, weighing each
+//! entry by everything it holds, and only for requests that were admitted (a
+//! refused request must not push out the keys of served ones).
 
 use imagegate_core::{content_key, ContentKey, GenerationRequest, ImageFormat, RenderProfile};
 
@@ -39,19 +41,21 @@ impl KeyMemo {
         KeyMemo {
             keys: moka::sync::Cache::builder()
                 .max_capacity(MAX_BYTES)
-                .weigher(|inputs: &Inputs, _| {
-                    let r = &inputs.request;
-                    let bytes = r.prompt.len()
-                        + r.negative_prompt.as_ref().map_or(0, String::len)
-                        + ENTRY_OVERHEAD;
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                .weigher(|inputs: &Inputs, remembered: &Remembered| {
+                    u32::try_from(inputs.weight() + profile_weight(&remembered.profile))
+                        .unwrap_or(u32::MAX)
                 })
                 .build(),
         }
     }
 
-    /// `content_key(request, profile)`, remembered.
-    pub(crate) fn key(&self, request: &GenerationRequest, profile: &RenderProfile) -> ContentKey {
+    /// `content_key(request, profile)`, remembered or computed. A computed key is
+    /// remembered only when the returned [`Remember`] is told to.
+    pub(crate) fn key<'a>(
+        &'a self,
+        request: &GenerationRequest,
+        profile: &RenderProfile,
+    ) -> (ContentKey, Remember<'a>) {
         let inputs = Inputs {
             request: request.clone(),
             profile: profile.name.clone(),
@@ -60,19 +64,63 @@ impl KeyMemo {
         };
         if let Some(r) = self.keys.get(&inputs) {
             if r.profile == *profile {
-                return r.key;
+                return (r.key, Remember(None));
             }
         }
         let key = content_key(request, profile);
-        self.keys.insert(
-            inputs,
-            Remembered {
-                profile: profile.clone(),
-                key,
-            },
-        );
-        key
+        let remembered = Remembered {
+            profile: profile.clone(),
+            key,
+        };
+        (key, Remember(Some((self, inputs, remembered))))
     }
+}
+
+/// A key computed for a request not yet admitted; [`Remember::remember`] keeps it.
+pub(crate) struct Remember<'a>(Option<(&'a KeyMemo, Inputs, Remembered)>);
+
+impl Remember<'_> {
+    pub(crate) fn remember(self) {
+        if let Some((memo, inputs, remembered)) = self.0 {
+            memo.keys.insert(inputs, remembered);
+        }
+    }
+}
+
+impl Inputs {
+    /// Bytes this holds, prompts, lists and the map's own share.
+    fn weight(&self) -> usize {
+        let r = &self.request;
+        r.prompt.len()
+            + r.negative_prompt.as_ref().map_or(0, String::len)
+            + r.template.as_ref().map_or(0, |t| {
+                t.name.len()
+                    + t.vars
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 48)
+                        .sum::<usize>()
+            })
+            + self.profile.len()
+            + self.variants.len() * std::mem::size_of::<u32>()
+            + self.formats.len() * std::mem::size_of::<ImageFormat>()
+            + ENTRY_OVERHEAD
+    }
+}
+
+/// Bytes a profile copy holds beyond its fixed size: its name, lists and the
+/// watermark's text or logo path.
+fn profile_weight(p: &RenderProfile) -> usize {
+    let watermark = p.watermark.as_ref().map_or(0, |w| match &w.mark {
+        imagegate_core::WatermarkMark::Text { text, .. } => text.len(),
+        imagegate_core::WatermarkMark::Logo { path, digest } => {
+            path.as_os_str().len() + digest.len()
+        }
+    });
+    std::mem::size_of::<RenderProfile>()
+        + p.name.len()
+        + p.variants.len() * std::mem::size_of::<u32>()
+        + p.formats.len() * std::mem::size_of::<ImageFormat>()
+        + watermark
 }
 
 #[cfg(test)]
@@ -122,8 +170,41 @@ mod tests {
         ];
         for _ in 0..2 {
             for (r, p) in &cases {
-                assert_eq!(memo.key(r, p), content_key(r, p), "{r:?} {p:?}");
+                let (key, remember) = memo.key(r, p);
+                assert_eq!(key, content_key(r, p), "{r:?} {p:?}");
+                remember.remember();
             }
         }
+    }
+
+    #[test]
+    fn keys_of_requests_not_admitted_are_not_remembered() {
+        let memo = KeyMemo::new();
+        let (_, remember) = memo.key(&request("refused", 1), &profile());
+        drop(remember);
+        memo.keys.run_pending_tasks();
+        assert_eq!(memo.keys.entry_count(), 0);
+        let (_, remember) = memo.key(&request("served", 1), &profile());
+        remember.remember();
+        memo.keys.run_pending_tasks();
+        assert_eq!(memo.keys.entry_count(), 1);
+    }
+
+    #[test]
+    fn an_entry_weighs_its_lists_not_only_its_prompt() {
+        let mut many = profile();
+        many.variants = (16..4016).collect();
+        let small = Inputs {
+            request: request("p", 1),
+            profile: "default".into(),
+            variants: profile().variants,
+            formats: profile().formats,
+        };
+        let large = Inputs {
+            variants: many.variants.clone(),
+            ..small.clone()
+        };
+        assert!(large.weight() + profile_weight(&many) > 30_000);
+        assert!(small.weight() + profile_weight(&profile()) < 2_000);
     }
 }

@@ -1,91 +1,60 @@
 //! One request end to end: resolve the request against its profile, compute the
 //! content key, answer from the cache (memory, then the manifest in the object
-//! store) or run the stages once per key however many callers wait (single flight),
-//! publish variants then the manifest, and commit every stage's cost to the ledger
-//! before answering.
+//! store) or produce the key once however many callers wait (single flight, in a
+//! task that outlives them), publish variants then the manifest, and put every
+//! stage's cost in the ledger when it is incurred.
 //!
 //! It owns order, concurrency limits and cost capture; the stages themselves live in
-//! their crates. Entry points: [`Pipeline::start`], [`Pipeline::generate`],
-//! [`Pipeline::process`].
+//! their crates. Files by job: `request` (what callers ask), `single_flight` (one
+//! production per key), `fleet` (one per key across replicas), `produce` (a miss,
+//! made), `render` (its CPU stages), `publish` (files, then the manifest), `tab` (its
+//! bill), `paid` (paid work kept for a retry), `record` (the answers' ledger rows),
+//! `budget` (spending limits). Entry points: [`Pipeline::start`],
+//! [`Pipeline::generate`], [`Pipeline::process`].
 
 pub mod budget;
 pub mod config;
 pub mod cpu;
 mod error;
+mod fleet;
 mod key_memo;
+mod paid;
+mod produce;
+mod publish;
+mod record;
 mod render;
+mod request;
+mod single_flight;
+mod tab;
 
 pub use config::PipelineConfig;
 pub use error::PipelineError;
 pub use imagegate_ledger::CacheOutcome;
+pub use request::{resolve_request, CacheMode, ImageRequest, RequestContext};
 
 use bytes::Bytes;
-use chrono::{SecondsFormat, Utc};
 use cpu::CpuPool;
+use fleet::Produced;
 use imagegate_core::{
-    content_key, source_key, ContentKey, GenerationRequest, ImageFormat, Manifest, ManifestStatus,
-    Micros, ModelChoice, RenderProfile, Size, Stage, StageCost, VariantRef, PIPELINE_VERSION,
+    content_key, source_key, ContentKey, GenerationRequest, Manifest, Micros, RenderProfile,
+    StageCost, VariantRef,
 };
-use imagegate_imaging::{DecodeLimits, Watermarker};
-use imagegate_ledger::{Ledger, RequestRecord};
+use imagegate_imaging::Watermarker;
+use imagegate_ledger::Ledger;
 use imagegate_providers::{Estimate, Policy, PriceBook, ProviderSet, Router};
 use imagegate_safety::{Classifier, PromptScreen};
 use imagegate_storage::{LocalStore, ObjectStore, S3Store};
-use serde::Deserialize;
+use produce::{Order, Production, Source};
+use single_flight::{Flight, SingleFlight};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// How a request treats the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheMode {
-    /// Answer from the cache when the key exists; otherwise generate once.
-    #[default]
-    Use,
-    /// Generate again and replace the published entry.
-    Refresh,
-    /// Generate without reading the cache or coalescing with other callers.
-    Bypass,
-}
-
-/// A generation request as callers spell it (`POST /v1/images`, templates).
-/// Everything but `prompt` defaults from the profile and `[defaults]`.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ImageRequest {
-    pub prompt: String,
-    #[serde(default)]
-    pub negative_prompt: Option<String>,
-    #[serde(default)]
-    pub model: Option<String>,
-    #[serde(default)]
-    pub size: Option<String>,
-    #[serde(default)]
-    pub seed: Option<u64>,
-    #[serde(default)]
-    pub variants: Option<Vec<u32>>,
-    #[serde(default)]
-    pub formats: Option<Vec<ImageFormat>>,
-    #[serde(default)]
-    pub profile: Option<String>,
-    /// Routing policy (`cheapest`, `fastest`, `balanced`); `[router] policy` by default.
-    #[serde(default)]
-    pub policy: Option<String>,
-    #[serde(default)]
-    pub max_cost_usd: Option<f64>,
-    #[serde(default)]
-    pub cache: CacheMode,
-}
-
-/// Who is asking, for the ledger and logs.
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    pub request_id: String,
-    /// Id of the API key used (never the secret itself).
-    pub api_key: Option<String>,
-}
+/// Charges still `in_progress` this long after they were opened belong to a process
+/// that died between paying a provider and settling; start-up marks them abandoned.
+/// Longer than any production runs (provider deadline, render, upload, fleet wait).
+const STALE_CHARGE_AGE: Duration = Duration::from_secs(3600);
 
 /// What a request got: the manifest, whether it was a hit, and what this request
 /// itself cost (a miss: every stage; a hit: the lookup).
@@ -96,14 +65,32 @@ pub struct Outcome {
     pub stages: Vec<StageCost>,
 }
 
-/// Where a manifest handed out by the cache came from.
+/// Where a hit was answered from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Produced,
-    StoreTier,
+pub(crate) enum Tier {
+    /// This process's memory (or another caller's production it waited for).
+    Memory,
+    /// The manifest in the object store: one GET.
+    Store,
 }
 
+impl Tier {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Store => "store",
+        }
+    }
+}
+
+/// The pipeline: cheap to clone (one `Arc`), so a production can take it into a task
+/// of its own.
+#[derive(Clone)]
 pub struct Pipeline {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: PipelineConfig,
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
@@ -116,6 +103,8 @@ pub struct Pipeline {
     cache: moka::future::Cache<ContentKey, Arc<Manifest>>,
     /// Content keys of recent requests (`POST /v1/images` computes one per request).
     keys: key_memo::KeyMemo,
+    productions: SingleFlight<ContentKey, Production>,
+    paid: paid::PaidWorkCache,
     cpu: CpuPool,
     generation_slots: Arc<Semaphore>,
     generation_admission: Arc<Semaphore>,
@@ -173,6 +162,13 @@ impl Pipeline {
             config::StorageConfig::S3(sc) => Arc::new(S3Store::open(sc).await?),
         };
         let ledger = Ledger::open(&config.ledger).await?;
+        let abandoned = ledger.abandon_stale_charges(STALE_CHARGE_AGE).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "paid requests left in progress by a process that stopped are now marked abandoned"
+            );
+        }
         let budgets = budget::Budgets::new(config.budgets.clone(), ledger.clone());
         let c = &config.concurrency;
         let workers = c.resolved_cpu_workers();
@@ -182,57 +178,101 @@ impl Pipeline {
             tracing::debug!("perf task clocks available: a lone libaom encode may thread");
         }
         Ok(Pipeline {
-            cache: moka::future::Cache::new(c.cache_entries),
-            keys: key_memo::KeyMemo::new(),
-            cpu: CpuPool::new(workers, c.cpu_queue),
-            encode_threads: if c.encode_threads == 0 {
-                workers
-            } else {
-                c.encode_threads
-            },
-            generation_slots: Arc::new(Semaphore::new(c.generations.max(1))),
-            generation_admission: Arc::new(Semaphore::new(
-                c.generations.max(1) + c.generation_queue,
-            )),
-            replica: format!(
-                "{}-{}-{:08x}",
-                hostname(),
-                std::process::id(),
-                rand::random::<u32>()
-            ),
-            profiles,
-            watermarkers,
-            router,
-            budgets,
-            classifier,
-            screen,
-            store,
-            ledger,
-            config,
+            inner: Arc::new(Inner {
+                cache: moka::future::Cache::new(c.cache_entries),
+                keys: key_memo::KeyMemo::new(),
+                productions: SingleFlight::new(),
+                paid: paid::PaidWorkCache::new(),
+                cpu: CpuPool::new(workers, c.cpu_queue),
+                encode_threads: if c.encode_threads == 0 {
+                    workers
+                } else {
+                    c.encode_threads
+                },
+                generation_slots: Arc::new(Semaphore::new(c.generations.max(1))),
+                generation_admission: Arc::new(Semaphore::new(
+                    c.generations.max(1) + c.generation_queue,
+                )),
+                replica: format!(
+                    "{}-{}-{:08x}",
+                    hostname(),
+                    std::process::id(),
+                    rand::random::<u32>()
+                ),
+                profiles,
+                watermarkers,
+                router,
+                budgets,
+                classifier,
+                screen,
+                store,
+                ledger,
+                config,
+            }),
         })
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
-        &self.store
+        &self.inner.store
     }
 
     pub fn ledger(&self) -> &Ledger {
-        &self.ledger
+        &self.inner.ledger
     }
 
     pub fn config(&self) -> &PipelineConfig {
-        &self.config
+        &self.inner.config
+    }
+
+    pub(crate) fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    pub(crate) fn cache(&self) -> &moka::future::Cache<ContentKey, Arc<Manifest>> {
+        &self.inner.cache
+    }
+
+    pub(crate) fn paid(&self) -> &paid::PaidWorkCache {
+        &self.inner.paid
+    }
+
+    pub(crate) fn cpu(&self) -> &CpuPool {
+        &self.inner.cpu
+    }
+
+    pub(crate) fn classifier(&self) -> Option<&Arc<Classifier>> {
+        self.inner.classifier.as_ref()
+    }
+
+    pub(crate) fn watermarker(&self, profile: &str) -> Option<Arc<Watermarker>> {
+        self.inner.watermarkers.get(profile).cloned()
+    }
+
+    pub(crate) fn encode_threads(&self) -> usize {
+        self.inner.encode_threads
+    }
+
+    pub(crate) fn replica(&self) -> &str {
+        &self.inner.replica
+    }
+
+    /// The generation queue and the slots it waits for.
+    pub(crate) fn generation_limits(&self) -> (&Arc<Semaphore>, &Arc<Semaphore>) {
+        (
+            &self.inner.generation_admission,
+            &self.inner.generation_slots,
+        )
     }
 
     /// The public URL of one stored variant.
     pub fn url_of(&self, variant: &VariantRef) -> String {
-        self.store.public_url(&variant.object)
+        self.inner.store.public_url(&variant.object)
     }
 
     /// Is every dependency usable right now?
     pub async fn ready(&self) -> Result<(), PipelineError> {
-        self.store.check().await?;
-        self.ledger.ping().await?;
+        self.inner.store.check().await?;
+        self.inner.ledger.ping().await?;
         Ok(())
     }
 
@@ -241,7 +281,7 @@ impl Pipeline {
         &self,
         req: &ImageRequest,
     ) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
-        resolve_request(&self.config, &self.profiles, req)
+        resolve_request(&self.inner.config, &self.inner.profiles, req)
     }
 
     /// `POST /v1/images`: generate (or fetch from cache) and deliver.
@@ -252,49 +292,138 @@ impl Pipeline {
     ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
         let (gen, profile, policy) = self.resolve(req)?;
-        if let Some(hit) = self.screen.check(&gen.prompt) {
+        if let Some(hit) = self.inner.screen.check(&gen.prompt) {
             metrics::counter!("imagegate_prompts_blocked_total").increment(1);
             return Err(PipelineError::PromptBlocked {
                 rule: hit.rule().to_string(),
             });
         }
-        let key = self.keys.key(&gen, &profile);
-        // A hit costs nothing from a provider, so only a miss is held to max_cost_usd
-        // and to the key's budget, and both are checked before any provider is called.
-        let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
-        let api_key = ctx.api_key.as_deref();
-        let constrained = req.max_cost_usd.is_some() || self.budgets.is_limited(api_key);
-        // Held until this request's cost is in the ledger.
-        let _reservation = if cached || !constrained {
-            None
-        } else {
-            let estimate =
-                self.router
-                    .estimate(&gen.model, gen.size, policy, None, chrono::Utc::now())?;
-            let expected = estimate
-                .chosen
-                .as_ref()
-                .or(estimate.candidates.first())
-                .map(|c| c.expected);
-            let cheapest = estimate.candidates.iter().map(|c| c.expected).min();
-            if let (Some(max), Some(cheapest)) = (req.max_cost_usd, cheapest) {
-                if cheapest > Micros::from_usd(max) {
-                    return Err(PipelineError::CostLimit {
-                        quote_usd: cheapest.as_usd(),
-                        max_usd: max,
-                    });
-                }
+        let (key, remember) = self.inner.keys.key(&gen, &profile);
+        let max_cost = req.max_cost_usd.map(Micros::from_usd);
+        if req.cache == CacheMode::Use {
+            if let Some(manifest) = self.inner.cache.get(&key).await {
+                remember.remember();
+                return record::answer_hit(
+                    self,
+                    manifest,
+                    Tier::Memory,
+                    &profile.name,
+                    ctx,
+                    started,
+                )
+                .await;
             }
-            self.budgets
-                .reserve(api_key, expected.unwrap_or_default())
-                .await?
+            if let Some(running) = self.inner.productions.running(&key) {
+                remember.remember();
+                return self
+                    .wait_for(Flight::Joined(running), &profile.name, ctx, started)
+                    .await;
+            }
+        }
+        // This caller may start a paid production: held to max_cost_usd and to the
+        // key's budget before any provider is called.
+        let reservation = self
+            .admit_paid(&gen, policy, max_cost, ctx.api_key.as_deref())
+            .await?;
+        remember.remember();
+        let order = Order {
+            key,
+            source: Source::Provider {
+                request: gen,
+                policy,
+                max_cost,
+            },
+            profile: profile.clone(),
+            mode: req.cache,
+            ctx: ctx.clone(),
+            started,
+            reservation,
         };
-        let produce = || async {
-            let generation = self.call_provider(&gen, policy).await?;
-            self.finish(key, &profile, generation).await
-        };
-        self.single_flight(key, req.cache, &profile.name, ctx, started, produce)
+        let flight = self.start_production(order);
+        self.wait_for(flight, &profile.name, ctx, started).await
+    }
+
+    /// The budget reservation for a miss that may pay a provider, after checking
+    /// `max_cost` against what the router would call.
+    async fn admit_paid(
+        &self,
+        gen: &GenerationRequest,
+        policy: Policy,
+        max_cost: Option<Micros>,
+        api_key: Option<&str>,
+    ) -> Result<Option<budget::Reservation>, PipelineError> {
+        let constrained = max_cost.is_some() || self.inner.budgets.is_limited(api_key);
+        if !constrained {
+            return Ok(None);
+        }
+        let estimate = self.inner.router.estimate(
+            &gen.model,
+            gen.size,
+            policy,
+            max_cost,
+            chrono::Utc::now(),
+        )?;
+        let expected = estimate
+            .chosen
+            .as_ref()
+            .or(estimate.candidates.first())
+            .map(|c| c.expected);
+        let cheapest = estimate.candidates.iter().map(|c| c.expected).min();
+        if let (Some(max), Some(cheapest)) = (max_cost, cheapest) {
+            if cheapest > max {
+                return Err(PipelineError::CostLimit {
+                    quote_usd: cheapest.as_usd(),
+                    max_usd: max.as_usd(),
+                });
+            }
+        }
+        self.inner
+            .budgets
+            .reserve(api_key, expected.unwrap_or_default())
             .await
+    }
+
+    /// Starts `order` in a task of its own, or joins the production of its key that
+    /// already runs (a bypass never joins: it wants a production of its own).
+    fn start_production(&self, order: Order) -> Flight<Production> {
+        let pipeline = self.clone();
+        if order.mode == CacheMode::Bypass {
+            let task = tokio::spawn(produce::produce(pipeline, order));
+            let joined = futures::FutureExt::shared(futures::FutureExt::boxed(async move {
+                task.await
+                    .unwrap_or_else(|e| Err(production_panicked(e.to_string())))
+            }));
+            return Flight::Started(joined);
+        }
+        self.inner.productions.join_or_start(
+            order.key,
+            move || produce::produce(pipeline, order),
+            |message| Err(production_panicked(message)),
+        )
+    }
+
+    /// Waits for a production and answers this caller: the one that started it gets
+    /// the miss (its costs are in the ledger already), the ones that joined a hit.
+    async fn wait_for(
+        &self,
+        flight: Flight<Production>,
+        profile: &str,
+        ctx: &RequestContext,
+        started: Instant,
+    ) -> Result<Outcome, PipelineError> {
+        let (joined, started_it) = match flight {
+            Flight::Started(j) => (j, true),
+            Flight::Joined(j) => (j, false),
+        };
+        match (joined.await?, started_it) {
+            (Produced::Made(manifest), true) => Ok(record::answer_miss(manifest)),
+            (Produced::Found(manifest), true) => {
+                record::answer_hit(self, manifest, Tier::Store, profile, ctx, started).await
+            }
+            (Produced::Made(manifest) | Produced::Found(manifest), false) => {
+                record::answer_hit(self, manifest, Tier::Memory, profile, ctx, started).await
+            }
+        }
     }
 
     /// `imagegate process`: the post-generation stages on an image the caller has.
@@ -305,351 +434,61 @@ impl Pipeline {
         ctx: &RequestContext,
     ) -> Result<Outcome, PipelineError> {
         let started = Instant::now();
-        let name = profile_name.unwrap_or(&self.config.defaults.profile);
+        let name = profile_name.unwrap_or(&self.inner.config.defaults.profile);
         let profile = self
+            .inner
             .profiles
             .get(name)
             .cloned()
             .ok_or_else(|| PipelineError::UnknownProfile(name.into()))?;
-        if image.len() > self.config.limits.max_input_bytes {
+        if image.len() > self.inner.config.limits.max_input_bytes {
             return Err(PipelineError::BadImage(format!(
                 "the file has {} bytes; the limit is {}",
                 image.len(),
-                self.config.limits.max_input_bytes
+                self.inner.config.limits.max_input_bytes
             )));
         }
         let key = source_key(&image, &profile);
-        let produce = || async {
-            let generation = Generated {
-                bytes: image.clone(),
-                provider: "source".into(),
-                model: "upload".into(),
-                stage: StageCost::new(Stage::Generate),
-                slot: None,
-            };
-            self.finish(key, &profile, generation).await
+        if let Some(manifest) = self.inner.cache.get(&key).await {
+            return record::answer_hit(self, manifest, Tier::Memory, &profile.name, ctx, started)
+                .await;
+        }
+        let order = Order {
+            key,
+            source: Source::Upload(image),
+            profile: profile.clone(),
+            mode: CacheMode::Use,
+            ctx: ctx.clone(),
+            started,
+            reservation: None,
         };
-        self.single_flight(key, CacheMode::Use, &profile.name, ctx, started, produce)
-            .await
+        let flight = self.start_production(order);
+        self.wait_for(flight, &profile.name, ctx, started).await
     }
 
     /// The manifest of a key, if it was ever published.
     pub async fn manifest(&self, key: ContentKey) -> Result<Option<Arc<Manifest>>, PipelineError> {
-        if let Some(m) = self.cache.get(&key).await {
+        if let Some(m) = self.inner.cache.get(&key).await {
             return Ok(Some(m));
         }
         let Some(m) = self.read_manifest(key).await? else {
             return Ok(None);
         };
         let m = Arc::new(m);
-        self.cache.insert(key, m.clone()).await;
+        self.inner.cache.insert(key, m.clone()).await;
         Ok(Some(m))
     }
 
-    async fn read_manifest(&self, key: ContentKey) -> Result<Option<Manifest>, PipelineError> {
-        let Some(obj) = self.store.get(&Manifest::object_key(key)).await? else {
+    pub(crate) async fn read_manifest(
+        &self,
+        key: ContentKey,
+    ) -> Result<Option<Manifest>, PipelineError> {
+        let Some(obj) = self.inner.store.get(&Manifest::object_key(key)).await? else {
             return Ok(None);
         };
         let manifest: Manifest = serde_json::from_slice(&obj.bytes)
             .map_err(|e| PipelineError::Storage(format!("manifest of {key} is unreadable: {e}")))?;
         Ok(Some(manifest))
-    }
-
-    /// Runs `produce` at most once per key for all concurrent callers, then records
-    /// this caller's own cost and answers.
-    async fn single_flight<F, Fut>(
-        &self,
-        key: ContentKey,
-        mode: CacheMode,
-        profile: &str,
-        ctx: &RequestContext,
-        started: Instant,
-        produce: F,
-    ) -> Result<Outcome, PipelineError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Manifest, PipelineError>>,
-    {
-        let origin: Arc<Mutex<Option<Origin>>> = Arc::default();
-        let manifest = match mode {
-            CacheMode::Use => {
-                let slot = origin.clone();
-                let init = async move {
-                    // Boxed here and below: the miss path's state machine is kilobytes
-                    // (provider call, render, upload), and inline it would be part of
-                    // every hit's future too, which is copied each time it is moved.
-                    let (m, from) =
-                        Box::pin(self.produce_once_across_replicas(key, produce)).await?;
-                    *slot.lock().expect("origin lock is never poisoned") = Some(from);
-                    Ok::<_, PipelineError>(Arc::new(m))
-                };
-                let entry = self
-                    .cache
-                    .entry(key)
-                    .or_try_insert_with(init)
-                    .await
-                    .map_err(|e: Arc<PipelineError>| (*e).clone())?;
-                let ran_init = entry.is_fresh();
-                let manifest = entry.into_value();
-                let origin = *origin.lock().expect("origin lock is never poisoned");
-                match (ran_init, origin) {
-                    (true, Some(Origin::Produced)) => {
-                        return self
-                            .answer_miss(manifest, CacheOutcome::Miss, profile, ctx, started)
-                            .await
-                    }
-                    (true, _) => {
-                        return self
-                            .answer_hit(manifest, "store", profile, ctx, started)
-                            .await
-                    }
-                    _ => manifest,
-                }
-            }
-            CacheMode::Refresh | CacheMode::Bypass => {
-                let manifest = Arc::new(Box::pin(produce()).await?);
-                if mode == CacheMode::Refresh {
-                    self.cache.insert(key, manifest.clone()).await;
-                } else {
-                    self.cache.invalidate(&key).await;
-                }
-                let outcome = if mode == CacheMode::Refresh {
-                    CacheOutcome::Miss
-                } else {
-                    CacheOutcome::Bypass
-                };
-                return self
-                    .answer_miss(manifest, outcome, profile, ctx, started)
-                    .await;
-            }
-        };
-        self.answer_hit(manifest, "memory", profile, ctx, started)
-            .await
-    }
-
-    /// The store-tier lookup and, on a miss, `produce` under the key's lease, so that
-    /// replicas sharing the store and ledger generate a key once between them. A
-    /// replica that finds the lease taken waits for the holder's manifest; a holder
-    /// that dies stops renewing, its lease expires and a waiter takes over.
-    async fn produce_once_across_replicas<F, Fut>(
-        &self,
-        key: ContentKey,
-        produce: F,
-    ) -> Result<(Manifest, Origin), PipelineError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<Manifest, PipelineError>>,
-    {
-        let fleet = &self.config.fleet;
-        let ttl = Duration::from_secs(fleet.lease_ttl_secs.max(1));
-        let deadline = Instant::now() + Duration::from_secs(fleet.wait_secs.max(1));
-        let mut poll = Duration::from_millis(fleet.poll_ms.max(1));
-        loop {
-            if let Some(m) = self.read_manifest(key).await? {
-                return Ok((m, Origin::StoreTier));
-            }
-            if self
-                .ledger
-                .try_acquire_lease(key, &self.replica, ttl)
-                .await?
-            {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(PipelineError::Overloaded {
-                    what: "another replica's generation of this image",
-                    retry_after: Duration::from_secs(2),
-                });
-            }
-            tokio::time::sleep(poll).await;
-            poll = (poll * 2).min(Duration::from_millis(fleet.poll_ms.max(1) * 8));
-        }
-        // Published between our lookup and taking the lease.
-        let result = match self.read_manifest(key).await {
-            Ok(Some(m)) => Ok((m, Origin::StoreTier)),
-            Ok(None) => {
-                let renew = async {
-                    loop {
-                        tokio::time::sleep(ttl / 3).await;
-                        match self.ledger.renew_lease(key, &self.replica, ttl).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                tracing::warn!(%key, "lease lost while generating; another replica may generate too");
-                                std::future::pending::<()>().await;
-                            }
-                            Err(e) => tracing::warn!(%key, error = %e, "lease renewal failed"),
-                        }
-                    }
-                };
-                tokio::select! {
-                    produced = produce() => produced.map(|m| (m, Origin::Produced)),
-                    () = renew => unreachable!("the renewal loop never ends"),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = self.ledger.release_lease(key, &self.replica).await {
-            // It expires by itself; waiters find the manifest first anyway.
-            tracing::warn!(%key, error = %e, "lease release failed");
-        }
-        result
-    }
-
-    async fn answer_miss(
-        &self,
-        manifest: Arc<Manifest>,
-        outcome: CacheOutcome,
-        profile: &str,
-        ctx: &RequestContext,
-        started: Instant,
-    ) -> Result<Outcome, PipelineError> {
-        let stages = manifest.stages.clone();
-        self.record(&manifest, outcome, profile, ctx, started, &stages)
-            .await?;
-        metrics::counter!("imagegate_cache_requests_total", "outcome" => outcome.as_str())
-            .increment(1);
-        Ok(Outcome {
-            manifest,
-            cache: outcome,
-            stages,
-        })
-    }
-
-    async fn answer_hit(
-        &self,
-        manifest: Arc<Manifest>,
-        tier: &'static str,
-        profile: &str,
-        ctx: &RequestContext,
-        started: Instant,
-    ) -> Result<Outcome, PipelineError> {
-        let mut lookup = StageCost::new(Stage::Cache);
-        lookup.wall_ms = started.elapsed().as_secs_f64() * 1e3;
-        if tier == "store" {
-            // One GET of the manifest from the object store.
-            lookup.micros = Micros::from_usd(self.config.costs.get_usd_per_1000 / 1000.0);
-        }
-        lookup.detail = serde_json::json!({
-            "tier": tier,
-            "original_usd": manifest.cost_micros.as_usd(),
-        });
-        let stages = vec![lookup];
-        self.record(&manifest, CacheOutcome::Hit, profile, ctx, started, &stages)
-            .await?;
-        metrics::counter!("imagegate_cache_requests_total", "outcome" => "hit").increment(1);
-        Ok(Outcome {
-            manifest,
-            cache: CacheOutcome::Hit,
-            stages,
-        })
-    }
-
-    async fn record(
-        &self,
-        manifest: &Manifest,
-        outcome: CacheOutcome,
-        profile: &str,
-        ctx: &RequestContext,
-        started: Instant,
-        stages: &[StageCost],
-    ) -> Result<(), PipelineError> {
-        let status = match manifest.status {
-            ManifestStatus::Ok => "ok",
-            ManifestStatus::Blocked => "blocked",
-        };
-        let record = RequestRecord {
-            request_id: ctx.request_id.clone(),
-            key: manifest.id,
-            cache: outcome,
-            status: status.into(),
-            provider: Some(manifest.provider.clone()),
-            model: Some(manifest.model.clone()),
-            api_key: ctx.api_key.clone(),
-            profile: profile.into(),
-            wall_ms: started.elapsed().as_secs_f64() * 1e3,
-        };
-        self.ledger.record(&record, stages).await?;
-        for s in stages {
-            metrics::counter!("imagegate_stage_cost_microdollars_total", "stage" => s.stage.as_str())
-                .increment(s.micros.0.max(0) as u64);
-            metrics::histogram!("imagegate_stage_duration_seconds", "stage" => s.stage.as_str())
-                .record(s.wall_ms / 1e3);
-        }
-        Ok(())
-    }
-
-    async fn call_provider(
-        &self,
-        gen: &GenerationRequest,
-        policy: Policy,
-    ) -> Result<Generated, PipelineError> {
-        let admitted = self
-            .generation_admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| PipelineError::Overloaded {
-                what: "generation",
-                retry_after: Duration::from_secs(2),
-            })?;
-        let slot = self
-            .generation_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
-        let mut normalized = gen.clone();
-        normalized.prompt = imagegate_core::key::normalize_text(&gen.prompt);
-        normalized.negative_prompt = gen
-            .negative_prompt
-            .as_deref()
-            .map(imagegate_core::key::normalize_text)
-            .filter(|n| !n.is_empty());
-        let wall = Instant::now();
-        let routed = self.router.generate(&normalized, policy, None).await;
-        // One count per failed attempt (retries and failovers included), labelled by
-        // the configured provider name and the router's closed set of outcomes.
-        let decision = match &routed {
-            Ok(r) => Some(&r.decision),
-            Err(e) => e.decision(),
-        };
-        for a in decision.iter().flat_map(|d| &d.attempts) {
-            if a.outcome != "ok" {
-                metrics::counter!("imagegate_provider_errors_total",
-                    "provider" => a.provider.clone(), "kind" => a.outcome)
-                .increment(1);
-            }
-        }
-        let routed = routed?;
-        let generation = routed.generation;
-        if generation.bytes.len() > self.config.limits.max_input_bytes {
-            return Err(PipelineError::BadImage(format!(
-                "provider {} sent {} bytes; the limit is {}",
-                generation.provider,
-                generation.bytes.len(),
-                self.config.limits.max_input_bytes
-            )));
-        }
-        let mut stage = StageCost::new(Stage::Generate);
-        stage.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
-        stage.micros = generation.cost;
-        stage.bytes_out = generation.bytes.len() as u64;
-        stage.detail = serde_json::json!({
-            "provider": generation.provider,
-            "model": generation.model,
-            "usage": generation.usage,
-            "size": gen.size.to_string(),
-            "decision": routed.decision,
-        });
-        Ok(Generated {
-            bytes: generation.bytes,
-            provider: generation.provider,
-            model: generation.model,
-            stage,
-            slot: Some(GenerationSlot {
-                _admitted: admitted,
-                _slot: slot,
-            }),
-        })
     }
 
     /// `POST /v1/estimate`: what the router would consider and choose for `req`, and
@@ -659,7 +498,7 @@ impl Pipeline {
         req: &ImageRequest,
     ) -> Result<(ContentKey, bool, Estimate), PipelineError> {
         let (gen, profile, policy) = self.resolve(req)?;
-        if let Some(hit) = self.screen.check(&gen.prompt) {
+        if let Some(hit) = self.inner.screen.check(&gen.prompt) {
             return Err(PipelineError::PromptBlocked {
                 rule: hit.rule().to_string(),
             });
@@ -667,237 +506,20 @@ impl Pipeline {
         let key = content_key(&gen, &profile);
         let max = req.max_cost_usd.map(Micros::from_usd);
         let estimate =
-            self.router
+            self.inner
+                .router
                 .estimate(&gen.model, gen.size, policy, max, chrono::Utc::now())?;
         let cached = self.manifest(key).await?.is_some();
         Ok((key, cached, estimate))
     }
+}
 
-    /// Everything after the provider: render on the CPU pool, upload variants, then
-    /// the manifest.
-    async fn finish(
-        &self,
-        key: ContentKey,
-        profile: &RenderProfile,
-        generated: Generated,
-    ) -> Result<Manifest, PipelineError> {
-        let limits = &self.config.limits;
-        let job = render::RenderJob {
-            // Moved, not shared: the render frees the encoded picture as soon as it is
-            // decoded, instead of it staying alive here until the manifest is written.
-            source: generated.bytes,
-            profile: profile.clone(),
-            limits: DecodeLimits {
-                max_pixels: limits.max_pixels,
-                max_side: limits.max_side,
-                max_input_bytes: limits.max_input_bytes,
-            },
-            classifier: self.classifier.clone(),
-            watermarker: self.watermarkers.get(&profile.name).cloned(),
-            usd_per_core_hour: self.config.costs.usd_per_core_hour,
-            encode_threads: self.encode_threads,
-            idle_workers: self.cpu.idle_workers(),
-        };
-        let slot = generated.slot;
-        let rendered = self
-            .cpu
-            .run(move || {
-                // The picture is in a worker's hands now: the next generation may start.
-                drop(slot);
-                render::render(job)
-            })
-            .await??;
-        let mut stages = Vec::with_capacity(8);
-        if generated.provider != "source" {
-            stages.push(generated.stage);
-        }
-        stages.extend(rendered.stages);
-
-        let upload_started = Instant::now();
-        let images: Vec<VariantRef> = rendered
-            .files
-            .iter()
-            .map(|f| VariantRef {
-                width: f.width,
-                height: f.height,
-                format: f.format,
-                object: Manifest::variant_object_key(key, f.width, f.format),
-                bytes: f.bytes.len() as u64,
-            })
-            .collect();
-        // Variants first, in parallel; the manifest only once all of them are stored.
-        let puts = rendered.files.into_iter().zip(&images).map(|(f, v)| {
-            self.store
-                .put(&v.object, Bytes::from(f.bytes), f.format.content_type())
-        });
-        futures::future::try_join_all(puts).await?;
-        let stored_bytes: u64 = images.iter().map(|v| v.bytes).sum();
-        let objects = images.len() as u64 + 1;
-        let mut upload = StageCost::new(Stage::Upload);
-        upload.bytes_in = stored_bytes;
-        upload.bytes_out = stored_bytes;
-        let costs = &self.config.costs;
-        // PUT fees plus the first month of storage; later months are a projection in reports.
-        upload.micros = Micros::from_usd(objects as f64 * costs.put_usd_per_1000 / 1000.0)
-            + Micros::for_storage_month(stored_bytes, costs.storage_usd_per_gb_month);
-        // Per file, so reports can project delivery bytes by width and format.
-        let files: Vec<serde_json::Value> = images
-            .iter()
-            .map(|v| serde_json::json!({"width": v.width, "format": v.format, "bytes": v.bytes}))
-            .collect();
-        upload.detail = serde_json::json!({
-            "store": self.store.kind(),
-            "objects": objects,
-            "storage_months": 1,
-            "files": files,
-        });
-
-        let status = if rendered.verdict.action == imagegate_core::SafetyAction::Block {
-            ManifestStatus::Blocked
-        } else {
-            ManifestStatus::Ok
-        };
-        let mut manifest = Manifest {
-            id: key,
-            status,
-            provider: generated.provider,
-            model: generated.model,
-            source_width: rendered.source_width,
-            source_height: rendered.source_height,
-            images,
-            safety: rendered.verdict,
-            cost_micros: Micros::ZERO,
-            stages: Vec::new(),
-            created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            pipeline_version: PIPELINE_VERSION,
-        };
-        let body_len = serde_json::to_vec(&manifest).map(|v| v.len()).unwrap_or(0) as u64;
-        upload.micros += Micros::for_storage_month(body_len, costs.storage_usd_per_gb_month);
-        upload.wall_ms = upload_started.elapsed().as_secs_f64() * 1e3;
-        stages.push(upload);
-        manifest.cost_micros = stages.iter().map(|s| s.micros).sum();
-        manifest.stages = stages;
-        let body = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| PipelineError::Internal(e.to_string()))?;
-        self.store
-            .put(
-                &Manifest::object_key(key),
-                Bytes::from(body),
-                "application/json",
-            )
-            .await?;
-        Ok(manifest)
-    }
+fn production_panicked(message: String) -> PipelineError {
+    PipelineError::Internal(format!("a production stopped unexpectedly: {message}"))
 }
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "replica".into())
-}
-
-/// Provider output on its way into the render stages.
-struct Generated {
-    bytes: Bytes,
-    provider: String,
-    model: String,
-    stage: StageCost,
-    /// Held from the provider call until a CPU worker takes the picture, so provider
-    /// output never piles up in front of the CPU pool: when rendering is the
-    /// bottleneck, new generations wait (holding nothing) instead of every finished
-    /// picture waiting (holding its encoded bytes, megabytes each).
-    slot: Option<GenerationSlot>,
-}
-
-/// A miss's place among `concurrency.generations`, and in the generation queue.
-struct GenerationSlot {
-    _admitted: tokio::sync::OwnedSemaphorePermit,
-    _slot: tokio::sync::OwnedSemaphorePermit,
-}
-
-/// Resolves a caller's request against a configuration and its resolved profiles:
-/// every check the HTTP and CLI callers rely on, with no I/O, so the fuzz target
-/// (`fuzz/`, `parse_request`) exercises exactly what the server runs.
-pub fn resolve_request(
-    config: &PipelineConfig,
-    profiles: &BTreeMap<String, RenderProfile>,
-    req: &ImageRequest,
-) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
-    let limits = &config.limits;
-    let defaults = &config.defaults;
-    let normalized = imagegate_core::key::normalize_text(&req.prompt);
-    if normalized.is_empty() {
-        return Err(PipelineError::BadRequest("prompt is empty".into()));
-    }
-    for (field, text) in [
-        ("prompt", Some(&req.prompt)),
-        ("negative_prompt", req.negative_prompt.as_ref()),
-    ] {
-        if let Some(t) = text {
-            let n = t.chars().count();
-            if n > limits.max_prompt_chars {
-                return Err(PipelineError::BadRequest(format!(
-                    "{field} has {n} characters; the limit is {}",
-                    limits.max_prompt_chars
-                )));
-            }
-        }
-    }
-    let profile_name = req.profile.as_deref().unwrap_or(&defaults.profile);
-    let mut profile = profiles
-        .get(profile_name)
-        .cloned()
-        .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
-    if let Some(v) = &req.variants {
-        if v.is_empty() || v.len() > limits.max_variants {
-            return Err(PipelineError::BadRequest(format!(
-                "variants must list 1 to {} widths",
-                limits.max_variants
-            )));
-        }
-        profile.variants = v.clone();
-    }
-    if let Some(f) = &req.formats {
-        if f.is_empty() {
-            return Err(PipelineError::BadRequest("formats is empty".into()));
-        }
-        profile.formats = f.clone();
-    }
-    profile.validate().map_err(PipelineError::BadRequest)?;
-    let size: Size = req
-        .size
-        .as_deref()
-        .unwrap_or(&defaults.size)
-        .parse()
-        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
-    let model: ModelChoice = req
-        .model
-        .as_deref()
-        .unwrap_or(&defaults.model)
-        .parse()
-        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
-    if let Some(max) = req.max_cost_usd {
-        if !(max.is_finite() && max >= 0.0) {
-            return Err(PipelineError::BadRequest(
-                "max_cost_usd must be a non-negative number".into(),
-            ));
-        }
-    }
-    let policy = match &req.policy {
-        Some(p) => p
-            .parse()
-            .map_err(|e: imagegate_providers::router::BadPolicy| {
-                PipelineError::BadRequest(e.to_string())
-            })?,
-        None => config.router.policy,
-    };
-    let gen = GenerationRequest::new(
-        &req.prompt,
-        req.negative_prompt.as_deref(),
-        model,
-        size,
-        req.seed.unwrap_or(defaults.seed),
-    )
-    .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
-    Ok((gen, profile, policy))
 }

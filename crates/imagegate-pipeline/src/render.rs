@@ -39,7 +39,6 @@ pub(crate) struct Rendered {
     pub source_height: u32,
     /// Empty when the verdict is `block`.
     pub files: Vec<EncodedFile>,
-    pub stages: Vec<StageCost>,
 }
 
 /// How strongly a `blur` verdict blurs: sigma as a fraction of the width, enough
@@ -54,17 +53,27 @@ fn stage(stage: Stage, wall_ms: f64, cpu_ms: f64, usd_per_core_hour: f64) -> Sta
     s
 }
 
-pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
+/// Renders `job`, pushing each stage's cost onto `stages` as it completes: a render
+/// that fails halfway has still spent the CPU of the stages before, and the caller
+/// records them.
+pub(crate) fn render(
+    job: RenderJob,
+    stages: &mut Vec<StageCost>,
+) -> Result<Rendered, PipelineError> {
     let price = job.usd_per_core_hour;
-    let mut stages = Vec::with_capacity(5);
 
     let decoded = measure(|| imagegate_imaging::decode(&job.source, &job.limits));
-    let mut image = decoded
-        .value
-        .map_err(|e| PipelineError::BadImage(e.to_string()))?;
-    let (source_width, source_height) = image.dimensions();
     let mut s = stage(Stage::Decode, decoded.wall_ms, decoded.cpu_ms, price);
     s.bytes_in = job.source.len() as u64;
+    let mut image = match decoded.value {
+        Ok(image) => image,
+        Err(e) => {
+            s.detail = serde_json::json!({"error": e.to_string()});
+            stages.push(s);
+            return Err(PipelineError::BadImage(e.to_string()));
+        }
+    };
+    let (source_width, source_height) = image.dimensions();
     // Only the pixels matter from here on; the encoded bytes are megabytes.
     drop(job.source);
     s.bytes_out = u64::from(source_width) * u64::from(source_height) * 3;
@@ -110,7 +119,6 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
             source_width,
             source_height,
             files: Vec::new(),
-            stages,
         });
     }
 
@@ -181,7 +189,6 @@ pub(crate) fn render(job: RenderJob) -> Result<Rendered, PipelineError> {
         source_width,
         source_height,
         files,
-        stages,
     })
 }
 

@@ -220,7 +220,8 @@ fn anonymous_refusal(req: &Request<axum::body::Body>) -> Option<ApiError> {
     None
 }
 
-/// Whether a `Host` value (with or without port) names this machine's loopback.
+/// Whether a `Host` value (with or without port) names this machine's loopback (the
+/// wildcard address too: a client that connects to 0.0.0.0 reaches loopback).
 fn is_loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(""),
@@ -235,7 +236,7 @@ fn is_loopback_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 /// Checks the caller's key (and its rate limit) and records who it is on `req`.
@@ -332,6 +333,9 @@ mod tests {
         assert!(anonymous_refusal(&request("[::1]:5000", &[("host", "[::1]:8080")])).is_none());
         assert!(anonymous_refusal(&request("127.0.0.1:5000", &[("host", "localhost")])).is_none());
         assert!(anonymous_refusal(&request("127.0.0.1:5000", &[])).is_none());
+        assert!(
+            anonymous_refusal(&request("127.0.0.1:5000", &[("host", "0.0.0.0:8080")])).is_none()
+        );
 
         let refused = |peer: &str, headers: &[(&str, &str)]| {
             let e = anonymous_refusal(&request(peer, headers)).expect("refused");
@@ -340,8 +344,17 @@ mod tests {
         };
         refused("10.1.2.3:5000", &direct);
         refused("127.0.0.1:5000", &[("host", "images.example.com")]);
-        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("x-forwarded-for", "1.2.3.4")]);
-        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("x-real-ip", "1.2.3.4")]);
-        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("forwarded", "for=1.2.3.4")]);
+        refused(
+            "127.0.0.1:5000",
+            &[("host", "127.0.0.1"), ("x-forwarded-for", "1.2.3.4")],
+        );
+        refused(
+            "127.0.0.1:5000",
+            &[("host", "127.0.0.1"), ("x-real-ip", "1.2.3.4")],
+        );
+        refused(
+            "127.0.0.1:5000",
+            &[("host", "127.0.0.1"), ("forwarded", "for=1.2.3.4")],
+        );
     }
 }

@@ -318,7 +318,8 @@ async fn execute(
             let request = &items[i].request;
             in_flight.push(async move {
                 let outcome = generate(pipeline, request, &ctx).await;
-                (i, expected, need, outcome)
+                let done = settle(pipeline, &ctx, outcome).await;
+                (i, expected, need, done)
             });
         }
         if in_flight.is_empty() {
@@ -336,11 +337,10 @@ async fn execute(
                 continue;
             }
         };
-        let Some((i, expected, need, outcome)) = finished else {
+        let Some((i, expected, need, d)) = finished else {
             break;
         };
         reserved.0 -= need.0;
-        let d = settle(outcome);
         match &d {
             // A blocked image was generated and processed too: it informs the estimate.
             Done::Miss { spent: s } | Done::Failed { spent: s, .. } if s.0 > 0 => {
@@ -414,7 +414,14 @@ async fn generate(
     }
 }
 
-fn settle(outcome: Result<Outcome, PipelineError>) -> Done {
+/// What one image came to, and what it cost. A failure can cost too (a provider paid
+/// before the store failed): the pipeline has put that charge in the ledger under
+/// the request's id by the time it answers, so it is read back from there.
+async fn settle(
+    pipeline: &Pipeline,
+    ctx: &RequestContext,
+    outcome: Result<Outcome, PipelineError>,
+) -> Done {
     match outcome {
         Ok(o) => {
             let spent: Micros = o.stages.iter().map(|s| s.micros).sum();
@@ -434,10 +441,19 @@ fn settle(outcome: Result<Outcome, PipelineError>) -> Done {
             }
         }
         Err(e @ PipelineError::BudgetExhausted { .. }) => Done::SkippedBudget(e.to_string()),
-        Err(e) => Done::Failed {
-            reason: e.to_string(),
-            spent: Micros::ZERO,
-        },
+        Err(e) => {
+            let spent = match pipeline.ledger().request_rows(&ctx.request_id).await {
+                Ok(rows) => rows.iter().map(|r| r.micros).sum(),
+                Err(read) => {
+                    tracing::warn!(error = %read, "could not read what a failed image cost");
+                    Micros::ZERO
+                }
+            };
+            Done::Failed {
+                reason: e.to_string(),
+                spent,
+            }
+        }
     }
 }
 

@@ -1,0 +1,167 @@
+//! What callers ask for and who they are: the request as callers spell it
+//! (`POST /v1/images`, templates), how it treats the cache, and its resolution
+//! against the configuration into what decides the output bytes.
+
+use crate::config::PipelineConfig;
+use crate::error::PipelineError;
+use imagegate_core::{GenerationRequest, ImageFormat, ModelChoice, RenderProfile, Size};
+use imagegate_providers::Policy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// How a request treats the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Answer from the cache when the key exists; otherwise generate once.
+    #[default]
+    Use,
+    /// Generate again and replace the published entry.
+    Refresh,
+    /// Generate without reading the cache or coalescing with other callers.
+    Bypass,
+}
+
+/// A generation request as callers spell it (`POST /v1/images`, templates).
+/// Everything but `prompt` defaults from the profile and `[defaults]`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub size: Option<String>,
+    #[serde(default)]
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub variants: Option<Vec<u32>>,
+    #[serde(default)]
+    pub formats: Option<Vec<ImageFormat>>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Routing policy (`cheapest`, `fastest`, `balanced`); `[router] policy` by default.
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub cache: CacheMode,
+}
+
+/// Who is asking, for the ledger and logs.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    pub request_id: String,
+    /// Id of the API key used (never the secret itself).
+    pub api_key: Option<String>,
+}
+
+/// Resolves a caller's request against a configuration and its resolved profiles:
+/// every check the HTTP and CLI callers rely on, with no I/O, so the fuzz target
+/// (`fuzz/`, `parse_request`) exercises exactly what the server runs.
+pub fn resolve_request(
+    config: &PipelineConfig,
+    profiles: &BTreeMap<String, RenderProfile>,
+    req: &ImageRequest,
+) -> Result<(GenerationRequest, RenderProfile, Policy), PipelineError> {
+    let limits = &config.limits;
+    let defaults = &config.defaults;
+    let normalized = imagegate_core::key::normalize_text(&req.prompt);
+    if normalized.is_empty() {
+        return Err(PipelineError::BadRequest("prompt is empty".into()));
+    }
+    for (field, text) in [
+        ("prompt", Some(&req.prompt)),
+        ("negative_prompt", req.negative_prompt.as_ref()),
+    ] {
+        if let Some(t) = text {
+            let n = t.chars().count();
+            if n > limits.max_prompt_chars {
+                return Err(PipelineError::BadRequest(format!(
+                    "{field} has {n} characters; the limit is {}",
+                    limits.max_prompt_chars
+                )));
+            }
+        }
+    }
+    let profile_name = req.profile.as_deref().unwrap_or(&defaults.profile);
+    let mut profile = profiles
+        .get(profile_name)
+        .cloned()
+        .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
+    if let Some(v) = &req.variants {
+        if v.is_empty() || v.len() > limits.max_variants {
+            return Err(PipelineError::BadRequest(format!(
+                "variants must list 1 to {} widths",
+                limits.max_variants
+            )));
+        }
+        if let Some(w) = first_repeat(v) {
+            return Err(PipelineError::BadRequest(format!(
+                "variants lists width {w} twice"
+            )));
+        }
+        profile.variants = v.clone();
+    }
+    if let Some(f) = &req.formats {
+        if f.is_empty() {
+            return Err(PipelineError::BadRequest("formats is empty".into()));
+        }
+        // A format listed twice would make the same files twice, and weigh in the
+        // key memo as often as it is repeated.
+        if let Some(format) = first_repeat(f) {
+            return Err(PipelineError::BadRequest(format!(
+                "formats lists {format} twice"
+            )));
+        }
+        profile.formats = f.clone();
+    }
+    profile.validate().map_err(PipelineError::BadRequest)?;
+    let size: Size = req
+        .size
+        .as_deref()
+        .unwrap_or(&defaults.size)
+        .parse()
+        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+    let model: ModelChoice = req
+        .model
+        .as_deref()
+        .unwrap_or(&defaults.model)
+        .parse()
+        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+    if let Some(max) = req.max_cost_usd {
+        if !(max.is_finite() && max >= 0.0) {
+            return Err(PipelineError::BadRequest(
+                "max_cost_usd must be a non-negative number".into(),
+            ));
+        }
+    }
+    let policy = match &req.policy {
+        Some(p) => p
+            .parse()
+            .map_err(|e: imagegate_providers::router::BadPolicy| {
+                PipelineError::BadRequest(e.to_string())
+            })?,
+        None => config.router.policy,
+    };
+    let gen = GenerationRequest::new(
+        &req.prompt,
+        req.negative_prompt.as_deref(),
+        model,
+        size,
+        req.seed.unwrap_or(defaults.seed),
+    )
+    .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+    Ok((gen, profile, policy))
+}
+
+fn first_repeat<T: PartialEq + Copy>(items: &[T]) -> Option<T> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, x)| items[..*i].contains(x))
+        .map(|(_, x)| *x)
+}
