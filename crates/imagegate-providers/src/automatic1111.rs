@@ -1,7 +1,7 @@
 //! The self-hosted AUTOMATIC1111 Stable Diffusion web UI adapter (`--api` mode):
-//! `POST {base_url}/sdapi/v1/txt2img`, costed per GPU-second from configuration.
-//! The GPU time of a call is its measured wall time: the server renders one request
-//! at a time, so the GPU is ours for exactly that long.
+//! `POST {base_url}/sdapi/v1/txt2img`. The GPU time of a call is its measured wall
+//! time (the server renders one request at a time, so the GPU is ours for exactly
+//! that long); what a GPU-second costs is the price book's `per_gpu_second` entry.
 //!
 //! Wire format:
 //! - API overview and `--api`/`--api-auth user:password` (HTTP basic):
@@ -19,11 +19,12 @@
 //! The web UI has no content-policy refusals of its own, so this adapter never returns
 //! `ContentRejected`; imagegate's own safety stage still screens the output.
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, ApiKey};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
+use imagegate_core::ModelClass;
+use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -40,12 +41,6 @@ pub struct Automatic1111Config {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// What one second of this server's GPU costs (amortized hardware or rental).
-    #[serde(default)]
-    pub usd_per_gpu_second: f64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
     #[serde(default = "default_steps")]
     pub steps: u32,
     #[serde(default = "default_cfg_scale")]
@@ -74,10 +69,10 @@ fn default_cfg_scale() -> f64 {
     7.0
 }
 fn default_models() -> Vec<ModelOffer> {
-    vec![ModelOffer {
-        name: "sd_xl_base_1.0".into(),
-        classes: vec![ModelClass::Draft, ModelClass::Standard],
-    }]
+    vec![ModelOffer::new(
+        "sd_xl_base_1.0",
+        &[ModelClass::Draft, ModelClass::Standard],
+    )]
 }
 
 impl Default for Automatic1111Config {
@@ -87,8 +82,6 @@ impl Default for Automatic1111Config {
             base_url: default_base_url(),
             api_key_env: None,
             timeout_secs: default_timeout_secs(),
-            usd_per_gpu_second: 0.0,
-            expected_usd_per_image: 0.0,
             steps: default_steps(),
             cfg_scale: default_cfg_scale(),
             sampler_name: None,
@@ -97,55 +90,10 @@ impl Default for Automatic1111Config {
     }
 }
 
-// ---- wire types ----
-
-#[derive(Debug, Serialize)]
-struct Txt2ImgRequest<'a> {
-    prompt: &'a str,
-    negative_prompt: &'a str,
-    seed: i64,
-    width: u32,
-    height: u32,
-    steps: u32,
-    cfg_scale: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sampler_name: Option<&'a str>,
-    batch_size: u32,
-    n_iter: u32,
-    send_images: bool,
-    save_images: bool,
-    override_settings: OverrideSettings<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct OverrideSettings<'a> {
-    sd_model_checkpoint: &'a str,
-}
-
-#[derive(Debug, Deserialize)]
-struct Txt2ImgResponse {
-    #[serde(default)]
-    images: Vec<String>,
-    /// A JSON document encoded as a string (seed actually used, sampler, ...).
-    #[serde(default)]
-    info: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    detail: serde_json::Value,
-    #[serde(default)]
-    errors: Option<String>,
-}
-
-// ---- the adapter ----
 
 pub struct Automatic1111Provider {
     config: Automatic1111Config,
-    endpoint: http::Endpoint,
+    endpoint: helpers::Endpoint,
     auth: Option<(String, ApiKey)>,
 }
 
@@ -160,23 +108,16 @@ impl std::fmt::Debug for Automatic1111Provider {
 
 impl Automatic1111Provider {
     pub fn new(config: Automatic1111Config) -> Result<Automatic1111Provider, ProviderError> {
-        let endpoint = http::Endpoint::open(
+        let endpoint = helpers::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
-            config.expected_usd_per_image,
             config.models.is_empty(),
         )?;
         let fail = |message: String| ProviderError::Config {
             provider: config.name.clone(),
             message,
         };
-        if !(config.usd_per_gpu_second.is_finite() && config.usd_per_gpu_second >= 0.0) {
-            return Err(fail(format!(
-                "usd_per_gpu_second must be a non-negative number, not {}",
-                config.usd_per_gpu_second
-            )));
-        }
         if config.steps == 0 {
             return Err(fail("steps must be at least 1".into()));
         }
@@ -222,7 +163,7 @@ impl Automatic1111Provider {
             }
             Err(_) => String::from_utf8_lossy(body).into_owned(),
         };
-        http::status_error(
+        helpers::status_error(
             &self.config.name,
             self.config.api_key_env.as_deref(),
             status,
@@ -242,10 +183,12 @@ impl Provider for Automatic1111Provider {
         &self.config.models
     }
 
-    /// A flat configured figure; the real cost is `usd_per_gpu_second` times the
-    /// measured `Usage::gpu_seconds`, which the price book computes.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
+    fn kind(&self) -> &'static str {
+        "automatic1111"
+    }
+
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout
     }
 
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
@@ -281,22 +224,22 @@ impl Provider for Automatic1111Provider {
         let resp = builder
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
+            .map_err(|e| helpers::transport_error(name, self.endpoint.timeout, e))?;
         let status = resp.status();
         let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+            helpers::read_limited(name, self.endpoint.timeout, resp, helpers::MAX_RESPONSE_BYTES).await?;
         let gpu_seconds = started.elapsed().as_secs_f64();
         if !status.is_success() {
             return Err(self.error_from(status, &raw));
         }
         let parsed: Txt2ImgResponse = serde_json::from_slice(&raw)
-            .map_err(|e| http::bad_response(name, format!("unexpected body: {e}")))?;
+            .map_err(|e| helpers::bad_response(name, format!("unexpected body: {e}")))?;
         let first = parsed
             .images
             .first()
-            .ok_or_else(|| http::bad_response(name, "response has no images"))?;
-        let bytes = http::decode_base64(name, first)?;
-        let sniffed = http::sniff_image(name, &bytes)?;
+            .ok_or_else(|| helpers::bad_response(name, "response has no images"))?;
+        let bytes = helpers::decode_base64(name, first)?;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
         // `info` is JSON inside a string; keep it parsed when it parses, for audits.
         let info = parsed
             .info
@@ -308,7 +251,6 @@ impl Provider for Automatic1111Provider {
             media_type: sniffed.media_type.to_string(),
             provider: name.clone(),
             model: request.model.clone(),
-            cost: Micros::ZERO,
             usage: Usage {
                 images: 1,
                 width: sniffed.width,
@@ -317,10 +259,53 @@ impl Provider for Automatic1111Provider {
                 raw: serde_json::json!({
                     "seed": info.get("seed").cloned().unwrap_or(serde_json::Value::Null),
                     "sd_model_name": info.get("sd_model_name").cloned().unwrap_or(serde_json::Value::Null),
-                    "usd_per_gpu_second": self.config.usd_per_gpu_second,
                 }),
                 ..Usage::default()
             },
         })
     }
+}
+
+// ---- wire types: exactly the API's JSON ----
+
+#[derive(Debug, Serialize)]
+struct Txt2ImgRequest<'a> {
+    prompt: &'a str,
+    negative_prompt: &'a str,
+    seed: i64,
+    width: u32,
+    height: u32,
+    steps: u32,
+    cfg_scale: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampler_name: Option<&'a str>,
+    batch_size: u32,
+    n_iter: u32,
+    send_images: bool,
+    save_images: bool,
+    override_settings: OverrideSettings<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct OverrideSettings<'a> {
+    sd_model_checkpoint: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+struct Txt2ImgResponse {
+    #[serde(default)]
+    images: Vec<String>,
+    /// A JSON document encoded as a string (seed actually used, sampler, ...).
+    #[serde(default)]
+    info: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    detail: serde_json::Value,
+    #[serde(default)]
+    errors: Option<String>,
 }

@@ -1,7 +1,8 @@
 //! The Replicate adapter, a queue-style API: create a prediction, poll it with
 //! backoff until it is `succeeded`, `failed` or `canceled`, then download the output
 //! file with a size limit and a timeout. A prediction still running at `max_wait_secs`
-//! is canceled so we stop paying for it.
+//! is canceled so we stop paying for it, and so is one whose caller went away (the
+//! `generate` future dropped by a disconnect or the router's own timeout).
 //!
 //! Wire format:
 //! - create: `POST {base}/models/{owner}/{name}/predictions` with `{"input": {..}}` for
@@ -25,11 +26,11 @@
 //!   Stable Diffusion models take `prompt`, `negative_prompt`, `width`, `height`, `seed`
 //!   (<https://replicate.com/stability-ai/sdxl/api/schema>).
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, ApiKey, CancelOnDrop};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
+use imagegate_core::ModelClass;
 use reqwest::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,9 +65,6 @@ pub struct ReplicateConfig {
     /// Limit for each single HTTP call (create, one poll, the download).
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
     /// First poll delay; doubles after each poll up to `max_poll_interval_ms`.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -115,18 +113,9 @@ fn default_max_download_bytes() -> u64 {
 }
 fn default_models() -> Vec<ModelOffer> {
     vec![
-        ModelOffer {
-            name: "black-forest-labs/flux-schnell".into(),
-            classes: vec![ModelClass::Draft],
-        },
-        ModelOffer {
-            name: "black-forest-labs/flux-dev".into(),
-            classes: vec![ModelClass::Standard],
-        },
-        ModelOffer {
-            name: "black-forest-labs/flux-1.1-pro".into(),
-            classes: vec![ModelClass::Premium],
-        },
+        ModelOffer::new("black-forest-labs/flux-schnell", &[ModelClass::Draft]),
+        ModelOffer::new("black-forest-labs/flux-dev", &[ModelClass::Standard]),
+        ModelOffer::new("black-forest-labs/flux-1.1-pro", &[ModelClass::Premium]),
     ]
 }
 
@@ -137,7 +126,6 @@ impl Default for ReplicateConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
-            expected_usd_per_image: 0.0,
             poll_interval_ms: default_poll_interval_ms(),
             max_poll_interval_ms: default_max_poll_interval_ms(),
             max_wait_secs: default_max_wait_secs(),
@@ -149,56 +137,10 @@ impl Default for ReplicateConfig {
     }
 }
 
-// ---- wire types ----
-
-#[derive(Debug, Serialize)]
-struct CreatePrediction<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    version: Option<&'a str>,
-    input: serde_json::Value,
-}
-
-#[derive(Debug, Deserialize)]
-struct Prediction {
-    id: String,
-    status: PredictionStatus,
-    #[serde(default)]
-    output: serde_json::Value,
-    #[serde(default)]
-    error: Option<serde_json::Value>,
-    #[serde(default)]
-    metrics: Option<Metrics>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum PredictionStatus {
-    Starting,
-    Processing,
-    Succeeded,
-    Failed,
-    Canceled,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-struct Metrics {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    predict_time: Option<f64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Problem {
-    #[serde(default)]
-    title: Option<String>,
-    #[serde(default)]
-    detail: Option<String>,
-}
-
-// ---- the adapter ----
 
 pub struct ReplicateProvider {
     config: ReplicateConfig,
-    endpoint: http::Endpoint,
+    endpoint: helpers::Endpoint,
     base_host: Option<String>,
     key: ApiKey,
 }
@@ -245,27 +187,23 @@ fn retry_from_detail(detail: &str) -> Option<Duration> {
 
 impl ReplicateProvider {
     pub fn new(config: ReplicateConfig) -> Result<ReplicateProvider, ProviderError> {
-        let endpoint = http::Endpoint::open(
+        let endpoint = helpers::Endpoint::open(
             &config.name,
             &config.base_url,
             config.timeout_secs,
-            config.expected_usd_per_image,
             config.models.is_empty(),
+        )?;
+        helpers::validate_queue(
+            &config.name,
+            config.poll_interval_ms,
+            config.max_poll_interval_ms,
+            config.max_wait_secs,
+            config.max_download_bytes,
         )?;
         let fail = |message: String| ProviderError::Config {
             provider: config.name.clone(),
             message,
         };
-        if config.poll_interval_ms == 0 || config.max_poll_interval_ms < config.poll_interval_ms {
-            return Err(fail(
-                "poll_interval_ms must be at least 1 and at most max_poll_interval_ms".into(),
-            ));
-        }
-        if config.max_wait_secs == 0 || config.max_download_bytes == 0 {
-            return Err(fail(
-                "max_wait_secs and max_download_bytes must be positive".into(),
-            ));
-        }
         if config
             .prefer_wait_secs
             .is_some_and(|s| !(1..=60).contains(&s))
@@ -302,7 +240,7 @@ impl ReplicateProvider {
         match style {
             InputStyle::Flux => serde_json::json!({
                 "prompt": request.prompt,
-                "aspect_ratio": http::closest_aspect_ratio(request.size.width, request.size.height, FLUX_ASPECT_RATIOS),
+                "aspect_ratio": helpers::closest_aspect_ratio(request.size.width, request.size.height, FLUX_ASPECT_RATIOS),
                 "seed": seed,
                 "output_format": "png",
                 "num_outputs": 1,
@@ -326,8 +264,8 @@ impl ReplicateProvider {
     async fn error_from(&self, resp: reqwest::Response) -> ProviderError {
         let name = &self.config.name;
         let status = resp.status();
-        let retry_after = http::retry_after(resp.headers());
-        let body = http::read_limited(name, self.endpoint.timeout, resp, 64 * 1024)
+        let retry_after = helpers::retry_after(resp.headers());
+        let body = helpers::read_limited(name, self.endpoint.timeout, resp, 64 * 1024)
             .await
             .unwrap_or_default();
         let detail = match serde_json::from_slice::<Problem>(&body) {
@@ -341,11 +279,11 @@ impl ReplicateProvider {
         if status.is_client_error() && status.as_u16() != 429 && looks_like_policy(&detail) {
             return ProviderError::ContentRejected {
                 provider: name.clone(),
-                message: http::truncate(&detail, 300),
+                message: helpers::truncate(&detail, 300),
             };
         }
         let retry_after = retry_after.or_else(|| retry_from_detail(&detail));
-        http::status_error(
+        helpers::status_error(
             name,
             Some(&self.config.api_key_env),
             status,
@@ -357,9 +295,9 @@ impl ReplicateProvider {
     async fn parse_prediction(&self, resp: reqwest::Response) -> Result<Prediction, ProviderError> {
         let name = &self.config.name;
         let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
+            helpers::read_limited(name, self.endpoint.timeout, resp, helpers::MAX_RESPONSE_BYTES).await?;
         serde_json::from_slice(&raw)
-            .map_err(|e| http::bad_response(name, format!("not a prediction object: {e}")))
+            .map_err(|e| helpers::bad_response(name, format!("not a prediction object: {e}")))
     }
 
     async fn create(&self, request: &ProviderRequest) -> Result<Prediction, ProviderError> {
@@ -392,7 +330,7 @@ impl ReplicateProvider {
         let resp = builder
             .send()
             .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
+            .map_err(|e| helpers::transport_error(name, self.endpoint.timeout, e))?;
         if !resp.status().is_success() {
             return Err(self.error_from(resp).await);
         }
@@ -416,11 +354,11 @@ impl ReplicateProvider {
         {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Ok((None, None)),
-            Err(e) => return Err(http::transport_error(name, self.endpoint.timeout, e)),
+            Err(e) => return Err(helpers::transport_error(name, self.endpoint.timeout, e)),
         };
         let status = resp.status();
         if status.as_u16() == 429 || status.is_server_error() {
-            return Ok((None, http::retry_after(resp.headers())));
+            return Ok((None, helpers::retry_after(resp.headers())));
         }
         if !status.is_success() {
             return Err(self.error_from(resp).await);
@@ -428,48 +366,51 @@ impl ReplicateProvider {
         Ok((Some(self.parse_prediction(resp).await?), None))
     }
 
-    async fn cancel(&self, id: &str) {
-        let result = self
+    /// `POST /predictions/{id}/cancel`, armed until the prediction ends on its own.
+    fn cancel_guard(&self, id: &str) -> CancelOnDrop {
+        let cancel = self
             .endpoint
             .client
             .post(format!(
                 "{}/predictions/{}/cancel",
                 self.endpoint.base_url, id
             ))
-            .bearer_auth(self.key.expose())
-            .send()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(provider = %self.config.name, prediction = id, error = %e.without_url(), "cancel failed");
-        }
+            .bearer_auth(self.key.expose());
+        CancelOnDrop::new(&self.config.name, id, cancel)
     }
 
-    async fn wait(&self, mut prediction: Prediction) -> Result<Prediction, ProviderError> {
+    async fn wait(
+        &self,
+        mut prediction: Prediction,
+        guard: &mut CancelOnDrop,
+    ) -> Result<Prediction, ProviderError> {
         let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
-        let mut interval = Duration::from_millis(self.config.poll_interval_ms);
-        let max_interval = Duration::from_millis(self.config.max_poll_interval_ms);
+        let mut schedule =
+            helpers::PollSchedule::new(self.config.poll_interval_ms, self.config.max_poll_interval_ms);
+        let mut wait = schedule.next();
         while matches!(
             prediction.status,
             PredictionStatus::Starting | PredictionStatus::Processing
         ) {
             let now = Instant::now();
             if now >= deadline {
-                self.cancel(&prediction.id).await;
+                guard.cancel_now().await;
                 return Err(ProviderError::Timeout {
                     provider: self.config.name.clone(),
                     after: Duration::from_secs(self.config.max_wait_secs),
                 });
             }
-            tokio::time::sleep(interval.min(deadline - now)).await;
+            tokio::time::sleep(wait.min(deadline - now)).await;
             let (next, retry_after) = self.poll(&prediction.id).await?;
             match next {
                 Some(p) => {
                     prediction = p;
-                    interval = (interval * 2).min(max_interval);
+                    wait = schedule.next();
                 }
-                None => interval = retry_after.unwrap_or(interval).min(max_interval * 4),
+                None => wait = schedule.after_blip(retry_after),
             }
         }
+        guard.disarm();
         Ok(prediction)
     }
 
@@ -483,11 +424,11 @@ impl ReplicateProvider {
             _ => None,
         };
         url.ok_or_else(|| {
-            http::bad_response(
+            helpers::bad_response(
                 &self.config.name,
                 format!(
                     "succeeded without a file URL in output: {}",
-                    http::truncate(&output.to_string(), 120)
+                    helpers::truncate(&output.to_string(), 120)
                 ),
             )
         })
@@ -504,29 +445,18 @@ impl ReplicateProvider {
     }
 
     async fn download(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
-        let name = &self.config.name;
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|_| http::bad_response(name, "output is not a URL"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(http::bad_response(name, "output URL is not http(s)"));
-        }
-        let mut builder = self.endpoint.client.get(parsed.clone());
-        if self.sends_token_to(&parsed) {
-            builder = builder.header(AUTHORIZATION, format!("Bearer {}", self.key.expose()));
-        }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(ProviderError::Upstream {
-                provider: name.clone(),
-                message: format!("downloading the output failed with HTTP {status}"),
-            });
-        }
-        let limit = usize::try_from(self.config.max_download_bytes).unwrap_or(usize::MAX);
-        http::read_limited(name, self.endpoint.timeout, resp, limit).await
+        let auth = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| self.sends_token_to(u))
+            .map(|_| (AUTHORIZATION.as_str(), format!("Bearer {}", self.key.expose())));
+        helpers::download(
+            &self.config.name,
+            &self.endpoint,
+            url,
+            self.config.max_download_bytes,
+            auth,
+        )
+        .await
     }
 }
 
@@ -536,20 +466,25 @@ impl Provider for ReplicateProvider {
         &self.config.name
     }
 
+    fn kind(&self) -> &'static str {
+        "replicate"
+    }
+
     fn offers(&self) -> &[ModelOffer] {
         &self.config.models
     }
 
-    /// A flat configured figure; per-image and per-second prices live in the price book.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
+    /// Create, the whole wait, then the download.
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout * 2 + Duration::from_secs(self.config.max_wait_secs)
     }
 
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
         let name = &self.config.name;
         let created = self.create(request).await?;
         tracing::debug!(provider = %name, prediction = %created.id, status = ?created.status, "replicate prediction created");
-        let done = self.wait(created).await?;
+        let mut guard = self.cancel_guard(&created.id);
+        let done = self.wait(created, &mut guard).await?;
         match done.status {
             PredictionStatus::Succeeded => {}
             PredictionStatus::Failed => {
@@ -561,7 +496,7 @@ impl Provider for ReplicateProvider {
                 return Err(if looks_like_policy(&message) {
                     ProviderError::ContentRejected {
                         provider: name.clone(),
-                        message: http::truncate(&message, 300),
+                        message: helpers::truncate(&message, 300),
                     }
                 } else {
                     ProviderError::Upstream {
@@ -569,7 +504,7 @@ impl Provider for ReplicateProvider {
                         message: format!(
                             "prediction {} failed: {}",
                             done.id,
-                            http::truncate(&message, 300)
+                            helpers::truncate(&message, 300)
                         ),
                     }
                 });
@@ -581,7 +516,7 @@ impl Provider for ReplicateProvider {
                 })
             }
             PredictionStatus::Starting | PredictionStatus::Processing => {
-                return Err(http::bad_response(
+                return Err(helpers::bad_response(
                     name,
                     "prediction left the wait loop unfinished",
                 ))
@@ -589,14 +524,13 @@ impl Provider for ReplicateProvider {
         }
         let url = self.output_url(&done.output)?;
         let bytes = self.download(&url).await?;
-        let sniffed = http::sniff_image(name, &bytes)?;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
         let predict_time = done.metrics.as_ref().and_then(|m| m.predict_time);
         Ok(Generation {
             bytes: Bytes::from(bytes),
             media_type: sniffed.media_type.to_string(),
             provider: name.clone(),
             model: request.model.clone(),
-            cost: Micros::ZERO,
             usage: Usage {
                 images: 1,
                 width: sniffed.width,
@@ -607,6 +541,51 @@ impl Provider for ReplicateProvider {
             },
         })
     }
+}
+
+// ---- wire types: exactly the API's JSON ----
+
+#[derive(Debug, Serialize)]
+struct CreatePrediction<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<&'a str>,
+    input: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct Prediction {
+    id: String,
+    status: PredictionStatus,
+    #[serde(default)]
+    output: serde_json::Value,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+    #[serde(default)]
+    metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PredictionStatus {
+    Starting,
+    Processing,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct Metrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    predict_time: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Problem {
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
 }
 
 #[cfg(test)]
