@@ -320,14 +320,19 @@ fn free_size(size: Size) -> (u32, u32) {
         scale *= f64::from(FREE_SIZE_MAX_EDGE) / edge;
     }
     let step = f64::from(FREE_SIZE_STEP);
-    let snap = |v: f64, up: bool| {
-        let units = if up { (v / step).ceil() } else { (v / step).floor() };
-        (units.max(1.0) * step) as u32
+    let snap = |v: f64, round: fn(f64) -> f64| (round(v / step).max(1.0) * step) as u32;
+    let fits = |(a, b): (u32, u32)| {
+        a.max(b) <= FREE_SIZE_MAX_EDGE && u64::from(a) * u64::from(b) <= FREE_SIZE_MAX_PIXELS
     };
-    // Round up when growing to the minimum, down when shrinking to the maximum, so
-    // the result stays within limits.
-    let up = scale > 1.0;
-    (snap(w * scale, up), snap(h * scale, up))
+    // Grown to the minimum: round up; otherwise the nearest multiple, or down when
+    // that would break a limit.
+    let round = if scale > 1.0 { f64::ceil } else { f64::round };
+    let nearest = (snap(w * scale, round), snap(h * scale, round));
+    if fits(nearest) {
+        nearest
+    } else {
+        (snap(w * scale, f64::floor), snap(h * scale, f64::floor))
+    }
 }
 
 // ---- wire types: exactly the API's JSON ----

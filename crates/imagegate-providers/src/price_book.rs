@@ -877,10 +877,10 @@ fn micros_of(total: f64) -> Micros {
 }
 
 /// The published price of one image at `size` and `quality`: the smallest listed
-/// size covering it, or, past the largest listed size (gpt-image-2 takes any size up
-/// to 3840x2160), the largest row's price scaled by pixels. Scaling up by pixels
-/// over-quotes (token counts grow slower than area), which errs on the side of the
-/// caller's cap and budget; the charge uses the tokens the provider reports.
+/// size covering it, or, past the listed sizes (gpt-image-2 takes any size up to
+/// 3840x2160), the dearest listed price per pixel times the pixels. That over-quotes
+/// (token counts grow slower than area), which errs on the side of the caller's cap
+/// and budget; the charge uses the tokens the provider reports.
 fn published_or_scaled(
     rows: &[ImagePrice],
     size: Size,
@@ -894,13 +894,14 @@ fn published_or_scaled(
         (Some(_), None) => false,
         (Some(row), Some(want)) => row.eq_ignore_ascii_case(want),
     };
-    let largest = rows
+    // The dearest price per pixel among the listed sizes, so the estimate is an
+    // upper bound whichever size the provider's token count really follows.
+    let per_pixel = rows
         .iter()
         .filter(|r| quality_ok(r.quality.as_deref()))
-        .filter_map(|r| r.size.map(|s| (s, r.usd)))
-        .max_by_key(|(s, _)| s.pixels())?;
-    let ratio = size.pixels() as f64 / largest.0.pixels() as f64;
-    Some((largest.1 * ratio.max(1.0), "scaled by pixels from the largest published size"))
+        .filter_map(|r| r.size.map(|s| r.usd / s.pixels() as f64))
+        .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))))?;
+    Some((per_pixel * size.pixels() as f64, "scaled by pixels from the published sizes"))
 }
 
 fn per_million(tokens: u64, usd_per_million: f64) -> f64 {
