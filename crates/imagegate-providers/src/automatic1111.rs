@@ -19,13 +19,13 @@
 //! The web UI has no content-policy refusals of its own, so this adapter never returns
 //! `ContentRejected`; imagegate's own safety stage still screens the output.
 
-use crate::helpers::{self, ApiKey};
+use crate::helpers::{self, Answer, ApiKey};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::ModelClass;
-use std::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct Automatic1111Config {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     #[serde(default = "default_steps")]
     pub steps: u32,
     #[serde(default = "default_cfg_scale")]
@@ -82,6 +85,7 @@ impl Default for Automatic1111Config {
             base_url: default_base_url(),
             api_key_env: None,
             timeout_secs: default_timeout_secs(),
+            max_response_bytes: helpers::default_max_response_bytes(),
             steps: default_steps(),
             cfg_scale: default_cfg_scale(),
             sampler_name: None,
@@ -89,7 +93,6 @@ impl Default for Automatic1111Config {
         }
     }
 }
-
 
 pub struct Automatic1111Provider {
     config: Automatic1111Config,
@@ -113,7 +116,8 @@ impl Automatic1111Provider {
             &config.base_url,
             config.timeout_secs,
             config.models.is_empty(),
-        )?;
+        )?
+        .with_max_body(config.max_response_bytes);
         let fail = |message: String| ProviderError::Config {
             provider: config.name.clone(),
             message,
@@ -143,7 +147,8 @@ impl Automatic1111Provider {
         })
     }
 
-    fn error_from(&self, status: reqwest::StatusCode, body: &[u8]) -> ProviderError {
+    fn error_from(&self, answer: &Answer) -> ProviderError {
+        let body = &answer.body[..];
         let detail = match serde_json::from_slice::<ErrorBody>(body) {
             Ok(e) => {
                 let mut parts = Vec::new();
@@ -166,8 +171,9 @@ impl Automatic1111Provider {
         helpers::status_error(
             &self.config.name,
             self.config.api_key_env.as_deref(),
-            status,
-            None,
+            answer.status,
+            // A web UI behind a proxy may be rate limited by the proxy.
+            helpers::retry_after(&answer.headers),
             &detail,
         )
     }
@@ -221,19 +227,13 @@ impl Provider for Automatic1111Provider {
             builder = builder.basic_auth(user, Some(password.expose()));
         }
         let started = Instant::now();
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| helpers::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        let raw =
-            helpers::read_limited(name, self.endpoint.timeout, resp, helpers::MAX_RESPONSE_BYTES).await?;
+        let answer =
+            helpers::send(name, self.endpoint.timeout, builder, self.endpoint.max_body).await?;
         let gpu_seconds = started.elapsed().as_secs_f64();
-        if !status.is_success() {
-            return Err(self.error_from(status, &raw));
+        if !answer.status.is_success() {
+            return Err(self.error_from(&answer));
         }
-        let parsed: Txt2ImgResponse = serde_json::from_slice(&raw)
-            .map_err(|e| helpers::bad_response(name, format!("unexpected body: {e}")))?;
+        let (parsed, _): (Txt2ImgResponse, _) = helpers::parse_json(name, &answer.body)?;
         let first = parsed
             .images
             .first()

@@ -182,7 +182,7 @@ impl BflProvider {
             .header("x-key", self.key.expose())
             .json(&body);
         let (submitted, _): (SubmitResponse, _) =
-            helpers::send_json(name, self.endpoint.timeout, post, |a| self.error_from(a)).await?;
+            helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
         Ok(submitted)
     }
 
@@ -197,8 +197,10 @@ impl BflProvider {
             ));
         }
         let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
-        let mut schedule =
-            helpers::PollSchedule::new(self.config.poll_interval_ms, self.config.max_poll_interval_ms);
+        let mut schedule = helpers::PollSchedule::new(
+            self.config.poll_interval_ms,
+            self.config.max_poll_interval_ms,
+        );
         let mut wait = schedule.next();
         loop {
             let now = Instant::now();
@@ -450,7 +452,10 @@ mod tests {
         assert_eq!(wire_size("flux-2-pro", size(1024, 1024)), (1024, 1024));
         assert_eq!(wire_size("flux-2-pro", size(1000, 600)), (992, 592));
         let (w, h) = wire_size("flux-2-max", size(4096, 4096));
-        assert!(u64::from(w) * u64::from(h) <= FLUX2_MAX_PIXELS && w % 16 == 0, "{w}x{h}");
+        assert!(
+            u64::from(w) * u64::from(h) <= FLUX2_MAX_PIXELS && w % 16 == 0,
+            "{w}x{h}"
+        );
         assert_eq!(wire_size("flux-pro-1.1", size(2048, 1024)), (1440, 736));
         assert_eq!(wire_size("flux-pro-1.1", size(100, 100)), (256, 256));
     }

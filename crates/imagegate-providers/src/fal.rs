@@ -149,7 +149,10 @@ impl FalProvider {
         if let Some(m) = config.models.iter().find(|m| !m.name.contains('/')) {
             return Err(ProviderError::Config {
                 provider: config.name.clone(),
-                message: format!("model {:?} is not a fal model id `owner/app[/path]`", m.name),
+                message: format!(
+                    "model {:?} is not a fal model id `owner/app[/path]`",
+                    m.name
+                ),
             });
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
@@ -199,23 +202,27 @@ impl FalProvider {
             .post(format!("{}/{}", self.endpoint.base_url, request.model))
             .header(reqwest::header::AUTHORIZATION, self.auth())
             .json(&input);
-        let (submitted, _): (Submitted, _) = helpers::send_json(
-            &self.config.name,
-            self.endpoint.timeout,
-            post,
-            |a| self.error_from(a),
-        )
-        .await?;
+        let (submitted, _): (Submitted, _) =
+            helpers::send_json(&self.config.name, &self.endpoint, post, |a| {
+                self.error_from(a)
+            })
+            .await?;
         Ok(submitted)
     }
 
     /// Polls the status until `COMPLETED`. A rate-limited or 5xx poll is waited out.
-    async fn wait(&self, submitted: &Submitted, guard: &mut CancelOnDrop) -> Result<Status, ProviderError> {
+    async fn wait(
+        &self,
+        submitted: &Submitted,
+        guard: &mut CancelOnDrop,
+    ) -> Result<Status, ProviderError> {
         let name = &self.config.name;
         let status_url = self.fal_url(&submitted.status_url, "status_url")?;
         let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
-        let mut schedule =
-            helpers::PollSchedule::new(self.config.poll_interval_ms, self.config.max_poll_interval_ms);
+        let mut schedule = helpers::PollSchedule::new(
+            self.config.poll_interval_ms,
+            self.config.max_poll_interval_ms,
+        );
         let mut wait = schedule.next();
         loop {
             let now = Instant::now();
@@ -255,14 +262,17 @@ impl FalProvider {
         }
     }
 
-    async fn result(&self, submitted: &Submitted) -> Result<(FluxOutput, serde_json::Value), ProviderError> {
+    async fn result(
+        &self,
+        submitted: &Submitted,
+    ) -> Result<(FluxOutput, serde_json::Value), ProviderError> {
         let url = self.fal_url(&submitted.response_url, "response_url")?;
         let get = self
             .endpoint
             .client
             .get(url)
             .header(reqwest::header::AUTHORIZATION, self.auth());
-        helpers::send_json(&self.config.name, self.endpoint.timeout, get, |a| {
+        helpers::send_json(&self.config.name, &self.endpoint, get, |a| {
             self.error_from(a)
         })
         .await

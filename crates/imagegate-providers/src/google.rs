@@ -67,6 +67,9 @@ pub struct GoogleConfig {
     pub api_key_env: String,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     #[serde(default = "default_models")]
     pub models: Vec<ModelOffer>,
 }
@@ -100,11 +103,11 @@ impl Default for GoogleConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
+            max_response_bytes: helpers::default_max_response_bytes(),
             models: default_models(),
         }
     }
 }
-
 
 pub struct GoogleProvider {
     config: GoogleConfig,
@@ -142,7 +145,8 @@ impl GoogleProvider {
             &config.base_url,
             config.timeout_secs,
             config.models.is_empty(),
-        )?;
+        )?
+        .with_max_body(config.max_response_bytes);
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
         Ok(GoogleProvider {
             endpoint,
@@ -230,7 +234,7 @@ impl GoogleProvider {
             .header("x-goog-api-key", self.key.expose())
             .json(&body);
         let (parsed, value): (GenerateContentResponse, _) =
-            helpers::send_json(name, self.endpoint.timeout, post, |a| self.error_from(a)).await?;
+            helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
 
         if let Some(reason) = parsed
             .prompt_feedback

@@ -106,6 +106,8 @@ pub(crate) struct Endpoint {
     pub base_url: String,
     pub client: reqwest::Client,
     pub timeout: Duration,
+    /// Largest answer body read (JSON with a base64 image included).
+    pub max_body: usize,
 }
 
 impl Endpoint {
@@ -122,8 +124,20 @@ impl Endpoint {
             base_url: trim_base(base_url),
             client: client(provider, timeout)?,
             timeout,
+            max_body: MAX_RESPONSE_BYTES,
         })
     }
+
+    /// Reads answers of at most `bytes` (a provider's `max_response_bytes`).
+    pub(crate) fn with_max_body(mut self, bytes: u64) -> Endpoint {
+        self.max_body = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+}
+
+/// The default for `max_response_bytes`.
+pub(crate) fn default_max_response_bytes() -> u64 {
+    MAX_RESPONSE_BYTES as u64
 }
 
 pub(crate) fn trim_base(base: &str) -> String {
@@ -210,11 +224,11 @@ pub(crate) async fn send(
 /// anything else goes through the adapter's own `error_from`.
 pub(crate) async fn send_json<T: DeserializeOwned>(
     provider: &str,
-    timeout: Duration,
+    endpoint: &Endpoint,
     request: reqwest::RequestBuilder,
     error_from: impl FnOnce(&Answer) -> ProviderError,
 ) -> Result<(T, serde_json::Value), ProviderError> {
-    let answer = send(provider, timeout, request, MAX_RESPONSE_BYTES).await?;
+    let answer = send(provider, endpoint.timeout, request, endpoint.max_body).await?;
     if !answer.status.is_success() {
         return Err(error_from(&answer));
     }
@@ -467,7 +481,10 @@ impl Drop for CancelOnDrop {
         let Some(request) = self.armed.take() else {
             return;
         };
-        let (provider, id) = (std::mem::take(&mut self.provider), std::mem::take(&mut self.id));
+        let (provider, id) = (
+            std::mem::take(&mut self.provider),
+            std::mem::take(&mut self.id),
+        );
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move {
@@ -483,7 +500,11 @@ impl Drop for CancelOnDrop {
 fn log_cancel(provider: &str, id: &str, result: Result<reqwest::Response, reqwest::Error>) {
     match result {
         Ok(resp) if resp.status().is_success() => {
-            tracing::info!(provider, prediction = id, "cancelled an abandoned prediction upstream");
+            tracing::info!(
+                provider,
+                prediction = id,
+                "cancelled an abandoned prediction upstream"
+            );
         }
         Ok(resp) => tracing::warn!(provider, prediction = id, status = %resp.status(),
             "cancelling an abandoned prediction was refused"),
@@ -597,7 +618,14 @@ mod tests {
     #[test]
     fn absurd_retry_after_values_are_ignored() {
         let mut h = HeaderMap::new();
-        for v in ["1e300", "-5", "NaN", "inf", "18446744073709551616", "99999999999999999999.5"] {
+        for v in [
+            "1e300",
+            "-5",
+            "NaN",
+            "inf",
+            "18446744073709551616",
+            "99999999999999999999.5",
+        ] {
             h.insert(RETRY_AFTER, v.parse().expect("valid header"));
             assert_eq!(retry_after(&h), None, "{v}");
         }

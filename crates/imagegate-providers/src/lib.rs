@@ -84,9 +84,7 @@ impl ProviderError {
             ProviderError::BadResponse { .. } => AttemptOutcome::BadResponse,
             ProviderError::RateLimited { .. } => AttemptOutcome::RateLimited,
             ProviderError::ContentRejected { .. } => AttemptOutcome::ContentRejected,
-            ProviderError::Config { .. } | ProviderError::NoCandidate(_) => {
-                AttemptOutcome::Config
-            }
+            ProviderError::Config { .. } | ProviderError::NoCandidate(_) => AttemptOutcome::Config,
         }
     }
 

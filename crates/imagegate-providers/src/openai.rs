@@ -59,6 +59,9 @@ pub struct OpenAiConfig {
     pub api_key_env: String,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// Quality tier to ask for, per model (`low`/`medium`/`high`/`auto`); unset GPT
     /// image models ask for `medium`.
     #[serde(default)]
@@ -94,6 +97,7 @@ impl Default for OpenAiConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
+            max_response_bytes: helpers::default_max_response_bytes(),
             quality: BTreeMap::new(),
             models: default_models(),
         }
@@ -122,7 +126,8 @@ impl OpenAiProvider {
             &config.base_url,
             config.timeout_secs,
             config.models.is_empty(),
-        )?;
+        )?
+        .with_max_body(config.max_response_bytes);
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
         Ok(OpenAiProvider {
             endpoint,
@@ -178,7 +183,7 @@ impl Provider for OpenAiProvider {
             .bearer_auth(self.key.expose())
             .json(&body);
         let (parsed, value): (ImagesResponse, _) =
-            helpers::send_json(name, self.endpoint.timeout, post, |a| self.error_from(a)).await?;
+            helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
         let first = parsed
             .data
             .first()
@@ -295,7 +300,11 @@ fn wire_size(model: &str, size: Size) -> (u32, u32) {
     FIXED_SIZES
         .iter()
         .copied()
-        .min_by(|a, b| score(a).partial_cmp(&score(b)).unwrap_or(std::cmp::Ordering::Equal))
+        .min_by(|a, b| {
+            score(a)
+                .partial_cmp(&score(b))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
         .unwrap_or((1024, 1024))
 }
 
@@ -435,16 +444,25 @@ mod tests {
         assert_eq!(wire_size("gpt-image-2", size(1000, 1000)), (1008, 1008));
         // Over the pixel limit: scaled down to it, ratio kept.
         let (w, h) = wire_size("gpt-image-2", size(4096, 4096));
-        assert!(u64::from(w) * u64::from(h) <= FREE_SIZE_MAX_PIXELS && w == h, "{w}x{h}");
+        assert!(
+            u64::from(w) * u64::from(h) <= FREE_SIZE_MAX_PIXELS && w == h,
+            "{w}x{h}"
+        );
         // Wider than 3:1: clamped.
         let (w, h) = wire_size("gpt-image-2.5-flare", size(3000, 500));
         assert!(f64::from(w) / f64::from(h) <= 3.0 + 1e-9, "{w}x{h}");
         // Tiny: grown to the minimum area.
         let (w, h) = wire_size("gpt-image-2", size(256, 256));
-        assert!(u64::from(w) * u64::from(h) >= FREE_SIZE_MIN_PIXELS, "{w}x{h}");
+        assert!(
+            u64::from(w) * u64::from(h) >= FREE_SIZE_MIN_PIXELS,
+            "{w}x{h}"
+        );
         for (w, h) in [(1000, 1000), (3000, 500), (256, 256), (5000, 100)] {
             let (a, b) = wire_size("gpt-image-2", size(w, h));
-            assert!(a % 16 == 0 && b % 16 == 0 && a <= 3840 && b <= 3840, "{a}x{b}");
+            assert!(
+                a % 16 == 0 && b % 16 == 0 && a <= 3840 && b <= 3840,
+                "{a}x{b}"
+            );
         }
     }
 

@@ -900,8 +900,13 @@ fn published_or_scaled(
         .iter()
         .filter(|r| quality_ok(r.quality.as_deref()))
         .filter_map(|r| r.size.map(|s| r.usd / s.pixels() as f64))
-        .fold(None, |best: Option<f64>, v| Some(best.map_or(v, |b| b.max(v))))?;
-    Some((per_pixel * size.pixels() as f64, "scaled by pixels from the published sizes"))
+        .fold(None, |best: Option<f64>, v| {
+            Some(best.map_or(v, |b| b.max(v)))
+        })?;
+    Some((
+        per_pixel * size.pixels() as f64,
+        "scaled by pixels from the published sizes",
+    ))
 }
 
 fn per_million(tokens: u64, usd_per_million: f64) -> f64 {
@@ -1006,7 +1011,11 @@ fn validate_entry(e: &PriceEntry) -> Result<(), String> {
             for r in &t.image_prices {
                 price("usd", r.usd)?;
             }
-            unique_rows(t.image_prices.iter().map(|r| (r.size, r.quality.as_deref())))?;
+            unique_rows(
+                t.image_prices
+                    .iter()
+                    .map(|r| (r.size, r.quality.as_deref())),
+            )?;
             t.image_output_tokens
                 .iter()
                 .map(|r| r.quality.as_deref())

@@ -137,7 +137,6 @@ impl Default for ReplicateConfig {
     }
 }
 
-
 pub struct ReplicateProvider {
     config: ReplicateConfig,
     endpoint: helpers::Endpoint,
@@ -294,8 +293,13 @@ impl ReplicateProvider {
 
     async fn parse_prediction(&self, resp: reqwest::Response) -> Result<Prediction, ProviderError> {
         let name = &self.config.name;
-        let raw =
-            helpers::read_limited(name, self.endpoint.timeout, resp, helpers::MAX_RESPONSE_BYTES).await?;
+        let raw = helpers::read_limited(
+            name,
+            self.endpoint.timeout,
+            resp,
+            helpers::MAX_RESPONSE_BYTES,
+        )
+        .await?;
         serde_json::from_slice(&raw)
             .map_err(|e| helpers::bad_response(name, format!("not a prediction object: {e}")))
     }
@@ -385,8 +389,10 @@ impl ReplicateProvider {
         guard: &mut CancelOnDrop,
     ) -> Result<Prediction, ProviderError> {
         let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
-        let mut schedule =
-            helpers::PollSchedule::new(self.config.poll_interval_ms, self.config.max_poll_interval_ms);
+        let mut schedule = helpers::PollSchedule::new(
+            self.config.poll_interval_ms,
+            self.config.max_poll_interval_ms,
+        );
         let mut wait = schedule.next();
         while matches!(
             prediction.status,
@@ -448,7 +454,12 @@ impl ReplicateProvider {
         let auth = reqwest::Url::parse(url)
             .ok()
             .filter(|u| self.sends_token_to(u))
-            .map(|_| (AUTHORIZATION.as_str(), format!("Bearer {}", self.key.expose())));
+            .map(|_| {
+                (
+                    AUTHORIZATION.as_str(),
+                    format!("Bearer {}", self.key.expose()),
+                )
+            });
         helpers::download(
             &self.config.name,
             &self.endpoint,

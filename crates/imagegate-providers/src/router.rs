@@ -194,7 +194,8 @@ impl RouterConfig {
         if self.breaker.failure_threshold == 0 {
             return Err("breaker.failure_threshold must be positive".into());
         }
-        if !(self.reported_cost_tolerance_pct.is_finite() && self.reported_cost_tolerance_pct >= 0.0)
+        if !(self.reported_cost_tolerance_pct.is_finite()
+            && self.reported_cost_tolerance_pct >= 0.0)
         {
             return Err(format!(
                 "reported_cost_tolerance_pct must be a non-negative number, not {}",
@@ -235,13 +236,20 @@ pub enum SkipReason {
     },
     /// The book has an entry but cannot price this request (a size or quality it
     /// lists no price for).
-    Unpriceable { message: String },
+    Unpriceable {
+        message: String,
+    },
     /// Unpriced, and the caller set a cost cap, which an unknown price cannot be
     /// held to.
     UnpricedUnderCap,
-    CircuitOpen { retry_in_ms: u64 },
+    CircuitOpen {
+        retry_in_ms: u64,
+    },
     /// The quote is over the caller's `max_cost`.
-    OverMaxCost { expected: Micros, max_cost: Micros },
+    OverMaxCost {
+        expected: Micros,
+        max_cost: Micros,
+    },
 }
 
 impl SkipReason {
@@ -274,7 +282,10 @@ impl fmt::Display for SkipReason {
                 write!(f, "circuit_open: retry in {retry_in_ms}ms")
             }
             SkipReason::OverMaxCost { expected, max_cost } => {
-                write!(f, "over_max_cost: expected {expected} is over max_cost {max_cost}")
+                write!(
+                    f,
+                    "over_max_cost: expected {expected} is over max_cost {max_cost}"
+                )
             }
         }
     }
@@ -736,7 +747,10 @@ impl Router {
                         decision: Box::new(decision),
                     });
                 }
-                Tried::Failed { reason, maybe_charged } => {
+                Tried::Failed {
+                    reason,
+                    maybe_charged,
+                } => {
                     if maybe_charged {
                         maybe_spent = Micros(maybe_spent.0.saturating_add(c.expected.0));
                     }
@@ -838,7 +852,9 @@ impl Router {
         };
         let reported = book.reported_cost(kind, &c.model, &generation.usage);
         let disagreement_pct = match (figure, reported) {
-            (Some(b), Some(r)) => Some((r.0 - b.0).unsigned_abs() as f64 / b.0.max(1) as f64 * 100.0),
+            (Some(b), Some(r)) => {
+                Some((r.0 - b.0).unsigned_abs() as f64 / b.0.max(1) as f64 * 100.0)
+            }
             _ => None,
         };
         let disagrees =

@@ -26,8 +26,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::ModelClass;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use std::time::Duration;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 const ASPECT_RATIOS: &[&str] = &[
     "21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21",
@@ -48,6 +48,9 @@ pub struct StabilityConfig {
     pub api_key_env: String,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// `png`, `jpeg` or `webp` (sd3 accepts only png and jpeg).
     #[serde(default = "default_output_format")]
     pub output_format: String,
@@ -86,12 +89,12 @@ impl Default for StabilityConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
+            max_response_bytes: helpers::default_max_response_bytes(),
             output_format: default_output_format(),
             models: default_models(),
         }
     }
 }
-
 
 pub struct StabilityProvider {
     config: StabilityConfig,
@@ -115,7 +118,8 @@ impl StabilityProvider {
             &config.base_url,
             config.timeout_secs,
             config.models.is_empty(),
-        )?;
+        )?
+        .with_max_body(config.max_response_bytes);
         if let Some(m) = config
             .models
             .iter()
@@ -224,7 +228,7 @@ impl Provider for StabilityProvider {
             .header(ACCEPT, "application/json")
             .multipart(self.form(&endpoint, request));
         let answer =
-            helpers::send(name, self.endpoint.timeout, post, helpers::MAX_RESPONSE_BYTES).await?;
+            helpers::send(name, self.endpoint.timeout, post, self.endpoint.max_body).await?;
         if !answer.status.is_success() {
             return Err(self.error_from(&answer));
         }

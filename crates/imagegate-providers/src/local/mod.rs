@@ -175,7 +175,10 @@ mod tests {
         let b = p.generate(&req("a lighthouse at dusk", 7)).await.unwrap();
         assert_eq!(a.bytes, b.bytes);
         assert_eq!(&a.bytes[1..4], b"PNG");
-        assert_eq!((a.usage.images, a.usage.width, a.usage.height), (1, 256, 192));
+        assert_eq!(
+            (a.usage.images, a.usage.width, a.usage.height),
+            (1, 256, 192)
+        );
     }
 
     #[tokio::test]

@@ -144,14 +144,12 @@ pub fn audit(
             continue;
         };
         match entry.status_on(today) {
-            ModelStatus::Retired { on, replacement } => {
-                findings.push(Finding::RetiredConfigured {
-                    provider: o.provider.clone(),
-                    model: o.model.clone(),
-                    retired: on,
-                    replacement,
-                })
-            }
+            ModelStatus::Retired { on, replacement } => findings.push(Finding::RetiredConfigured {
+                provider: o.provider.clone(),
+                model: o.model.clone(),
+                retired: on,
+                replacement,
+            }),
             ModelStatus::Deprecated {
                 retires_on: Some(retires),
                 replacement,

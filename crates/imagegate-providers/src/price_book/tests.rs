@@ -159,15 +159,22 @@ fn each_model_costs_its_published_price() {
     let mut checked = BTreeSet::new();
     for row in PUBLISHED {
         let (provider, model, s) = (row.provider, row.model, size(row.size));
-        let charged = book.charge(provider, model, &row.usage(), at).expect("priced");
+        let charged = book
+            .charge(provider, model, &row.usage(), at)
+            .expect("priced");
         assert!(
             within_units(charged, row.published, row.units()),
             "{provider}/{model} {s} {:?}: computed {charged}, published ${}",
             row.quality,
             row.published
         );
-        let quoted = book.quote(provider, model, s, row.quality, at).expect("quoted");
-        assert_eq!(quoted.micros, charged, "{provider}/{model} {s}: quote equals charge");
+        let quoted = book
+            .quote(provider, model, s, row.quality, at)
+            .expect("quoted");
+        assert_eq!(
+            quoted.micros, charged,
+            "{provider}/{model} {s}: quote equals charge"
+        );
         checked.insert((provider, model));
     }
     // Exact figures where the page states them to the micro-dollar.
@@ -598,7 +605,10 @@ proptest! {
 fn the_readme_price_table_is_the_book() {
     let book = book();
     // The day the table was written; statuses are as of then.
-    let at = Utc.with_ymd_and_hms(2026, 12, 5, 12, 0, 0).single().expect("valid instant");
+    let at = Utc
+        .with_ymd_and_hms(2026, 12, 5, 12, 0, 0)
+        .single()
+        .expect("valid instant");
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
         .expect("README.md");
     let mut missing = Vec::new();
@@ -614,7 +624,8 @@ fn the_readme_price_table_is_the_book() {
             row.model,
             row.size,
             row.quality.unwrap_or("-"),
-            row.tokens.map_or_else(|| "-".to_string(), |t| t.to_string()),
+            row.tokens
+                .map_or_else(|| "-".to_string(), |t| t.to_string()),
             row.published,
             format_args!("${:.6}", computed.as_usd()),
             match status {
@@ -626,7 +637,11 @@ fn the_readme_price_table_is_the_book() {
             missing.push(line);
         }
     }
-    assert!(missing.is_empty(), "README.md lacks these rows:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "README.md lacks these rows:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]
@@ -644,10 +659,18 @@ fn tiered_and_whole_megapixel_pricing() {
         .expect("quoted");
     assert_eq!(q.micros, Micros(30_000));
     // fal rounds up to whole megapixels: 1025x1024 is 2 MP, 2048x2048 is 4.
-    let dev = |s| book.quote("fal", "fal-ai/flux/dev", size(s), None, at).expect("quoted").micros;
+    let dev = |s| {
+        book.quote("fal", "fal-ai/flux/dev", size(s), None, at)
+            .expect("quoted")
+            .micros
+    };
     assert_eq!(dev("1025x1024"), Micros(50_000));
     assert_eq!(dev("2048x2048"), Micros(100_000));
-    let pro = |s| book.quote("fal", "fal-ai/flux-2-pro", size(s), None, at).expect("quoted").micros;
+    let pro = |s| {
+        book.quote("fal", "fal-ai/flux-2-pro", size(s), None, at)
+            .expect("quoted")
+            .micros
+    };
     assert_eq!(pro("2048x2048"), Micros(30_000 + 3 * 15_000));
 }
 
@@ -660,13 +683,18 @@ fn gpt_image_2_sizes_past_the_table_are_quoted_by_pixels_and_charged_by_tokens()
         .quote("openai", "gpt-image-2", size("2048x2048"), None, at)
         .expect("quoted");
     assert_eq!(q.micros, Micros(212_000));
-    assert!(q.basis.detail.contains("scaled by pixels"), "{}", q.basis.detail);
+    assert!(
+        q.basis.detail.contains("scaled by pixels"),
+        "{}",
+        q.basis.detail
+    );
     // The charge is the tokens reported: 20 text in + 6000 image out.
     let mut usage = image_usage("2048x2048", Some("medium"));
     usage.input_text_tokens = Some(20);
     usage.output_image_tokens = Some(6_000);
     assert_eq!(
-        book.charge("openai", "gpt-image-2", &usage, at).expect("priced"),
+        book.charge("openai", "gpt-image-2", &usage, at)
+            .expect("priced"),
         Micros(100 + 180_000)
     );
 }
@@ -706,10 +734,19 @@ fn lifecycle_status_and_the_audit() {
     // On 2026-12-05 it is retired and configured; and in March 2027 prices read in
     // November and December 2026 are stale at a 90-day threshold.
     let findings = audit(&book, &offers, day("2026-12-05"), 90);
-    assert!(findings.iter().any(|f| matches!(f, Finding::RetiredConfigured { model, .. } if model == "gpt-image-1.5")));
+    assert!(findings.iter().any(
+        |f| matches!(f, Finding::RetiredConfigured { model, .. } if model == "gpt-image-1.5")
+    ));
     let later = audit(&book, &offers[..1], day("2027-03-10"), 90);
-    assert!(later.iter().any(|f| matches!(f, Finding::Stale { model, .. } if model == "gpt-image-2")));
-    assert!(!later.iter().any(|f| matches!(f, Finding::Stale { model, .. } if model == "dall-e-3")), "retired entries are not held to freshness");
+    assert!(later
+        .iter()
+        .any(|f| matches!(f, Finding::Stale { model, .. } if model == "gpt-image-2")));
+    assert!(
+        !later
+            .iter()
+            .any(|f| matches!(f, Finding::Stale { model, .. } if model == "dall-e-3")),
+        "retired entries are not held to freshness"
+    );
     assert_eq!(unpriced_offers(&book, &offers), ["my-openai/gpt-image-9"]);
 }
 
@@ -718,10 +755,15 @@ fn a_retired_entry_needs_a_replacement() {
     let text = "[[model]]\nprovider = \"p\"\nmodel = \"m\"\nsource = \"s\"\nas_of = 2026-11-24\nretired = 2026-01-01\npricing = { type = \"per_image\", prices = [{ usd = 0.01 }] }\n";
     let err = PriceBook::from_toml_str(text).expect_err("refused");
     assert!(
-        matches!(err, PriceError::Invalid { line: 1, .. }) && err.to_string().contains("replacement"),
+        matches!(err, PriceError::Invalid { line: 1, .. })
+            && err.to_string().contains("replacement"),
         "{err}"
     );
-    assert!(PriceBook::from_toml_str(&text.replace("retired = 2026-01-01", "retired = 2026-01-01\nreplacement = \"n\"")).is_ok());
+    assert!(PriceBook::from_toml_str(&text.replace(
+        "retired = 2026-01-01",
+        "retired = 2026-01-01\nreplacement = \"n\""
+    ))
+    .is_ok());
 }
 
 #[test]
@@ -731,9 +773,15 @@ fn reported_costs_and_the_listing() {
         credits: Some(4.5),
         ..image_usage("1920x1080", None)
     };
-    assert_eq!(book.reported_cost("bfl", "flux-2-pro", &usage), Some(Micros(45_000)));
+    assert_eq!(
+        book.reported_cost("bfl", "flux-2-pro", &usage),
+        Some(Micros(45_000))
+    );
     // Providers that report nothing have no reported cost.
-    assert_eq!(book.reported_cost("fal", "fal-ai/flux/dev", &image_usage("1024x1024", None)), None);
+    assert_eq!(
+        book.reported_cost("fal", "fal-ai/flux/dev", &image_usage("1024x1024", None)),
+        None
+    );
     let listing = book.listing(tuesday(9, 0));
     let g2 = listing
         .iter()
@@ -746,8 +794,14 @@ fn reported_costs_and_the_listing() {
         .collect();
     assert_eq!(
         tiers,
-        [(Some("low"), Some(0.006)), (Some("medium"), Some(0.053)), (Some("high"), Some(0.211))]
+        [
+            (Some("low"), Some(0.006)),
+            (Some("medium"), Some(0.053)),
+            (Some("high"), Some(0.211))
+        ]
     );
     let json = serde_json::to_value(&listing).expect("serializes");
-    assert!(json.as_array().is_some_and(|a| a.iter().any(|l| l["status"] == "retired")));
+    assert!(json
+        .as_array()
+        .is_some_and(|a| a.iter().any(|l| l["status"] == "retired")));
 }

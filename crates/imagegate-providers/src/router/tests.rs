@@ -368,7 +368,10 @@ fn attempt_timeouts_match_the_adapters_deadlines() {
     let err = Router::new(providers(), live(&providers()), short)
         .err()
         .expect("refused");
-    assert!(matches!(err, RouteError::Config(ref m) if m.contains("\"cheap\"") && m.contains("1000 ms")), "{err}");
+    assert!(
+        matches!(err, RouteError::Config(ref m) if m.contains("\"cheap\"") && m.contains("1000 ms")),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -688,9 +691,19 @@ async fn max_cost_skips_dear_candidates_even_for_fastest() {
     let dear = Scripted::new("dear", &["m"], vec![]);
     let r = router(vec![dear.clone(), cheap.clone()], tuesday(9));
     let est = r
-        .estimate(&standard(), square(), Policy::Fastest, Some(Micros(15_000)), tuesday(9))
+        .estimate(
+            &standard(),
+            square(),
+            Policy::Fastest,
+            Some(Micros(15_000)),
+            tuesday(9),
+        )
         .expect("estimate");
-    let skipped = est.candidates.iter().find(|c| c.provider == "dear").expect("listed");
+    let skipped = est
+        .candidates
+        .iter()
+        .find(|c| c.provider == "dear")
+        .expect("listed");
     assert_eq!(
         skipped.skipped_reason,
         Some(SkipReason::OverMaxCost {
@@ -698,7 +711,12 @@ async fn max_cost_skips_dear_candidates_even_for_fastest() {
             max_cost: Micros(15_000)
         })
     );
-    assert_eq!(est.eligible().map(|c| c.provider.as_str()).collect::<Vec<_>>(), ["cheap"]);
+    assert_eq!(
+        est.eligible()
+            .map(|c| c.provider.as_str())
+            .collect::<Vec<_>>(),
+        ["cheap"]
+    );
     let routed = r
         .generate(&request(), Policy::Fastest, Some(Micros(15_000)))
         .await
@@ -734,7 +752,10 @@ async fn unpriced_models_are_charged_as_unknown_never_zero() {
 
     let mut req = request();
     req.model = pinned.clone();
-    let routed = r.generate(&req, Policy::Fastest, None).await.expect("served");
+    let routed = r
+        .generate(&req, Policy::Fastest, None)
+        .await
+        .expect("served");
     assert_eq!(routed.generation.provider, "nobook");
     assert_eq!(routed.charge.book, None);
     assert_eq!(routed.charge.micros(), None);
@@ -746,11 +767,17 @@ async fn unpriced_models_are_charged_as_unknown_never_zero() {
         .generate(&req, Policy::Fastest, Some(Micros(1_000_000)))
         .await
         .expect_err("skipped under a cap");
-    assert!(matches!(err, RouteError::Unavailable { ref reasons, .. } if reasons.contains("unpriced_under_cap")), "{err}");
+    assert!(
+        matches!(err, RouteError::Unavailable { ref reasons, .. } if reasons.contains("unpriced_under_cap")),
+        "{err}"
+    );
 
     // Cheapest ranks an unknown price after every known one.
     let both = router(
-        vec![Scripted::unpriced("nobook", &["m"]), Scripted::new("dear", &["m"], vec![])],
+        vec![
+            Scripted::unpriced("nobook", &["m"]),
+            Scripted::new("dear", &["m"], vec![]),
+        ],
         tuesday(9),
     );
     let chosen = both
@@ -789,12 +816,19 @@ async fn retired_models_are_never_called_and_named_requests_learn_the_replacemen
     let est = r
         .estimate(&standard(), square(), Policy::Cheapest, None, tuesday(9))
         .expect("estimate");
-    let old = est.candidates.iter().find(|c| c.model == "old").expect("listed");
+    let old = est
+        .candidates
+        .iter()
+        .find(|c| c.model == "old")
+        .expect("listed");
     assert!(
         matches!(old.skipped_reason, Some(SkipReason::Retired { ref replacement, .. }) if replacement.as_deref() == Some("m")),
         "{old:?}"
     );
-    let routed = r.generate(&request(), Policy::Cheapest, None).await.expect("served");
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
     assert_eq!(routed.generation.model, "m");
 
     let mut req = request();
@@ -802,9 +836,16 @@ async fn retired_models_are_never_called_and_named_requests_learn_the_replacemen
         provider: "dear".into(),
         model: "old".into(),
     };
-    let err = r.generate(&req, Policy::Cheapest, None).await.expect_err("retired");
+    let err = r
+        .generate(&req, Policy::Cheapest, None)
+        .await
+        .expect_err("retired");
     match &err {
-        RouteError::Retired { model, on, replacement } => {
+        RouteError::Retired {
+            model,
+            on,
+            replacement,
+        } => {
             assert_eq!(model, "dear/old");
             assert_eq!(on.to_string(), "2026-11-01");
             assert_eq!(replacement.as_deref(), Some("m"));
@@ -816,7 +857,10 @@ async fn retired_models_are_never_called_and_named_requests_learn_the_replacemen
 
     // Named although no provider offers it any more: still told the replacement.
     let gone = router(vec![Scripted::new("dear", &["m"], vec![])], tuesday(9));
-    let err = gone.generate(&req, Policy::Cheapest, None).await.expect_err("retired");
+    let err = gone
+        .generate(&req, Policy::Cheapest, None)
+        .await
+        .expect_err("retired");
     assert!(matches!(err, RouteError::Retired { .. }), "{err}");
 }
 
@@ -826,7 +870,10 @@ async fn a_reported_cost_wins_and_a_disagreement_is_flagged() {
     let mut dear = Scripted::new("dear", &["m"], vec![]);
     Arc::get_mut(&mut dear).expect("fresh").reports_credits = Some(4.0);
     let r = router(vec![dear], tuesday(9));
-    let routed = r.generate(&request(), Policy::Cheapest, None).await.expect("served");
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
     assert_eq!(routed.charge.book, Some(Micros(40_000)));
     assert_eq!(routed.charge.reported, Some(Micros(40_000)));
     assert!(!routed.charge.disagrees);
@@ -834,7 +881,10 @@ async fn a_reported_cost_wins_and_a_disagreement_is_flagged() {
     let mut dear = Scripted::new("dear", &["m"], vec![]);
     Arc::get_mut(&mut dear).expect("fresh").reports_credits = Some(5.0);
     let r = router(vec![dear], tuesday(9));
-    let routed = r.generate(&request(), Policy::Cheapest, None).await.expect("served");
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
     assert_eq!(routed.charge.micros(), Some(Micros(50_000)));
     assert!(routed.charge.disagrees);
     assert_eq!(routed.charge.disagreement_pct, Some(25.0));
@@ -856,10 +906,16 @@ async fn a_reloaded_book_prices_the_next_call_and_a_broken_one_is_refused() {
     };
     assert_eq!(quote(&r), Micros(10_000));
     let dearer = BOOK.replace("usd = 0.01 }", "usd = 0.015 }");
-    let reloaded = r.prices().install_text(&dearer, "edited").expect("valid book");
+    let reloaded = r
+        .prices()
+        .install_text(&dearer, "edited")
+        .expect("valid book");
     assert!(reloaded.changed && reloaded.previous == before);
     assert_eq!(quote(&r), Micros(15_000));
-    let routed = r.generate(&request(), Policy::Cheapest, None).await.expect("served");
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
     assert_eq!(routed.charge.book, Some(Micros(15_000)));
     assert_eq!(routed.charge.book_version, reloaded.version);
 
