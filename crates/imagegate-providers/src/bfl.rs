@@ -114,20 +114,13 @@ impl Default for BflConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct BflProvider {
     config: BflConfig,
     endpoint: helpers::Endpoint,
     base_host: Option<String>,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for BflProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BflProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BflProvider {
@@ -152,9 +145,7 @@ impl BflProvider {
             });
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let base_host = reqwest::Url::parse(&config.base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
+        let base_host = helpers::host_of(&config.base_url);
         Ok(BflProvider {
             endpoint,
             base_host,

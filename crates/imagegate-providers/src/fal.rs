@@ -115,20 +115,13 @@ impl Default for FalConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct FalProvider {
     config: FalConfig,
     endpoint: helpers::Endpoint,
     base_host: Option<String>,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for FalProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FalProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 impl FalProvider {
@@ -156,9 +149,7 @@ impl FalProvider {
             });
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let base_host = reqwest::Url::parse(&config.base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
+        let base_host = helpers::host_of(&config.base_url);
         Ok(FalProvider {
             endpoint,
             base_host,

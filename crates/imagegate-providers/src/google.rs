@@ -109,19 +109,12 @@ impl Default for GoogleConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct GoogleProvider {
     config: GoogleConfig,
     endpoint: helpers::Endpoint,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for GoogleProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoogleProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The Gemini 3 image models take an output size tier; gemini-2.5-flash-image did not.

@@ -378,6 +378,13 @@ pub(crate) async fn download(
     Ok(answer.body)
 }
 
+/// The host of `url`, if it is a URL with one.
+pub(crate) fn host_of(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+}
+
 /// Whether `url` points at `base_host` or a subdomain of one of `domains`: the only
 /// hosts a queue API's key may be sent to, whatever URL its answers name.
 pub(crate) fn trusted_host(url: &str, base_host: Option<&str>, domains: &[&str]) -> bool {

@@ -104,19 +104,12 @@ impl Default for OpenAiConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct OpenAiProvider {
     config: OpenAiConfig,
     endpoint: helpers::Endpoint,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for OpenAiProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenAiProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 impl OpenAiProvider {

@@ -137,20 +137,13 @@ impl Default for ReplicateConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct ReplicateProvider {
     config: ReplicateConfig,
     endpoint: helpers::Endpoint,
     base_host: Option<String>,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for ReplicateProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicateProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Words Replicate models use when their safety checker rejects a prompt or output.
@@ -216,9 +209,7 @@ impl ReplicateProvider {
             )));
         }
         let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let base_host = reqwest::Url::parse(&config.base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
+        let base_host = helpers::host_of(&config.base_url);
         Ok(ReplicateProvider {
             endpoint,
             base_host,

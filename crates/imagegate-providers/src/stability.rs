@@ -96,19 +96,12 @@ impl Default for StabilityConfig {
     }
 }
 
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
 pub struct StabilityProvider {
     config: StabilityConfig,
     endpoint: helpers::Endpoint,
     key: ApiKey,
-}
-
-impl std::fmt::Debug for StabilityProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StabilityProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
 }
 
 impl StabilityProvider {

@@ -38,3 +38,16 @@ pub async fn answering(template: ResponseTemplate) -> MockServer {
         .await;
     server
 }
+
+/// Waits (up to a second) until `server` has received one request matching `which`:
+/// for requests an adapter sends on a task of its own, such as a cancel.
+pub async fn received_one(server: &MockServer, which: impl Fn(&wiremock::Request) -> bool) -> bool {
+    for _ in 0..50 {
+        let got = server.received_requests().await.expect("recording on");
+        if got.iter().filter(|r| which(r)).count() == 1 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
