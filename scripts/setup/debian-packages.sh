@@ -65,7 +65,7 @@ refreshed=0
 refresh_lists() {
   ((refreshed)) && return
   log "apt-get update"
-  $SUDO apt-get update -qq || die "apt-get update failed (is the Debian archive reachable?)"
+  $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq || die "apt-get update failed (is the Debian archive reachable?)"
   refreshed=1
 }
 
@@ -77,7 +77,7 @@ install() {
   if ((${#missing[@]})); then
     refresh_lists
     log "installing ${missing[*]} (the archive's current versions)"
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
       die "apt-get install ${missing[*]} failed"
   fi
   local bad=0

@@ -138,23 +138,48 @@ impl Site {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let Some(addr) = line.trim().strip_prefix("imagegate listening on http://") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "server did not start: {line:?}; log:\n{}",
-                std::fs::read_to_string(self.log()).unwrap_or_default()
-            );
-        };
-        Server {
-            base: format!("http://{addr}"),
-            child: Some(child),
-        }
+        spawn_server(command, &self.log())
+    }
+}
+
+/// `imagegate serve ARGS` on the embedded defaults (`config/imagegate.toml`, run from
+/// the repository root as `scripts/serve.sh` does), with its data under `data` and
+/// logs in `data/imagegate.log`.
+pub fn serve_embedded_defaults(data: &Path, args: &[&str]) -> Server {
+    let log = std::fs::File::create(data.join("imagegate.log")).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imagegate"));
+    command
+        .current_dir(repo_root())
+        .env_remove("IMAGEGATE_CONFIG")
+        .env("IMAGEGATE_STORAGE__ROOT", data.join("objects"))
+        .env(
+            "IMAGEGATE_LEDGER__URL",
+            format!("sqlite://{}/ledger.db", data.display()),
+        )
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log));
+    spawn_server(command, &data.join("imagegate.log"))
+}
+
+fn spawn_server(mut command: Command, log: &Path) -> Server {
+    let mut child = command.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(addr) = line.trim().strip_prefix("imagegate listening on http://") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "server did not start: {line:?}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    };
+    Server {
+        base: format!("http://{addr}"),
+        child: Some(child),
     }
 }
 

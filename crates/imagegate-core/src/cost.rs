@@ -81,6 +81,11 @@ pub struct StageCost {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub detail: serde_json::Value,
+    /// The stage was paid for at a price nobody knows (a model the price book marks
+    /// `unpriced`): `micros` holds only the known part, and reports flag the row
+    /// instead of passing it off as free.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unpriced: bool,
 }
 
 impl StageCost {
@@ -93,6 +98,7 @@ impl StageCost {
             bytes_in: 0,
             bytes_out: 0,
             detail: serde_json::Value::Null,
+            unpriced: false,
         }
     }
 }

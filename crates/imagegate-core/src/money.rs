@@ -15,9 +15,29 @@ pub struct Micros(pub i64);
 impl Micros {
     pub const ZERO: Micros = Micros(0);
 
-    /// Rounds half away from zero to the nearest micro-dollar.
+    /// The largest amount the ledger holds: arithmetic saturates here instead of
+    /// wrapping, so absurd usage can never turn a total negative and grant budget.
+    pub const MAX: Micros = Micros(i64::MAX);
+
+    /// Rounds half away from zero to the nearest micro-dollar. Amounts beyond
+    /// ±[`Micros::MAX`] saturate, and NaN is zero (`as` casts do both).
     pub fn from_usd(usd: f64) -> Micros {
         Micros((usd * 1_000_000.0).round() as i64)
+    }
+
+    /// `self + rhs`, or None where the sum would leave the i64 range.
+    pub fn checked_add(self, rhs: Micros) -> Option<Micros> {
+        self.0.checked_add(rhs.0).map(Micros)
+    }
+
+    /// `self - rhs`, saturating at the ends of the range.
+    pub fn saturating_sub(self, rhs: Micros) -> Micros {
+        Micros(self.0.saturating_sub(rhs.0))
+    }
+
+    /// `self × n`, saturating.
+    pub fn saturating_mul(self, n: i64) -> Micros {
+        Micros(self.0.saturating_mul(n))
     }
 
     pub fn as_usd(self) -> f64 {
@@ -37,16 +57,17 @@ impl Micros {
     }
 }
 
+/// Saturating: money never wraps.
 impl Add for Micros {
     type Output = Micros;
     fn add(self, rhs: Micros) -> Micros {
-        Micros(self.0 + rhs.0)
+        Micros(self.0.saturating_add(rhs.0))
     }
 }
 
 impl AddAssign for Micros {
     fn add_assign(&mut self, rhs: Micros) {
-        self.0 += rhs.0;
+        *self = *self + rhs;
     }
 }
 
@@ -74,6 +95,31 @@ mod tests {
         assert_eq!(Micros::from_usd(0.0000005), Micros(1));
         assert_eq!(Micros(40_213).to_string(), "$0.040213");
         assert_eq!(Micros(-5).to_string(), "-$0.000005");
+    }
+
+    #[test]
+    fn arithmetic_saturates_instead_of_wrapping() {
+        assert_eq!(Micros::MAX + Micros(1), Micros::MAX);
+        assert_eq!(Micros(i64::MIN) + Micros(-1), Micros(i64::MIN));
+        let total: Micros = [Micros::MAX, Micros::MAX, Micros(5)].into_iter().sum();
+        assert_eq!(total, Micros::MAX);
+        assert_eq!(Micros::from_usd(1e300), Micros::MAX);
+        assert_eq!(Micros::from_usd(f64::NAN), Micros::ZERO);
+        assert_eq!(Micros::MAX.checked_add(Micros(1)), None);
+        assert_eq!(Micros(3).saturating_mul(i64::MAX), Micros::MAX);
+    }
+
+    proptest::proptest! {
+        /// Whatever usage a provider reports, a sum of non-negative charges is never
+        /// below any of its parts.
+        #[test]
+        fn sums_of_charges_never_fall(parts in proptest::collection::vec(0..=i64::MAX, 0..8)) {
+            let parts: Vec<Micros> = parts.into_iter().map(Micros).collect();
+            let total: Micros = parts.iter().copied().sum();
+            for p in &parts {
+                proptest::prop_assert!(total >= *p);
+            }
+        }
     }
 
     #[test]

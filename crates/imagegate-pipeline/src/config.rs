@@ -275,6 +275,24 @@ impl Default for FleetConfig {
     }
 }
 
+/// The base of the URLs a local store hands out when `public_base_url` is unset:
+/// the `/cdn/` of the address imagegate listens on. A wildcard address (0.0.0.0, ::)
+/// names no host a client could use, so loopback stands in for it.
+pub fn local_cdn_base_url(listen: &str) -> Result<String, String> {
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("server.listen {listen:?} is not an address like 127.0.0.1:8080: {e}"))?;
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    Ok(format!(
+        "http://{}/cdn",
+        std::net::SocketAddr::new(ip, addr.port())
+    ))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StorageConfig {
@@ -290,7 +308,12 @@ pub struct SafetyConfig {
     /// Run the NSFW classifier on every image. Off means every image is allowed and
     /// the verdict says so (`source: "none"`).
     pub classifier: bool,
+    /// The ONNX model; read only when `classifier` is on. Defaults to where
+    /// `scripts/fetch-models.sh` puts it.
+    #[serde(default = "default_model")]
     pub model: PathBuf,
+    /// The ONNX Runtime shared library; read only when `classifier` is on.
+    #[serde(default = "default_runtime_library")]
     pub runtime_library: PathBuf,
     /// sha256 the model must have; empty skips the check (for a model of your own).
     #[serde(default = "pinned_model_sha256")]
@@ -313,6 +336,12 @@ pub struct SafetyConfig {
 
 fn default_pricing() -> PathBuf {
     PathBuf::from("config/pricing.toml")
+}
+fn default_model() -> PathBuf {
+    PathBuf::from("models").join(imagegate_safety::MODEL_FILE)
+}
+fn default_runtime_library() -> PathBuf {
+    PathBuf::from("models").join(imagegate_safety::RUNTIME_LIBRARY_FILE)
 }
 fn pinned_model_sha256() -> String {
     imagegate_safety::MODEL_SHA256.into()
@@ -418,7 +447,26 @@ impl PipelineConfig {
                 .map_err(|e| format!("server.openai.models.{alias}: {e}"))?;
         }
         self.budgets.validate()?;
+        if let StorageConfig::Local(local) = &self.storage {
+            if local.public_base_url.is_none() && !self.server.serve_cdn {
+                return Err("storage.public_base_url is unset and server.serve_cdn is off: \
+                            set the URL the store's files are served at"
+                    .into());
+            }
+        }
         Ok(())
+    }
+
+    /// The URL base of the local store's files: `storage.public_base_url`, or the
+    /// `/cdn/` of `server.listen`. None for other stores.
+    pub fn local_public_base_url(&self) -> Result<Option<String>, String> {
+        match &self.storage {
+            StorageConfig::Local(local) => match &local.public_base_url {
+                Some(url) => Ok(Some(url.clone())),
+                None => local_cdn_base_url(&self.server.listen).map(Some),
+            },
+            StorageConfig::S3(_) => Ok(None),
+        }
     }
 
     /// Profiles with their names filled in and logo digests computed, so the content
@@ -456,6 +504,28 @@ mod tests {
             fields["sessions"] = n.into();
         }
         serde_json::from_value(fields).expect("a safety section")
+    }
+
+    #[test]
+    fn a_safety_section_without_the_classifier_needs_no_model_paths() {
+        let off: SafetyConfig =
+            serde_json::from_value(serde_json::json!({"classifier": false})).expect("parses");
+        assert!(!off.classifier);
+        assert_eq!(off.model, PathBuf::from("models/open-nsfw.onnx"));
+    }
+
+    #[test]
+    fn the_local_cdn_follows_the_listen_address() {
+        assert_eq!(
+            local_cdn_base_url("127.0.0.1:9000").unwrap(),
+            "http://127.0.0.1:9000/cdn"
+        );
+        assert_eq!(
+            local_cdn_base_url("0.0.0.0:8080").unwrap(),
+            "http://127.0.0.1:8080/cdn"
+        );
+        assert_eq!(local_cdn_base_url("[::]:81").unwrap(), "http://[::1]:81/cdn");
+        assert!(local_cdn_base_url("localhost").is_err());
     }
 
     #[test]

@@ -163,7 +163,13 @@ impl Pipeline {
             None
         };
         let store: Arc<dyn ObjectStore> = match &config.storage {
-            config::StorageConfig::Local(lc) => Arc::new(LocalStore::open(lc).await?),
+            config::StorageConfig::Local(lc) => {
+                let base = config
+                    .local_public_base_url()
+                    .map_err(PipelineError::BadRequest)?
+                    .expect("a local store has a base URL");
+                Arc::new(LocalStore::open(&lc.root, &base).await?)
+            }
             config::StorageConfig::S3(sc) => Arc::new(S3Store::open(sc).await?),
         };
         let ledger = Ledger::open(&config.ledger).await?;

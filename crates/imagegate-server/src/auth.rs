@@ -177,6 +177,67 @@ fn is_open(path: &str) -> bool {
     ) || path.starts_with("/cdn/")
 }
 
+/// Why a caller without a valid key may not call anonymously (no key exists yet),
+/// or None when it may: only a loopback client talking to us directly. A reverse
+/// proxy on the same host connects from loopback too, so a request that carries
+/// forwarding headers or names a host that is not loopback is not anonymous-safe.
+fn anonymous_refusal(req: &Request<axum::body::Body>) -> Option<ApiError> {
+    let no_key = |why: &str| {
+        Some(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            format!(
+                "no API key exists yet, and {why}; create one with \
+                 `imagegate keys create --name APP` and send it as \
+                 `Authorization: Bearer <key>`"
+            ),
+        ))
+    };
+    let loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().is_loopback());
+    if !loopback {
+        return no_key("only loopback clients may call without one");
+    }
+    let headers = req.headers();
+    if ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+    {
+        return no_key("a request forwarded by a proxy may not call without one");
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().host().map(str::to_owned));
+    if let Some(host) = host {
+        if !is_loopback_host(&host) {
+            return no_key("a request for a non-local host name may not call without one");
+        }
+    }
+    None
+}
+
+/// Whether a `Host` value (with or without port) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Checks the caller's key (and its rate limit) and records who it is on `req`.
 /// Returns the refusal to send instead of running the route, if it is refused.
 pub(crate) async fn refusal(
@@ -214,31 +275,26 @@ pub(crate) async fn refusal(
             };
             match auth.verify(token.trim()).await {
                 Ok(id) => Some(id),
+                // Clients such as the official OpenAI SDKs always send a bearer token;
+                // while no key exists any token is as good as none.
+                Err(_) if !auth.any_key_exists() => match anonymous_refusal(req) {
+                    None => None,
+                    Some(e) => return fail(e),
+                },
                 Err(e) => return fail(e),
             }
         }
-        None => {
-            let loopback = req
-                .extensions()
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|c| c.0.ip().is_loopback());
-            if auth.any_key_exists() {
-                return fail(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_api_key",
-                    "send `Authorization: Bearer <api key>`",
-                ));
-            }
-            if !loopback {
-                return fail(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing_api_key",
-                    "no API key is configured, so only loopback clients may call \
-                     anonymously; create one with `imagegate keys create`",
-                ));
-            }
-            None
+        None if auth.any_key_exists() => {
+            return fail(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send `Authorization: Bearer <api key>`",
+            ));
         }
+        None => match anonymous_refusal(req) {
+            None => None,
+            Some(e) => return fail(e),
+        },
     };
     if let Err(wait) = auth.admit(key_id.as_deref().unwrap_or(ANONYMOUS)) {
         metrics::counter!("imagegate_rate_limited_total").increment(1);
@@ -252,4 +308,40 @@ pub(crate) async fn refusal(
     }
     req.extensions_mut().insert(AuthedKey(key_id));
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> Request<axum::body::Body> {
+        let mut builder = Request::builder().uri("/v1/images");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let mut req = builder.body(axum::body::Body::empty()).unwrap();
+        req.extensions_mut()
+            .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        req
+    }
+
+    #[test]
+    fn only_direct_loopback_callers_are_anonymous() {
+        let direct = [("host", "127.0.0.1:8080")];
+        assert!(anonymous_refusal(&request("127.0.0.1:5000", &direct)).is_none());
+        assert!(anonymous_refusal(&request("[::1]:5000", &[("host", "[::1]:8080")])).is_none());
+        assert!(anonymous_refusal(&request("127.0.0.1:5000", &[("host", "localhost")])).is_none());
+        assert!(anonymous_refusal(&request("127.0.0.1:5000", &[])).is_none());
+
+        let refused = |peer: &str, headers: &[(&str, &str)]| {
+            let e = anonymous_refusal(&request(peer, headers)).expect("refused");
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+            assert!(e.message.contains("imagegate keys create"), "{}", e.message);
+        };
+        refused("10.1.2.3:5000", &direct);
+        refused("127.0.0.1:5000", &[("host", "images.example.com")]);
+        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("x-forwarded-for", "1.2.3.4")]);
+        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("x-real-ip", "1.2.3.4")]);
+        refused("127.0.0.1:5000", &[("host", "127.0.0.1"), ("forwarded", "for=1.2.3.4")]);
+    }
 }

@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub struct LocalStoreConfig {
     pub root: PathBuf,
-    /// Base of the URLs handed to clients, e.g. `http://127.0.0.1:8080/cdn`.
-    pub public_base_url: String,
+    /// Base of the URLs handed to clients, e.g. `https://img.example.com/cdn`. Unset,
+    /// the URLs follow the address imagegate serves its own `/cdn/` on.
+    #[serde(default)]
+    pub public_base_url: Option<String>,
 }
 
 pub struct LocalStore {
@@ -21,8 +23,10 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    pub async fn open(config: &LocalStoreConfig) -> Result<LocalStore, StorageError> {
-        let root = config.root.clone();
+    /// Opens the directory `root`, handing out URLs under `public_base_url` (the
+    /// configured one, or the server's own `/cdn/`: the caller resolves it).
+    pub async fn open(root: &Path, public_base_url: &str) -> Result<LocalStore, StorageError> {
+        let root = root.to_path_buf();
         // Temp files live inside the root so the final rename never crosses a filesystem.
         let tmp = root.join(".tmp");
         tokio::fs::create_dir_all(&tmp)
@@ -31,7 +35,7 @@ impl LocalStore {
         Ok(LocalStore {
             root,
             tmp,
-            public_base_url: config.public_base_url.trim_end_matches('/').to_string(),
+            public_base_url: public_base_url.trim_end_matches('/').to_string(),
         })
     }
 
@@ -125,12 +129,7 @@ mod tests {
     use super::*;
 
     async fn store(dir: &Path) -> LocalStore {
-        LocalStore::open(&LocalStoreConfig {
-            root: dir.to_path_buf(),
-            public_base_url: "http://cdn.test/cdn/".into(),
-        })
-        .await
-        .unwrap()
+        LocalStore::open(dir, "http://cdn.test/cdn/").await.unwrap()
     }
 
     #[tokio::test]

@@ -403,6 +403,25 @@ async fn serve(
         config.server.listen = l;
     }
     let addr = config.server.listen.clone();
+    // Bound first: the local store's URLs follow the address actually bound (a port
+    // of 0 included) unless storage.public_base_url says otherwise.
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    config.server.listen = local.to_string();
+    if local.ip().is_unspecified() {
+        if let imagegate_pipeline::config::StorageConfig::Local(store) = &config.storage {
+            if store.public_base_url.is_none() {
+                tracing::warn!(
+                    %local,
+                    "listening on every interface, but image URLs name loopback: set \
+                     storage.public_base_url (IMAGEGATE_STORAGE__PUBLIC_BASE_URL) to the \
+                     address clients reach"
+                );
+            }
+        }
+    }
     let auth_config = config.server.auth.clone();
     let pipeline = Pipeline::start(config)
         .await
@@ -415,10 +434,6 @@ async fn serve(
         imagegate_server::metrics_handle(),
         auth,
     ));
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
-    let local = listener.local_addr()?;
     // Tests and scripts read this line to learn the port when asked for port 0.
     println!("imagegate listening on http://{local}");
     tracing::info!(%local, "listening");
