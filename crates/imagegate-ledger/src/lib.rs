@@ -11,6 +11,7 @@ mod backend;
 mod delivery;
 mod keys;
 mod lease;
+mod price_books;
 mod report;
 mod sqlite_writer;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod testing;
 mod writer;
 
 pub use delivery::DeliveryRow;
+pub use price_books::PublishedBook;
 pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,

@@ -12,6 +12,7 @@ pub mod budget;
 pub mod config;
 pub mod cpu;
 mod error;
+mod fleet_prices;
 mod key_memo;
 mod render;
 
@@ -28,7 +29,9 @@ use imagegate_core::{
 };
 use imagegate_imaging::{DecodeLimits, Watermarker};
 use imagegate_ledger::{Ledger, RequestRecord};
-use imagegate_providers::{Estimate, Policy, PriceBook, ProviderSet, Router};
+use imagegate_providers::{
+    Estimate, LivePrices, Policy, PriceBook, ProviderSet, Router, SkipReason,
+};
 use imagegate_safety::{Classifier, PromptScreen};
 use imagegate_storage::{LocalStore, ObjectStore, S3Store};
 use serde::Deserialize;
@@ -145,7 +148,14 @@ impl Pipeline {
         let price_book = PriceBook::load(&config.pricing).map_err(|e| {
             PipelineError::BadRequest(format!("price book {}: {e}", config.pricing.display()))
         })?;
-        let router = Router::new(providers, Arc::new(price_book), config.router.clone())
+        // Every offered model priced, or marked unpriced: refused here, not at $0 later.
+        let prices = LivePrices::new(
+            price_book,
+            Some(config.pricing.clone()),
+            imagegate_providers::router::offered(&providers),
+        )
+        .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+        let router = Router::new(providers, Arc::new(prices), config.router.clone())
             .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
@@ -263,22 +273,32 @@ impl Pipeline {
         // and to the key's budget, and both are checked before any provider is called.
         let cached = req.cache == CacheMode::Use && self.cache.contains_key(&key);
         let api_key = ctx.api_key.as_deref();
-        let constrained = req.max_cost_usd.is_some() || self.budgets.is_limited(api_key);
+        let max_cost = req.max_cost_usd.map(Micros::from_usd);
+        let constrained = max_cost.is_some() || self.budgets.is_limited(api_key);
         // Held until this request's cost is in the ledger.
         let _reservation = if cached || !constrained {
             None
         } else {
-            let estimate =
-                self.router
-                    .estimate(&gen.model, gen.size, policy, None, chrono::Utc::now())?;
-            let expected = estimate
-                .chosen
-                .as_ref()
-                .or(estimate.candidates.first())
-                .map(|c| c.expected);
-            let cheapest = estimate.candidates.iter().map(|c| c.expected).min();
-            if let (Some(max), Some(cheapest)) = (req.max_cost_usd, cheapest) {
-                if cheapest > Micros::from_usd(max) {
+            // The candidates the router would call under the cap, so this check and
+            // the call agree (and `/v1/estimate` with them).
+            let estimate = self.router.estimate(
+                &gen.model,
+                gen.size,
+                policy,
+                max_cost,
+                chrono::Utc::now(),
+            )?;
+            let expected = estimate.chosen.as_ref().map(|c| c.expected);
+            if let (Some(max), None) = (req.max_cost_usd, &estimate.chosen) {
+                let cheapest_over = estimate
+                    .candidates
+                    .iter()
+                    .filter_map(|c| match c.skipped_reason {
+                        Some(SkipReason::OverMaxCost { expected, .. }) => Some(expected),
+                        _ => None,
+                    })
+                    .min();
+                if let Some(cheapest) = cheapest_over {
                     return Err(PipelineError::CostLimit {
                         quote_usd: cheapest.as_usd(),
                         max_usd: max,
@@ -290,7 +310,7 @@ impl Pipeline {
                 .await?
         };
         let produce = || async {
-            let generation = self.call_provider(&gen, policy).await?;
+            let generation = self.call_provider(&gen, policy, max_cost).await?;
             self.finish(key, &profile, generation).await
         };
         self.single_flight(key, req.cache, &profile.name, ctx, started, produce)
@@ -582,6 +602,7 @@ impl Pipeline {
         &self,
         gen: &GenerationRequest,
         policy: Policy,
+        max_cost: Option<Micros>,
     ) -> Result<Generated, PipelineError> {
         let admitted = self
             .generation_admission
@@ -605,7 +626,7 @@ impl Pipeline {
             .map(imagegate_core::key::normalize_text)
             .filter(|n| !n.is_empty());
         let wall = Instant::now();
-        let routed = self.router.generate(&normalized, policy, None).await;
+        let routed = self.router.generate(&normalized, policy, max_cost).await;
         // One count per failed attempt (retries and failovers included), labelled by
         // the configured provider name and the router's closed set of outcomes.
         let decision = match &routed {
@@ -613,9 +634,9 @@ impl Pipeline {
             Err(e) => e.decision(),
         };
         for a in decision.iter().flat_map(|d| &d.attempts) {
-            if a.outcome != "ok" {
+            if !a.outcome.is_ok() {
                 metrics::counter!("imagegate_provider_errors_total",
-                    "provider" => a.provider.clone(), "kind" => a.outcome)
+                    "provider" => a.provider.clone(), "kind" => a.outcome.as_str())
                 .increment(1);
             }
         }
@@ -631,13 +652,18 @@ impl Pipeline {
         }
         let mut stage = StageCost::new(Stage::Generate);
         stage.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
-        stage.micros = generation.cost;
+        // The provider's own report when it made one, else the book's figure; an
+        // unpriced model's charge is unknown and flagged, never $0.
+        stage.micros = routed.charge.micros().unwrap_or(Micros::ZERO);
+        stage.unpriced = routed.charge.is_unpriced();
         stage.bytes_out = generation.bytes.len() as u64;
         stage.detail = serde_json::json!({
             "provider": generation.provider,
             "model": generation.model,
             "usage": generation.usage,
             "size": gen.size.to_string(),
+            "book_version": routed.charge.book_version,
+            "charge": routed.charge,
             "decision": routed.decision,
         });
         Ok(Generated {
@@ -650,6 +676,32 @@ impl Pipeline {
                 _slot: slot,
             }),
         })
+    }
+
+    /// The price book in force, for listings and reloads.
+    pub fn prices(&self) -> &Arc<LivePrices> {
+        self.router.prices()
+    }
+
+    /// Every model the configured providers offer (for `imagegate prices check`).
+    pub fn offered(&self) -> &[imagegate_providers::price_book::Offered] {
+        self.router.prices().offered()
+    }
+
+    /// Keeps the price book in force current while the service runs: installs the
+    /// file when it changes (looked at every `file_every`), and shares books with the
+    /// other replicas of the ledger database (`[fleet] prices_poll_secs`). A bad book
+    /// is refused and the old one keeps serving.
+    pub fn keep_prices_current(&self, file_every: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let prices = self.router.prices().clone();
+        let mut tasks: Vec<_> = prices.watch_file(file_every).into_iter().collect();
+        tasks.push(fleet_prices::spawn(
+            self.ledger.clone(),
+            prices,
+            self.replica.clone(),
+            Duration::from_secs(self.config.fleet.prices_poll_secs.max(1)),
+        ));
+        tasks
     }
 
     /// `POST /v1/estimate`: what the router would consider and choose for `req`, and

@@ -241,6 +241,52 @@ pub enum ProviderConfig {
     Fal(fal::FalConfig),
 }
 
+impl ProviderConfig {
+    /// The configured name and the kind (as price-book entries name it).
+    pub fn name_and_kind(&self) -> (&str, &'static str) {
+        match self {
+            ProviderConfig::Local(c) => (&c.name, "local"),
+            ProviderConfig::OpenAi(c) => (&c.name, "openai"),
+            ProviderConfig::Stability(c) => (&c.name, "stability"),
+            ProviderConfig::Google(c) => (&c.name, "google"),
+            ProviderConfig::Replicate(c) => (&c.name, "replicate"),
+            ProviderConfig::Automatic1111(c) => (&c.name, "automatic1111"),
+            ProviderConfig::Bfl(c) => (&c.name, "bfl"),
+            ProviderConfig::Fal(c) => (&c.name, "fal"),
+        }
+    }
+
+    pub fn models(&self) -> &[ModelOffer] {
+        match self {
+            ProviderConfig::Local(c) => &c.models,
+            ProviderConfig::OpenAi(c) => &c.models,
+            ProviderConfig::Stability(c) => &c.models,
+            ProviderConfig::Google(c) => &c.models,
+            ProviderConfig::Replicate(c) => &c.models,
+            ProviderConfig::Automatic1111(c) => &c.models,
+            ProviderConfig::Bfl(c) => &c.models,
+            ProviderConfig::Fal(c) => &c.models,
+        }
+    }
+}
+
+/// What the configured providers offer, read from their configuration alone (no
+/// keys needed), for checking the price book before a deploy.
+pub fn offered_by(configs: &[ProviderConfig]) -> Vec<price_book::Offered> {
+    configs
+        .iter()
+        .flat_map(|c| {
+            let (name, kind) = c.name_and_kind();
+            c.models().iter().map(move |m| price_book::Offered {
+                provider: name.to_string(),
+                kind: kind.to_string(),
+                model: m.name.clone(),
+                unpriced: m.unpriced,
+            })
+        })
+        .collect()
+}
+
 /// The configured providers, in configuration order.
 #[derive(Clone)]
 pub struct ProviderSet {

@@ -35,6 +35,10 @@ pub struct LivePrices {
     /// The version of the last text refused, so a watcher reports a broken file once,
     /// not at every look.
     last_refused: Mutex<Option<String>>,
+    /// The version of the file's text when last read: the watcher acts when the file
+    /// changes, not whenever the book in force differs from it (in a fleet the book
+    /// in force may be another replica's).
+    file_version: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for LivePrices {
@@ -55,11 +59,13 @@ impl LivePrices {
         offered: Vec<Offered>,
     ) -> Result<LivePrices, PriceError> {
         check_offers(&book, &offered)?;
+        let file_version = path.as_ref().map(|_| book.version().to_string());
         Ok(LivePrices {
             current: watch::Sender::new(Arc::new(book)),
             path,
             offered,
             last_refused: Mutex::new(None),
+            file_version: Mutex::new(file_version),
         })
     }
 
@@ -94,6 +100,7 @@ impl LivePrices {
             path: path.display().to_string(),
             source,
         })?;
+        *lock(&self.file_version) = Some(version_of(&text));
         self.install_text(&text, &path.display().to_string())
     }
 
@@ -110,8 +117,7 @@ impl LivePrices {
             Err(e) => {
                 metrics::counter!("imagegate_price_book_reloads_total", "result" => "refused")
                     .increment(1);
-                *self.last_refused.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(blake3::hash(text.as_bytes()).to_hex()[..12].to_string());
+                *lock(&self.last_refused) = Some(version_of(text));
                 return Err(e);
             }
         };
@@ -150,23 +156,28 @@ impl LivePrices {
                 let Ok(text) = tokio::fs::read_to_string(&path).await else {
                     continue;
                 };
-                let version = blake3::hash(text.as_bytes()).to_hex()[..12].to_string();
-                let seen = live.current().version() == version
-                    || live
-                        .last_refused
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_deref()
-                        == Some(version.as_str());
+                let version = version_of(&text);
+                let seen = lock(&live.file_version).as_deref() == Some(version.as_str())
+                    || lock(&live.last_refused).as_deref() == Some(version.as_str());
                 if seen {
                     continue;
                 }
+                *lock(&live.file_version) = Some(version);
                 if let Err(e) = live.install_text(&text, &path.display().to_string()) {
                     tracing::error!(error = %e, "edited price book refused; the old one stays in force");
                 }
             }
         }))
     }
+}
+
+fn version_of(text: &str) -> String {
+    blake3::hash(text.as_bytes()).to_hex()[..12].to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain values, always valid: a panic elsewhere cannot leave them half-written.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn check_offers(book: &PriceBook, offered: &[Offered]) -> Result<(), PriceError> {
