@@ -127,7 +127,7 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     assert_ne!(prices["version"], first_version.as_str());
 
     // A broken edit is refused with its line and column; the old prices keep serving.
-    edit_book(&site, "usd_per_megapixel = 0.004", "usd_per_megapixel = ");
+    edit_book(&site, "usd_per_megapixel = 0.004\n", "usd_per_megapixel = \n");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(quote(&base).await, 0.004);
     assert!(log_has(&site, "edited price book refused"), "refusal logged");
@@ -143,8 +143,8 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     assert!(message.contains("line"), "{message}");
     assert_eq!(quote(&base).await, 0.004);
 
-    // Fixed and reloaded on SIGHUP.
-    edit_book(&site, "usd_per_megapixel = ", "usd_per_megapixel = 0.006");
+    // Fixed, and reloaded (by the watcher or the SIGHUP, whichever comes first).
+    edit_book(&site, "usd_per_megapixel = \n", "usd_per_megapixel = 0.006\n");
     let pid = server.pid();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -152,6 +152,11 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
         .unwrap();
     assert!(status.success());
     wait_for_quote(&base, 0.006).await;
+    let started = Instant::now();
+    while !log_has(&site, "SIGHUP: price book reloaded") {
+        assert!(started.elapsed() < Duration::from_secs(10), "SIGHUP not handled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // An admin reload of an unchanged file says so.
     let r = client()
         .post(server.url("/v1/admin/prices/reload"))

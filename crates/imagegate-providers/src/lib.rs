@@ -1,10 +1,12 @@
-//! Image generation behind one trait: [`Provider`], one module per provider, and the
-//! choice of provider for a request ([`ProviderSet::choose`]).
+//! Image generation behind one trait: [`Provider`], one module per provider, what each
+//! model costs ([`price_book`], kept current without a restart by [`LivePrices`]),
+//! and the choice of provider for a request ([`Router`]).
 //!
 //! Adapters turn our [`ProviderRequest`] into a provider's wire format and its answer
-//! into a [`Generation`] with the fee it charged; they never decode pixels (the
-//! imaging crate does, with limits). The `local` provider draws deterministic
-//! procedural images so the whole service runs offline.
+//! into a [`Generation`] with the usage the provider reported; they carry no prices
+//! (the price book does) and never decode pixels (the imaging crate does, with
+//! limits). The shared send-and-map code lives once in `helpers`. The `local` provider
+//! draws deterministic procedural images so the whole service runs offline.
 
 pub mod automatic1111;
 pub mod bfl;
