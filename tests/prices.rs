@@ -113,7 +113,11 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     assert_eq!(local["status"], "current");
 
     // An edit changes the next quote, within the file watcher's second.
-    edit_book(&site, "usd_per_megapixel = 0.002", "usd_per_megapixel = 0.004");
+    edit_book(
+        &site,
+        "usd_per_megapixel = 0.002",
+        "usd_per_megapixel = 0.004",
+    );
     let took = wait_for_quote(&base, 0.004).await;
     assert!(took < Duration::from_secs(5), "{took:?}");
     let prices: serde_json::Value = client()
@@ -127,10 +131,17 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     assert_ne!(prices["version"], first_version.as_str());
 
     // A broken edit is refused with its line and column; the old prices keep serving.
-    edit_book(&site, "usd_per_megapixel = 0.004\n", "usd_per_megapixel = \n");
+    edit_book(
+        &site,
+        "usd_per_megapixel = 0.004\n",
+        "usd_per_megapixel = \n",
+    );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(quote(&base).await, 0.004);
-    assert!(log_has(&site, "edited price book refused"), "refusal logged");
+    assert!(
+        log_has(&site, "edited price book refused"),
+        "refusal logged"
+    );
     let r = client()
         .post(server.url("/v1/admin/prices/reload"))
         .send()
@@ -144,7 +155,11 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     assert_eq!(quote(&base).await, 0.004);
 
     // Fixed, and reloaded (by the watcher or the SIGHUP, whichever comes first).
-    edit_book(&site, "usd_per_megapixel = \n", "usd_per_megapixel = 0.006\n");
+    edit_book(
+        &site,
+        "usd_per_megapixel = \n",
+        "usd_per_megapixel = 0.006\n",
+    );
     let pid = server.pid();
     let status = std::process::Command::new("kill")
         .args(["-HUP", &pid.to_string()])
@@ -154,7 +169,10 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     wait_for_quote(&base, 0.006).await;
     let started = Instant::now();
     while !log_has(&site, "SIGHUP: price book reloaded") {
-        assert!(started.elapsed() < Duration::from_secs(10), "SIGHUP not handled");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SIGHUP not handled"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // An admin reload of an unchanged file says so.
@@ -209,7 +227,10 @@ async fn a_retired_model_answers_410_naming_its_replacement() {
         .iter()
         .find(|c| c["model"] == "procedural-v0")
         .unwrap();
-    assert!(skipped["skipped_reason"].as_str().unwrap().starts_with("retired"));
+    assert!(skipped["skipped_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("retired"));
     // `prices check` flags the retired model still configured.
     let out = site.cli(&["prices", "check"]);
     assert!(!out.status.success());
@@ -225,7 +246,10 @@ async fn an_unpriced_offer_stops_start_up_unless_marked() {
     let out = site.cli(&["estimate", "--prompt", "a kettle"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("local/procedural-x") && err.contains("unpriced = true"), "{err}");
+    assert!(
+        err.contains("local/procedural-x") && err.contains("unpriced = true"),
+        "{err}"
+    );
     let check = site.cli(&["prices", "check"]);
     assert!(!check.status.success());
     assert!(String::from_utf8_lossy(&check.stdout).contains("missing"));
@@ -233,7 +257,11 @@ async fn an_unpriced_offer_stops_start_up_unless_marked() {
     let marked = "[[providers]]\nkind = \"local\"\nmodels = [{ name = \"procedural-x\", classes = [\"draft\"], unpriced = true }]\n";
     let site = Site::new(|dir| config(dir, marked, ""));
     let out = site.cli(&["estimate", "--prompt", "a kettle", "--model", "draft"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["chosen"]["price_source"], "unpriced");
     let server = site.serve(&[]);
@@ -246,7 +274,11 @@ async fn an_unpriced_offer_stops_start_up_unless_marked() {
     assert_eq!(r.status(), 200);
     // The charge is unknown and flagged, never $0 silently.
     let out = site.cli(&["prices", "check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     server.stop();
 }
 
@@ -266,7 +298,8 @@ async fn max_cost_bounds_the_model_called_even_for_fastest() {
     std::fs::write(&book, text).unwrap();
     let server = site.serve(&[]);
     let request = |cap: Option<f64>| {
-        let mut body = serde_json::json!({"prompt": "a kettle", "model": "premium", "policy": "fastest"});
+        let mut body =
+            serde_json::json!({"prompt": "a kettle", "model": "premium", "policy": "fastest"});
         if let Some(cap) = cap {
             body["max_cost_usd"] = cap.into();
         }
@@ -310,7 +343,10 @@ async fn max_cost_bounds_the_model_called_even_for_fastest() {
         .await
         .unwrap();
     let text = costs.to_string();
-    assert!(text.contains("slowcheap") && !text.contains("fastdear"), "{text}");
+    assert!(
+        text.contains("slowcheap") && !text.contains("fastdear"),
+        "{text}"
+    );
     // A cap below every candidate: 402 before any call.
     let r = client()
         .post(server.url("/v1/images"))

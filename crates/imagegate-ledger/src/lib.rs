@@ -19,8 +19,8 @@ mod testing;
 mod writer;
 
 pub use delivery::DeliveryRow;
-pub use price_books::PublishedBook;
 pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
+pub use price_books::PublishedBook;
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };

@@ -70,20 +70,35 @@ mod tests {
     use super::*;
     use crate::testing::{on_both_backends, TestDb};
 
-    on_both_backends!(the_latest_publish_wins, republishing_makes_a_version_latest_again);
+    on_both_backends!(
+        the_latest_publish_wins,
+        republishing_makes_a_version_latest_again
+    );
 
     async fn the_latest_publish_wins(db: TestDb) {
         let ledger = db.open().await;
         assert_eq!(ledger.latest_price_book().await.expect("query"), None);
         ledger
-            .publish_price_book("aaaaaaaaaaaa", "[[model]] # a", "replica-1:config/pricing.toml")
+            .publish_price_book(
+                "aaaaaaaaaaaa",
+                "[[model]] # a",
+                "replica-1:config/pricing.toml",
+            )
             .await
             .expect("published");
         ledger
-            .publish_price_book("bbbbbbbbbbbb", "[[model]] # b", "replica-2:config/pricing.toml")
+            .publish_price_book(
+                "bbbbbbbbbbbb",
+                "[[model]] # b",
+                "replica-2:config/pricing.toml",
+            )
             .await
             .expect("published");
-        let latest = ledger.latest_price_book().await.expect("query").expect("one");
+        let latest = ledger
+            .latest_price_book()
+            .await
+            .expect("query")
+            .expect("one");
         assert_eq!(latest.version, "bbbbbbbbbbbb");
         assert_eq!(latest.text, "[[model]] # b");
         assert_eq!(latest.origin, "replica-2:config/pricing.toml");
@@ -97,7 +112,11 @@ mod tests {
                 .await
                 .expect("published");
         }
-        let latest = ledger.latest_price_book().await.expect("query").expect("one");
+        let latest = ledger
+            .latest_price_book()
+            .await
+            .expect("query")
+            .expect("one");
         assert_eq!(latest.version, "aaaaaaaaaaaa");
     }
 }

@@ -94,9 +94,14 @@ impl Sync {
         {
             Ok(()) => {
                 self.published = Some(book.version().to_string());
-                tracing::info!(version = book.version(), "price book published to the fleet");
+                tracing::info!(
+                    version = book.version(),
+                    "price book published to the fleet"
+                );
             }
-            Err(e) => tracing::warn!(error = %e, "price book not published to the fleet; will retry"),
+            Err(e) => {
+                tracing::warn!(error = %e, "price book not published to the fleet; will retry")
+            }
         }
     }
 

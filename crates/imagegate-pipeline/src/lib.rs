@@ -281,13 +281,9 @@ impl Pipeline {
         } else {
             // The candidates the router would call under the cap, so this check and
             // the call agree (and `/v1/estimate` with them).
-            let estimate = self.router.estimate(
-                &gen.model,
-                gen.size,
-                policy,
-                max_cost,
-                chrono::Utc::now(),
-            )?;
+            let estimate =
+                self.router
+                    .estimate(&gen.model, gen.size, policy, max_cost, chrono::Utc::now())?;
             let expected = estimate.chosen.as_ref().map(|c| c.expected);
             if let (Some(max), None) = (req.max_cost_usd, &estimate.chosen) {
                 let cheapest_over = estimate

@@ -62,7 +62,11 @@ pub(crate) async fn reload(
         ));
     }
     let reloaded = state.pipeline.prices().reload_file().map_err(|e| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_price_book", e.to_string())
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_price_book",
+            e.to_string(),
+        )
     })?;
     Ok(Json(reloaded).into_response())
 }

@@ -472,8 +472,12 @@ fn reload_prices_on_sighup(
         };
         while hangups.recv().await.is_some() {
             match prices.reload_file() {
-                Ok(r) => tracing::info!(version = %r.version, changed = r.changed, "SIGHUP: price book reloaded"),
-                Err(e) => tracing::error!(error = %e, "SIGHUP: price book refused; the old one stays in force"),
+                Ok(r) => {
+                    tracing::info!(version = %r.version, changed = r.changed, "SIGHUP: price book reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: price book refused; the old one stays in force")
+                }
             }
         }
     })

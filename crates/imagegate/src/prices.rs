@@ -104,7 +104,9 @@ fn table(listing: &[Listed]) -> String {
             .image_1024
             .iter()
             .map(|t| {
-                let usd = t.usd.map_or_else(|| "n/a".to_string(), |u| format!("{u:.6}"));
+                let usd = t
+                    .usd
+                    .map_or_else(|| "n/a".to_string(), |u| format!("{u:.6}"));
                 match &t.quality {
                     Some(q) => format!("{q}: {usd}"),
                     None => usd,
