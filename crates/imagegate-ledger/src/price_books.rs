@@ -67,7 +67,6 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::testing::{on_both_backends, TestDb};
 
     on_both_backends!(

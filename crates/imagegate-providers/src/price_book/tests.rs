@@ -30,12 +30,8 @@ fn image_usage(s: &str, quality: Option<&str>) -> Usage {
 }
 
 /// Published prices are rounded to the precision they are printed with; a computed
-/// price matches when it lies within half a unit of that last printed digit.
-fn within_published(computed: Micros, published: &str) -> bool {
-    within_units(computed, published, 0.5)
-}
-
-/// Within `units` of the last printed digit of `published`.
+/// price matches when it lies within `units` of that last printed digit (half of one
+/// for prices rounded to nearest).
 fn within_units(computed: Micros, published: &str, units: f64) -> bool {
     let decimals = published.split_once('.').map_or(0, |(_, f)| f.len());
     let tolerance = units * 10f64.powi(-(decimals as i32));
