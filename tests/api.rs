@@ -312,7 +312,7 @@ async fn logs_carry_request_ids_and_never_secrets() {
         .post(server.url("/v1/images"))
         .bearer_auth(&token)
         .header("x-request-id", "req-fail-2")
-        .json(&serde_json::json!({"prompt": "a lantern", "model": "openai/gpt-image-1"}))
+        .json(&serde_json::json!({"prompt": "a lantern", "model": "openai/gpt-image-2"}))
         .send()
         .await
         .unwrap();

@@ -290,7 +290,7 @@ async fn dashboard_renders_the_ledger_in_headless_chromium() {
     }
     let (status, body) = post(
         &server,
-        serde_json::json!({"prompt": "a harbour", "model": "openai/gpt-image-1"}),
+        serde_json::json!({"prompt": "a harbour", "model": "openai/gpt-image-2"}),
     )
     .await;
     assert_eq!(status, 502, "{body}");

@@ -193,6 +193,10 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
     pub fn port(&self) -> u16 {
         self.base.rsplit(':').next().unwrap().parse().unwrap()
     }

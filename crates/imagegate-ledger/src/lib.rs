@@ -14,6 +14,7 @@ mod charges;
 mod delivery;
 mod keys;
 mod lease;
+mod price_books;
 mod rate_limit;
 mod report;
 mod reservations;
@@ -27,6 +28,7 @@ mod writer;
 pub use charges::{ChargeId, ChargeRow};
 pub use delivery::DeliveryRow;
 pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
+pub use price_books::PublishedBook;
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };

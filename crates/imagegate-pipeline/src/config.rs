@@ -102,6 +102,8 @@ impl Default for OpenAiCompatConfig {
             ("dall-e-3", "standard"),
             ("gpt-image-1", "standard"),
             ("gpt-image-1-mini", "draft"),
+            ("gpt-image-1.5", "standard"),
+            ("gpt-image-2", "standard"),
         ]
         .into_iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -263,6 +265,9 @@ pub struct FleetConfig {
     pub wait_secs: u64,
     /// First interval between looks at the store while waiting (doubles up to 8x).
     pub poll_ms: u64,
+    /// How often a replica looks for a price book another replica published: every
+    /// replica prices with the same book at most this long after it changes.
+    pub prices_poll_secs: u64,
 }
 
 impl Default for FleetConfig {
@@ -271,6 +276,7 @@ impl Default for FleetConfig {
             lease_ttl_secs: 30,
             wait_secs: 240,
             poll_ms: 50,
+            prices_poll_secs: 5,
         }
     }
 }

@@ -22,6 +22,13 @@ pub enum PipelineError {
     },
     #[error("no provider serves model {0}")]
     NoProvider(String),
+    /// The caller named a model its provider no longer serves.
+    #[error("model {model} was retired on {retired}{}", .replacement.as_ref().map(|r| format!("; use {r} instead")).unwrap_or_default())]
+    ModelRetired {
+        model: String,
+        retired: String,
+        replacement: Option<String>,
+    },
     #[error("provider {provider} refused the prompt: {message}")]
     UpstreamContentBlocked { provider: String, message: String },
     #[error("provider {provider} is rate limiting; retry later")]
@@ -109,6 +116,15 @@ impl From<imagegate_providers::RouteError> for PipelineError {
         match e {
             R::Config(m) => PipelineError::Internal(format!("router configuration: {m}")),
             R::NoCandidate { choice } => PipelineError::NoProvider(choice),
+            R::Retired {
+                model,
+                on,
+                replacement,
+            } => PipelineError::ModelRetired {
+                model,
+                retired: on.to_string(),
+                replacement,
+            },
             R::OverBudget {
                 cheapest, max_cost, ..
             } => PipelineError::CostLimit {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod cpu;
 mod error;
 mod fleet;
+mod fleet_prices;
 mod key_memo;
 mod paid;
 mod produce;
@@ -41,7 +42,9 @@ use imagegate_core::{
 };
 use imagegate_imaging::Watermarker;
 use imagegate_ledger::Ledger;
-use imagegate_providers::{Estimate, Policy, PriceBook, ProviderSet, Router};
+use imagegate_providers::{
+    Estimate, LivePrices, Policy, PriceBook, ProviderSet, Router, SkipReason,
+};
 use imagegate_safety::{Classifier, PromptScreen};
 use imagegate_storage::{LocalStore, ObjectStore, S3Store};
 use produce::{Order, Production, Source};
@@ -134,7 +137,14 @@ impl Pipeline {
         let price_book = PriceBook::load(&config.pricing).map_err(|e| {
             PipelineError::BadRequest(format!("price book {}: {e}", config.pricing.display()))
         })?;
-        let router = Router::new(providers, Arc::new(price_book), config.router.clone())
+        // Every offered model priced, or marked unpriced: refused here, not at $0 later.
+        let prices = LivePrices::new(
+            price_book,
+            Some(config.pricing.clone()),
+            imagegate_providers::router::offered(&providers),
+        )
+        .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+        let router = Router::new(providers, Arc::new(prices), config.router.clone())
             .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
@@ -363,14 +373,19 @@ impl Pipeline {
             max_cost,
             chrono::Utc::now(),
         )?;
-        let expected = estimate
-            .chosen
-            .as_ref()
-            .or(estimate.candidates.first())
-            .map(|c| c.expected);
-        let cheapest = estimate.candidates.iter().map(|c| c.expected).min();
-        if let (Some(max), Some(cheapest)) = (max_cost, cheapest) {
-            if cheapest > max {
+        // The candidates the router would call under the cap, so this check and the
+        // call agree (and `/v1/estimate` with them).
+        let expected = estimate.chosen.as_ref().map(|c| c.expected);
+        if let (Some(max), None) = (max_cost, &estimate.chosen) {
+            let cheapest_over = estimate
+                .candidates
+                .iter()
+                .filter_map(|c| match c.skipped_reason {
+                    Some(SkipReason::OverMaxCost { expected, .. }) => Some(expected),
+                    _ => None,
+                })
+                .min();
+            if let Some(cheapest) = cheapest_over {
                 return Err(PipelineError::CostLimit {
                     quote_usd: cheapest.as_usd(),
                     max_usd: max.as_usd(),
@@ -489,6 +504,32 @@ impl Pipeline {
         let manifest: Manifest = serde_json::from_slice(&obj.bytes)
             .map_err(|e| PipelineError::Storage(format!("manifest of {key} is unreadable: {e}")))?;
         Ok(Some(manifest))
+    }
+
+    /// The price book in force, for listings and reloads.
+    pub fn prices(&self) -> &Arc<LivePrices> {
+        self.inner.router.prices()
+    }
+
+    /// Every model the configured providers offer (for `imagegate prices check`).
+    pub fn offered(&self) -> &[imagegate_providers::price_book::Offered] {
+        self.inner.router.prices().offered()
+    }
+
+    /// Keeps the price book in force current while the service runs: installs the
+    /// file when it changes (looked at every `file_every`), and shares books with the
+    /// other replicas of the ledger database (`[fleet] prices_poll_secs`). A bad book
+    /// is refused and the old one keeps serving.
+    pub fn keep_prices_current(&self, file_every: Duration) -> Vec<tokio::task::JoinHandle<()>> {
+        let prices = self.inner.router.prices().clone();
+        let mut tasks: Vec<_> = prices.watch_file(file_every).into_iter().collect();
+        tasks.push(fleet_prices::spawn(
+            self.inner.ledger.clone(),
+            prices,
+            self.inner.replica.clone(),
+            Duration::from_secs(self.inner.config.fleet.prices_poll_secs.max(1)),
+        ));
+        tasks
     }
 
     /// `POST /v1/estimate`: what the router would consider and choose for `req`, and

@@ -368,9 +368,9 @@ async fn call_provider(
         Err(e) => e.decision(),
     };
     for a in decision.iter().flat_map(|d| &d.attempts) {
-        if a.outcome != "ok" {
+        if !a.outcome.is_ok() {
             metrics::counter!("imagegate_provider_errors_total",
-                "provider" => a.provider.clone(), "kind" => a.outcome)
+                "provider" => a.provider.clone(), "kind" => a.outcome.as_str())
             .increment(1);
         }
     }
@@ -378,7 +378,11 @@ async fn call_provider(
     let generation = routed.generation;
     let mut stage = StageCost::new(Stage::Generate);
     stage.wall_ms = wall.elapsed().as_secs_f64() * 1e3;
-    stage.micros = generation.cost;
+    // The provider's own report when it made one, else the book's figure; an
+    // unpriced model's charge is unknown and flagged, never $0.
+    let charged = routed.charge.micros();
+    stage.micros = charged.unwrap_or(Micros::ZERO);
+    stage.unpriced = routed.charge.is_unpriced();
     stage.bytes_out = generation.bytes.len() as u64;
     let expected = routed.decision.chosen.as_deref().and_then(|chosen| {
         routed
@@ -388,10 +392,13 @@ async fn call_provider(
             .find(|c| c.label() == chosen)
             .map(|c| c.expected)
     });
-    let over_estimate = expected.is_some_and(|expected| {
-        generation.cost > expected.saturating_mul(OVER_ESTIMATE_FACTOR)
-            && generation.cost.saturating_sub(expected) > OVER_ESTIMATE_MIN
-    });
+    let over_estimate = match (charged, expected) {
+        (Some(charged), Some(expected)) => {
+            charged > expected.saturating_mul(OVER_ESTIMATE_FACTOR)
+                && charged.saturating_sub(expected) > OVER_ESTIMATE_MIN
+        }
+        _ => false,
+    };
     if over_estimate {
         metrics::counter!("imagegate_charges_over_estimate_total",
             "provider" => generation.provider.clone())
@@ -399,7 +406,7 @@ async fn call_provider(
         tracing::warn!(
             provider = %generation.provider,
             model = %generation.model,
-            charged = %generation.cost,
+            charged = %stage.micros,
             expected = %expected.unwrap_or_default(),
             "a provider charge far above its estimate"
         );
@@ -409,6 +416,8 @@ async fn call_provider(
         "model": generation.model,
         "usage": generation.usage,
         "size": gen.size.to_string(),
+        "book_version": routed.charge.book_version,
+        "charge": routed.charge,
         "decision": routed.decision,
         "over_estimate": over_estimate,
     });

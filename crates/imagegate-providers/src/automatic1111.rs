@@ -1,7 +1,7 @@
 //! The self-hosted AUTOMATIC1111 Stable Diffusion web UI adapter (`--api` mode):
-//! `POST {base_url}/sdapi/v1/txt2img`, costed per GPU-second from configuration.
-//! The GPU time of a call is its measured wall time: the server renders one request
-//! at a time, so the GPU is ours for exactly that long.
+//! `POST {base_url}/sdapi/v1/txt2img`. The GPU time of a call is its measured wall
+//! time (the server renders one request at a time, so the GPU is ours for exactly
+//! that long); what a GPU-second costs is the price book's `per_gpu_second` entry.
 //!
 //! Wire format:
 //! - API overview and `--api`/`--api-auth user:password` (HTTP basic):
@@ -19,12 +19,13 @@
 //! The web UI has no content-policy refusals of its own, so this adapter never returns
 //! `ContentRejected`; imagegate's own safety stage still screens the output.
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, Answer, ApiKey};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
+use imagegate_core::ModelClass;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,12 +41,9 @@ pub struct Automatic1111Config {
     pub api_key_env: Option<String>,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// What one second of this server's GPU costs (amortized hardware or rental).
-    #[serde(default)]
-    pub usd_per_gpu_second: f64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     #[serde(default = "default_steps")]
     pub steps: u32,
     #[serde(default = "default_cfg_scale")]
@@ -74,10 +72,10 @@ fn default_cfg_scale() -> f64 {
     7.0
 }
 fn default_models() -> Vec<ModelOffer> {
-    vec![ModelOffer {
-        name: "sd_xl_base_1.0".into(),
-        classes: vec![ModelClass::Draft, ModelClass::Standard],
-    }]
+    vec![ModelOffer::new(
+        "sd_xl_base_1.0",
+        &[ModelClass::Draft, ModelClass::Standard],
+    )]
 }
 
 impl Default for Automatic1111Config {
@@ -87,8 +85,7 @@ impl Default for Automatic1111Config {
             base_url: default_base_url(),
             api_key_env: None,
             timeout_secs: default_timeout_secs(),
-            usd_per_gpu_second: 0.0,
-            expected_usd_per_image: 0.0,
+            max_response_bytes: helpers::default_max_response_bytes(),
             steps: default_steps(),
             cfg_scale: default_cfg_scale(),
             sampler_name: None,
@@ -97,7 +94,179 @@ impl Default for Automatic1111Config {
     }
 }
 
-// ---- wire types ----
+pub struct Automatic1111Provider {
+    config: Automatic1111Config,
+    endpoint: helpers::Endpoint,
+    auth: Option<(String, ApiKey)>,
+}
+
+impl std::fmt::Debug for Automatic1111Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Automatic1111Provider")
+            .field("config", &self.config)
+            .field("auth", &self.auth.as_ref().map(|(user, _)| (user, "***")))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Automatic1111Provider {
+    pub fn new(config: Automatic1111Config) -> Result<Automatic1111Provider, ProviderError> {
+        let endpoint = helpers::Endpoint::open(
+            &config.name,
+            &config.base_url,
+            config.timeout_secs,
+            config.models.is_empty(),
+        )?
+        .with_max_body(config.max_response_bytes);
+        let fail = |message: String| ProviderError::Config {
+            provider: config.name.clone(),
+            message,
+        };
+        if config.steps == 0 {
+            return Err(fail("steps must be at least 1".into()));
+        }
+        let auth = match &config.api_key_env {
+            None => None,
+            Some(var) => {
+                let secret = ApiKey::from_env(&config.name, var)?;
+                let Some((user, password)) = secret.expose().split_once(':') else {
+                    return Err(fail(format!(
+                        "environment variable {var} must hold `user:password` (--api-auth)"
+                    )));
+                };
+                // Keep only the password behind the redacting wrapper.
+                let user = user.to_string();
+                let password = password.to_string();
+                Some((user, ApiKey::from_string(password)))
+            }
+        };
+        Ok(Automatic1111Provider {
+            endpoint,
+            config,
+            auth,
+        })
+    }
+
+    fn error_from(&self, answer: &Answer) -> ProviderError {
+        let body = &answer.body[..];
+        let detail = match serde_json::from_slice::<ErrorBody>(body) {
+            Ok(e) => {
+                let mut parts = Vec::new();
+                if let Some(s) = e.error {
+                    parts.push(s);
+                }
+                match e.detail {
+                    serde_json::Value::Null => {}
+                    serde_json::Value::String(s) if s.is_empty() => {}
+                    serde_json::Value::String(s) => parts.push(s),
+                    other => parts.push(other.to_string()),
+                }
+                if let Some(s) = e.errors.filter(|s| !s.is_empty()) {
+                    parts.push(s);
+                }
+                parts.join(": ")
+            }
+            Err(_) => String::from_utf8_lossy(body).into_owned(),
+        };
+        helpers::status_error(
+            &self.config.name,
+            self.config.api_key_env.as_deref(),
+            answer.status,
+            // A web UI behind a proxy may be rate limited by the proxy.
+            helpers::retry_after(&answer.headers),
+            &detail,
+        )
+    }
+}
+
+#[async_trait]
+impl Provider for Automatic1111Provider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn offers(&self) -> &[ModelOffer] {
+        &self.config.models
+    }
+
+    fn kind(&self) -> &'static str {
+        "automatic1111"
+    }
+
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout
+    }
+
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
+        let body = Txt2ImgRequest {
+            prompt: &request.prompt,
+            negative_prompt: request.negative_prompt.as_deref().unwrap_or(""),
+            // -1 means random to the web UI; ours are u64, so fold into 0..2^32.
+            seed: (request.seed % (1u64 << 32)) as i64,
+            // Latent space is 8 pixels per cell: sizes must be multiples of 8.
+            width: (request.size.width / 8).max(8) * 8,
+            height: (request.size.height / 8).max(8) * 8,
+            steps: self.config.steps,
+            cfg_scale: self.config.cfg_scale,
+            sampler_name: self.config.sampler_name.as_deref(),
+            batch_size: 1,
+            n_iter: 1,
+            send_images: true,
+            save_images: false,
+            override_settings: OverrideSettings {
+                sd_model_checkpoint: &request.model,
+            },
+        };
+        let mut builder = self
+            .endpoint
+            .client
+            .post(format!("{}/sdapi/v1/txt2img", self.endpoint.base_url))
+            .json(&body);
+        if let Some((user, password)) = &self.auth {
+            builder = builder.basic_auth(user, Some(password.expose()));
+        }
+        let started = Instant::now();
+        let answer =
+            helpers::send(name, self.endpoint.timeout, builder, self.endpoint.max_body).await?;
+        let gpu_seconds = started.elapsed().as_secs_f64();
+        if !answer.status.is_success() {
+            return Err(self.error_from(&answer));
+        }
+        let (parsed, _): (Txt2ImgResponse, _) = helpers::parse_json(name, &answer.body)?;
+        let first = parsed
+            .images
+            .first()
+            .ok_or_else(|| helpers::bad_response(name, "response has no images"))?;
+        let bytes = helpers::decode_base64(name, first)?;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
+        // `info` is JSON inside a string; keep it parsed when it parses, for audits.
+        let info = parsed
+            .info
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Ok(Generation {
+            bytes: Bytes::from(bytes),
+            media_type: sniffed.media_type.to_string(),
+            provider: name.clone(),
+            model: request.model.clone(),
+            usage: Usage {
+                images: 1,
+                width: sniffed.width,
+                height: sniffed.height,
+                gpu_seconds: Some(gpu_seconds),
+                raw: serde_json::json!({
+                    "seed": info.get("seed").cloned().unwrap_or(serde_json::Value::Null),
+                    "sd_model_name": info.get("sd_model_name").cloned().unwrap_or(serde_json::Value::Null),
+                }),
+                ..Usage::default()
+            },
+        })
+    }
+}
+
+// ---- wire types: exactly the API's JSON ----
 
 #[derive(Debug, Serialize)]
 struct Txt2ImgRequest<'a> {
@@ -139,188 +308,4 @@ struct ErrorBody {
     detail: serde_json::Value,
     #[serde(default)]
     errors: Option<String>,
-}
-
-// ---- the adapter ----
-
-pub struct Automatic1111Provider {
-    config: Automatic1111Config,
-    endpoint: http::Endpoint,
-    auth: Option<(String, ApiKey)>,
-}
-
-impl std::fmt::Debug for Automatic1111Provider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Automatic1111Provider")
-            .field("config", &self.config)
-            .field("auth", &self.auth.as_ref().map(|(user, _)| (user, "***")))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Automatic1111Provider {
-    pub fn new(config: Automatic1111Config) -> Result<Automatic1111Provider, ProviderError> {
-        let endpoint = http::Endpoint::open(
-            &config.name,
-            &config.base_url,
-            config.timeout_secs,
-            config.expected_usd_per_image,
-            config.models.is_empty(),
-        )?;
-        let fail = |message: String| ProviderError::Config {
-            provider: config.name.clone(),
-            message,
-        };
-        if !(config.usd_per_gpu_second.is_finite() && config.usd_per_gpu_second >= 0.0) {
-            return Err(fail(format!(
-                "usd_per_gpu_second must be a non-negative number, not {}",
-                config.usd_per_gpu_second
-            )));
-        }
-        if config.steps == 0 {
-            return Err(fail("steps must be at least 1".into()));
-        }
-        let auth = match &config.api_key_env {
-            None => None,
-            Some(var) => {
-                let secret = ApiKey::from_env(&config.name, var)?;
-                let Some((user, password)) = secret.expose().split_once(':') else {
-                    return Err(fail(format!(
-                        "environment variable {var} must hold `user:password` (--api-auth)"
-                    )));
-                };
-                // Keep only the password behind the redacting wrapper.
-                let user = user.to_string();
-                let password = password.to_string();
-                Some((user, ApiKey::from_string(password)))
-            }
-        };
-        Ok(Automatic1111Provider {
-            endpoint,
-            config,
-            auth,
-        })
-    }
-
-    fn error_from(&self, status: reqwest::StatusCode, body: &[u8]) -> ProviderError {
-        let detail = match serde_json::from_slice::<ErrorBody>(body) {
-            Ok(e) => {
-                let mut parts = Vec::new();
-                if let Some(s) = e.error {
-                    parts.push(s);
-                }
-                match e.detail {
-                    serde_json::Value::Null => {}
-                    serde_json::Value::String(s) if s.is_empty() => {}
-                    serde_json::Value::String(s) => parts.push(s),
-                    other => parts.push(other.to_string()),
-                }
-                if let Some(s) = e.errors.filter(|s| !s.is_empty()) {
-                    parts.push(s);
-                }
-                parts.join(": ")
-            }
-            Err(_) => String::from_utf8_lossy(body).into_owned(),
-        };
-        http::status_error(
-            &self.config.name,
-            self.config.api_key_env.as_deref(),
-            status,
-            None,
-            &detail,
-        )
-    }
-}
-
-#[async_trait]
-impl Provider for Automatic1111Provider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn offers(&self) -> &[ModelOffer] {
-        &self.config.models
-    }
-
-    /// A flat configured figure; the real cost is `usd_per_gpu_second` times the
-    /// measured `Usage::gpu_seconds`, which the price book computes.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
-    }
-
-    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
-        let name = &self.config.name;
-        let body = Txt2ImgRequest {
-            prompt: &request.prompt,
-            negative_prompt: request.negative_prompt.as_deref().unwrap_or(""),
-            // -1 means random to the web UI; ours are u64, so fold into 0..2^32.
-            seed: (request.seed % (1u64 << 32)) as i64,
-            // Latent space is 8 pixels per cell: sizes must be multiples of 8.
-            width: (request.size.width / 8).max(8) * 8,
-            height: (request.size.height / 8).max(8) * 8,
-            steps: self.config.steps,
-            cfg_scale: self.config.cfg_scale,
-            sampler_name: self.config.sampler_name.as_deref(),
-            batch_size: 1,
-            n_iter: 1,
-            send_images: true,
-            save_images: false,
-            override_settings: OverrideSettings {
-                sd_model_checkpoint: &request.model,
-            },
-        };
-        let mut builder = self
-            .endpoint
-            .client
-            .post(format!("{}/sdapi/v1/txt2img", self.endpoint.base_url))
-            .json(&body);
-        if let Some((user, password)) = &self.auth {
-            builder = builder.basic_auth(user, Some(password.expose()));
-        }
-        let started = Instant::now();
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
-        let gpu_seconds = started.elapsed().as_secs_f64();
-        if !status.is_success() {
-            return Err(self.error_from(status, &raw));
-        }
-        let parsed: Txt2ImgResponse = serde_json::from_slice(&raw)
-            .map_err(|e| http::bad_response(name, format!("unexpected body: {e}")))?;
-        let first = parsed
-            .images
-            .first()
-            .ok_or_else(|| http::bad_response(name, "response has no images"))?;
-        let bytes = http::decode_base64(name, first)?;
-        let sniffed = http::sniff_image(name, &bytes)?;
-        // `info` is JSON inside a string; keep it parsed when it parses, for audits.
-        let info = parsed
-            .info
-            .as_deref()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .unwrap_or(serde_json::Value::Null);
-        Ok(Generation {
-            bytes: Bytes::from(bytes),
-            media_type: sniffed.media_type.to_string(),
-            provider: name.clone(),
-            model: request.model.clone(),
-            cost: Micros::ZERO,
-            usage: Usage {
-                images: 1,
-                width: sniffed.width,
-                height: sniffed.height,
-                gpu_seconds: Some(gpu_seconds),
-                raw: serde_json::json!({
-                    "seed": info.get("seed").cloned().unwrap_or(serde_json::Value::Null),
-                    "sd_model_name": info.get("sd_model_name").cloned().unwrap_or(serde_json::Value::Null),
-                    "usd_per_gpu_second": self.config.usd_per_gpu_second,
-                }),
-                ..Usage::default()
-            },
-        })
-    }
 }

@@ -1,47 +1,46 @@
-//! The Google Gemini API adapter, two wire formats behind one provider:
-//! - Gemini image models (`gemini-*-image*`) through
-//!   `POST {base_url}/models/{model}:generateContent`, image returned as an
-//!   `inlineData` part, billed by tokens from `usageMetadata`;
-//! - Imagen models (`imagen-*`) through `POST {base_url}/models/{model}:predict`
-//!   with `instances[].prompt` and `parameters.sampleCount`, images returned as
-//!   `predictions[].bytesBase64Encoded`, billed per image.
+//! The Google Gemini API adapter: the Gemini image models ("Nano Banana":
+//! `gemini-3.1-flash-image`, `gemini-3-pro-image` and their `-preview` ids) through
+//! `POST {base_url}/models/{model}:generateContent`, the image returned as an
+//! `inlineData` part, billed by tokens from `usageMetadata`.
+//!
+//! Imagen (`:predict`) is not served any more: Google shut every Imagen model down on
+//! 2026-08-17 (<https://ai.google.dev/gemini-api/docs/deprecations>), and
+//! gemini-2.5-flash-image on 2026-10-02; config/pricing.toml keeps them as retired
+//! entries naming their replacements.
 //!
 //! Authentication is the `x-goog-api-key` header (never the `?key=` query parameter,
 //! so the key cannot end up in a logged URL).
 //!
 //! Wire format:
 //! - generateContent request/response, `GenerationConfig` (`responseModalities`,
-//!   `seed`, `imageConfig.aspectRatio`), `Candidate.finishReason`,
+//!   `seed`, `imageConfig.aspectRatio`, `imageConfig.imageSize` = `1K` | `2K` | `4K`
+//!   on the Gemini 3 image models), `Candidate.finishReason`,
 //!   `promptFeedback.blockReason`, `UsageMetadata` (`promptTokenCount`,
-//!   `candidatesTokenCount`, `totalTokenCount`, `promptTokensDetails[]`,
-//!   `candidatesTokensDetails[]` of `{modality, tokenCount}`):
-//!   <https://ai.google.dev/api/generate-content>
-//! - image output with `responseModalities: ["TEXT", "IMAGE"]` and `imageConfig`:
+//!   `candidatesTokenCount`, `promptTokensDetails[]`, `candidatesTokensDetails[]` of
+//!   `{modality, tokenCount}`): <https://ai.google.dev/api/generate-content>,
 //!   <https://ai.google.dev/gemini-api/docs/image-generation>
-//! - Imagen `:predict` (`instances`, `parameters.sampleCount`/`aspectRatio`,
-//!   `predictions[].bytesBase64Encoded`/`mimeType`):
-//!   <https://ai.google.dev/gemini-api/docs/imagen>
 //! - Errors are `{"error": {"code", "message", "status", "details": [..]}}`
 //!   (<https://ai.google.dev/gemini-api/docs/troubleshooting>); an invalid key is a
 //!   `400 INVALID_ARGUMENT` with `ErrorInfo.reason = "API_KEY_INVALID"`, and 429
 //!   `RESOURCE_EXHAUSTED` carries a `RetryInfo.retryDelay` such as `"23s"`.
 //!
-//! Neither API takes a negative prompt (Imagen's was removed from the Gemini API), and
-//! Imagen on the Gemini API takes no seed; those request fields are not sent.
+//! The API takes no negative prompt; that request field is not sent.
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, Answer, ApiKey};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
-use reqwest::header::HeaderMap;
+use imagegate_core::{ModelClass, Size};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 const GEMINI_ASPECT_RATIOS: &[&str] = &[
     "21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16",
 ];
-const IMAGEN_ASPECT_RATIOS: &[&str] = &["16:9", "4:3", "1:1", "3:4", "9:16"];
+/// `imageConfig.imageSize` tiers of the Gemini 3 image models, by the square box each
+/// fills: the price book prices a request by the same boxes (1024, 2048, 4096), so
+/// the tier asked for is the tier quoted.
+const IMAGE_SIZE_TIERS: &[(u32, &str)] = &[(1024, "1K"), (2048, "2K"), (4096, "4K")];
 
 /// Finish or block reasons that mean "refused on policy grounds".
 const POLICY_REASONS: &[&str] = &[
@@ -68,10 +67,9 @@ pub struct GoogleConfig {
     pub api_key_env: String,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
-    /// `imagen-*` names go to `:predict`, all others to `:generateContent`.
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     #[serde(default = "default_models")]
     pub models: Vec<ModelOffer>,
 }
@@ -90,18 +88,11 @@ fn default_timeout_secs() -> u64 {
 }
 fn default_models() -> Vec<ModelOffer> {
     vec![
-        ModelOffer {
-            name: "gemini-2.5-flash-image".into(),
-            classes: vec![ModelClass::Standard],
-        },
-        ModelOffer {
-            name: "imagen-4.0-generate-001".into(),
-            classes: vec![ModelClass::Standard, ModelClass::Premium],
-        },
-        ModelOffer {
-            name: "imagen-4.0-fast-generate-001".into(),
-            classes: vec![ModelClass::Draft],
-        },
+        ModelOffer::new(
+            "gemini-3.1-flash-image",
+            &[ModelClass::Draft, ModelClass::Standard],
+        ),
+        ModelOffer::new("gemini-3-pro-image", &[ModelClass::Premium]),
     ]
 }
 
@@ -112,13 +103,239 @@ impl Default for GoogleConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
-            expected_usd_per_image: 0.0,
+            max_response_bytes: helpers::default_max_response_bytes(),
             models: default_models(),
         }
     }
 }
 
-// ---- wire types: generateContent ----
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
+pub struct GoogleProvider {
+    config: GoogleConfig,
+    endpoint: helpers::Endpoint,
+    key: ApiKey,
+}
+
+/// The Gemini 3 image models take an output size tier; gemini-2.5-flash-image did not.
+fn takes_image_size(model: &str) -> bool {
+    model.starts_with("gemini-") && !model.starts_with("gemini-2")
+}
+
+/// The smallest tier whose square box covers the request.
+fn image_size_tier(size: Size) -> &'static str {
+    let edge = size.width.max(size.height);
+    IMAGE_SIZE_TIERS
+        .iter()
+        .find(|(box_edge, _)| edge <= *box_edge)
+        .map_or("4K", |(_, tier)| tier)
+}
+
+impl GoogleProvider {
+    pub fn new(config: GoogleConfig) -> Result<GoogleProvider, ProviderError> {
+        let endpoint = helpers::Endpoint::open(
+            &config.name,
+            &config.base_url,
+            config.timeout_secs,
+            config.models.is_empty(),
+        )?
+        .with_max_body(config.max_response_bytes);
+        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
+        Ok(GoogleProvider {
+            endpoint,
+            config,
+            key,
+        })
+    }
+
+    fn rejected(&self, message: String) -> ProviderError {
+        ProviderError::ContentRejected {
+            provider: self.config.name.clone(),
+            message,
+        }
+    }
+
+    fn error_from(&self, answer: &Answer) -> ProviderError {
+        let (status, headers) = (answer.status, &answer.headers);
+        let parsed = serde_json::from_slice::<ErrorResponse>(&answer.body).ok();
+        let Some(ErrorResponse { error: e }) = parsed else {
+            return helpers::status_error(
+                &self.config.name,
+                Some(&self.config.api_key_env),
+                status,
+                helpers::retry_after(headers),
+                &String::from_utf8_lossy(&answer.body),
+            );
+        };
+        if e.reason() == Some("API_KEY_INVALID") {
+            // Google answers 400, not 401, for a bad key.
+            return helpers::status_error(
+                &self.config.name,
+                Some(&self.config.api_key_env),
+                reqwest::StatusCode::UNAUTHORIZED,
+                None,
+                "",
+            );
+        }
+        let retry_after = helpers::retry_after(headers).or_else(|| e.retry_delay());
+        let detail = format!("{}: {}", e.status.as_deref().unwrap_or("error"), e.message);
+        helpers::status_error(
+            &self.config.name,
+            Some(&self.config.api_key_env),
+            status,
+            retry_after,
+            &detail,
+        )
+    }
+
+    async fn generate_content(
+        &self,
+        request: &ProviderRequest,
+    ) -> Result<(Vec<u8>, Usage), ProviderError> {
+        let name = &self.config.name;
+        let ratio = helpers::closest_aspect_ratio(
+            request.size.width,
+            request.size.height,
+            GEMINI_ASPECT_RATIOS,
+        );
+        let body = GenerateContentRequest {
+            contents: vec![Content {
+                role: "user",
+                parts: vec![TextPart {
+                    text: &request.prompt,
+                }],
+            }],
+            generation_config: GenerationConfig {
+                response_modalities: ["TEXT", "IMAGE"],
+                candidate_count: 1,
+                // The API's seed is an int32.
+                seed: (request.seed % (i32::MAX as u64 + 1)) as i32,
+                image_config: ImageConfig {
+                    aspect_ratio: ratio,
+                    image_size: takes_image_size(&request.model)
+                        .then(|| image_size_tier(request.size)),
+                },
+            },
+        };
+        let post = self
+            .endpoint
+            .client
+            .post(format!(
+                "{}/models/{}:generateContent",
+                self.endpoint.base_url, request.model
+            ))
+            .header("x-goog-api-key", self.key.expose())
+            .json(&body);
+        let (parsed, value): (GenerateContentResponse, _) =
+            helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
+
+        if let Some(reason) = parsed
+            .prompt_feedback
+            .as_ref()
+            .and_then(|f| f.block_reason.as_deref())
+        {
+            return Err(self.rejected(format!("prompt blocked: {reason}")));
+        }
+        let candidate = parsed.candidates.first();
+        let image = candidate
+            .and_then(|c| c.content.as_ref())
+            .and_then(|c| c.parts.iter().find_map(|p| p.inline_data.as_ref()));
+        let Some(blob) = image else {
+            let reason = candidate.and_then(|c| c.finish_reason.clone());
+            if reason
+                .as_deref()
+                .is_some_and(|r| POLICY_REASONS.contains(&r))
+            {
+                return Err(self.rejected(format!(
+                    "no image: finishReason {}",
+                    reason.unwrap_or_default()
+                )));
+            }
+            let text: String = candidate
+                .and_then(|c| c.content.as_ref())
+                .map(|c| c.parts.iter().filter_map(|p| p.text.as_deref()).collect())
+                .unwrap_or_default();
+            return Err(helpers::bad_response(
+                name,
+                format!(
+                    "no image part (finishReason {:?}, text {:?})",
+                    reason,
+                    helpers::truncate(&text, 120)
+                ),
+            ));
+        };
+        if let Some(mt) = &blob.mime_type {
+            if !mt.starts_with("image/") {
+                return Err(helpers::bad_response(
+                    name,
+                    format!("inlineData has mimeType {mt}"),
+                ));
+            }
+        }
+        let bytes = helpers::decode_base64(name, &blob.data)?;
+
+        let mut usage = Usage {
+            images: 1,
+            raw: value
+                .get("usageMetadata")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+            ..Usage::default()
+        };
+        if let Some(u) = &parsed.usage_metadata {
+            let by_modality = |details: &[ModalityTokenCount], modality: &str| {
+                details
+                    .iter()
+                    .filter(|d| d.modality.as_deref() == Some(modality))
+                    .map(|d| d.token_count)
+                    .reduce(|a, b| a + b)
+            };
+            usage.input_text_tokens =
+                by_modality(&u.prompt_tokens_details, "TEXT").or(u.prompt_token_count);
+            usage.input_image_tokens = by_modality(&u.prompt_tokens_details, "IMAGE");
+            // Without a per-modality split, all candidate tokens are counted as image output.
+            usage.output_image_tokens =
+                by_modality(&u.candidates_tokens_details, "IMAGE").or(u.candidates_token_count);
+        }
+        Ok((bytes, usage))
+    }
+}
+
+#[async_trait]
+impl Provider for GoogleProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "google"
+    }
+
+    fn offers(&self) -> &[ModelOffer] {
+        &self.config.models
+    }
+
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout
+    }
+
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
+        let (bytes, mut usage) = self.generate_content(request).await?;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
+        usage.width = sniffed.width;
+        usage.height = sniffed.height;
+        Ok(Generation {
+            bytes: Bytes::from(bytes),
+            media_type: sniffed.media_type.to_string(),
+            provider: name.clone(),
+            model: request.model.clone(),
+            usage,
+        })
+    }
+}
+
+// ---- wire types: exactly the API's JSON ----
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -151,6 +368,8 @@ struct GenerationConfig<'a> {
 #[serde(rename_all = "camelCase")]
 struct ImageConfig<'a> {
     aspect_ratio: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_size: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,41 +444,6 @@ struct ModalityTokenCount {
     token_count: u64,
 }
 
-// ---- wire types: Imagen predict ----
-
-#[derive(Debug, Serialize)]
-struct PredictRequest<'a> {
-    instances: Vec<PredictInstance<'a>>,
-    parameters: PredictParameters<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct PredictInstance<'a> {
-    prompt: &'a str,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PredictParameters<'a> {
-    sample_count: u32,
-    aspect_ratio: &'a str,
-}
-
-#[derive(Debug, Deserialize)]
-struct PredictResponse {
-    #[serde(default)]
-    predictions: Vec<Prediction>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Prediction {
-    #[serde(default)]
-    bytes_base64_encoded: Option<String>,
-    #[serde(default)]
-    rai_filtered_reason: Option<String>,
-}
-
 // ---- wire types: errors ----
 
 #[derive(Debug, Deserialize)]
@@ -285,317 +469,44 @@ impl ApiError {
     }
 
     /// `RetryInfo.retryDelay` is a protobuf Duration in JSON form: `"23s"`, `"1.5s"`.
+    /// A value that is not one, or too large for a `Duration`, is ignored.
     fn retry_delay(&self) -> Option<Duration> {
         let s = self
             .details
             .iter()
             .find_map(|d| d.get("retryDelay").and_then(|r| r.as_str()))?;
-        let secs: f64 = s.strip_suffix('s')?.parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        helpers::seconds(s.strip_suffix('s')?.parse().ok()?)
     }
 }
 
-// ---- the adapter ----
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub struct GoogleProvider {
-    config: GoogleConfig,
-    endpoint: http::Endpoint,
-    key: ApiKey,
-}
-
-impl std::fmt::Debug for GoogleProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GoogleProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-fn is_imagen(model: &str) -> bool {
-    model.starts_with("imagen")
-}
-
-impl GoogleProvider {
-    pub fn new(config: GoogleConfig) -> Result<GoogleProvider, ProviderError> {
-        let endpoint = http::Endpoint::open(
-            &config.name,
-            &config.base_url,
-            config.timeout_secs,
-            config.expected_usd_per_image,
-            config.models.is_empty(),
-        )?;
-        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        Ok(GoogleProvider {
-            endpoint,
-            config,
-            key,
-        })
-    }
-
-    fn rejected(&self, message: String) -> ProviderError {
-        ProviderError::ContentRejected {
-            provider: self.config.name.clone(),
-            message,
-        }
-    }
-
-    fn error_from(
-        &self,
-        status: reqwest::StatusCode,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> ProviderError {
-        let parsed = serde_json::from_slice::<ErrorResponse>(body).ok();
-        let Some(ErrorResponse { error: e }) = parsed else {
-            return http::status_error(
-                &self.config.name,
-                Some(&self.config.api_key_env),
-                status,
-                http::retry_after(headers),
-                &String::from_utf8_lossy(body),
-            );
+    #[test]
+    fn size_tiers_cover_the_request_like_the_price_book_rows() {
+        let size = |w, h| Size {
+            width: w,
+            height: h,
         };
-        if e.reason() == Some("API_KEY_INVALID") {
-            // Google answers 400, not 401, for a bad key.
-            return http::status_error(
-                &self.config.name,
-                Some(&self.config.api_key_env),
-                reqwest::StatusCode::UNAUTHORIZED,
-                None,
-                "",
-            );
-        }
-        let retry_after = http::retry_after(headers).or_else(|| e.retry_delay());
-        let detail = format!("{}: {}", e.status.as_deref().unwrap_or("error"), e.message);
-        http::status_error(
-            &self.config.name,
-            Some(&self.config.api_key_env),
-            status,
-            retry_after,
-            &detail,
-        )
+        assert_eq!(image_size_tier(size(512, 512)), "1K");
+        assert_eq!(image_size_tier(size(1024, 1024)), "1K");
+        assert_eq!(image_size_tier(size(1200, 800)), "2K");
+        assert_eq!(image_size_tier(size(4096, 2304)), "4K");
+        assert_eq!(image_size_tier(size(8000, 8000)), "4K");
+        assert!(takes_image_size("gemini-3-pro-image-preview"));
+        assert!(!takes_image_size("gemini-2.5-flash-image"));
     }
 
-    async fn post_json<T: Serialize + Sync>(
-        &self,
-        url: String,
-        body: &T,
-    ) -> Result<serde_json::Value, ProviderError> {
-        let name = &self.config.name;
-        let resp = self
-            .endpoint
-            .client
-            .post(url)
-            .header("x-goog-api-key", self.key.expose())
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
-        if !status.is_success() {
-            return Err(self.error_from(status, &headers, &raw));
-        }
-        serde_json::from_slice(&raw)
-            .map_err(|e| http::bad_response(name, format!("body is not JSON: {e}")))
-    }
-
-    async fn generate_content(
-        &self,
-        request: &ProviderRequest,
-    ) -> Result<(Vec<u8>, Usage), ProviderError> {
-        let name = &self.config.name;
-        let ratio = http::closest_aspect_ratio(
-            request.size.width,
-            request.size.height,
-            GEMINI_ASPECT_RATIOS,
-        );
-        let body = GenerateContentRequest {
-            contents: vec![Content {
-                role: "user",
-                parts: vec![TextPart {
-                    text: &request.prompt,
-                }],
-            }],
-            generation_config: GenerationConfig {
-                response_modalities: ["TEXT", "IMAGE"],
-                candidate_count: 1,
-                // The API's seed is an int32.
-                seed: (request.seed % (i32::MAX as u64 + 1)) as i32,
-                image_config: ImageConfig {
-                    aspect_ratio: ratio,
-                },
-            },
-        };
-        let url = format!(
-            "{}/models/{}:generateContent",
-            self.endpoint.base_url, request.model
-        );
-        let value = self.post_json(url, &body).await?;
-        let parsed: GenerateContentResponse = serde_json::from_value(value.clone())
-            .map_err(|e| http::bad_response(name, format!("unexpected JSON shape: {e}")))?;
-
-        if let Some(reason) = parsed
-            .prompt_feedback
-            .as_ref()
-            .and_then(|f| f.block_reason.as_deref())
-        {
-            return Err(self.rejected(format!("prompt blocked: {reason}")));
-        }
-        let candidate = parsed.candidates.first();
-        let image = candidate
-            .and_then(|c| c.content.as_ref())
-            .and_then(|c| c.parts.iter().find_map(|p| p.inline_data.as_ref()));
-        let Some(blob) = image else {
-            let reason = candidate.and_then(|c| c.finish_reason.clone());
-            if reason
-                .as_deref()
-                .is_some_and(|r| POLICY_REASONS.contains(&r))
-            {
-                return Err(self.rejected(format!(
-                    "no image: finishReason {}",
-                    reason.unwrap_or_default()
-                )));
-            }
-            let text: String = candidate
-                .and_then(|c| c.content.as_ref())
-                .map(|c| c.parts.iter().filter_map(|p| p.text.as_deref()).collect())
-                .unwrap_or_default();
-            return Err(http::bad_response(
-                name,
-                format!(
-                    "no image part (finishReason {:?}, text {:?})",
-                    reason,
-                    http::truncate(&text, 120)
-                ),
-            ));
-        };
-        if let Some(mt) = &blob.mime_type {
-            if !mt.starts_with("image/") {
-                return Err(http::bad_response(
-                    name,
-                    format!("inlineData has mimeType {mt}"),
-                ));
-            }
-        }
-        let bytes = http::decode_base64(name, &blob.data)?;
-
-        let mut usage = Usage {
-            images: 1,
-            raw: value
-                .get("usageMetadata")
-                .cloned()
-                .unwrap_or(serde_json::Value::Null),
-            ..Usage::default()
-        };
-        if let Some(u) = &parsed.usage_metadata {
-            let by_modality = |details: &[ModalityTokenCount], modality: &str| {
-                details
-                    .iter()
-                    .filter(|d| d.modality.as_deref() == Some(modality))
-                    .map(|d| d.token_count)
-                    .reduce(|a, b| a + b)
+    #[test]
+    fn absurd_retry_delays_are_ignored() {
+        for delay in ["1e300s", "-3s", "NaNs", "soon", "99999999999999999999999s"] {
+            let e = ApiError {
+                message: String::new(),
+                status: None,
+                details: vec![serde_json::json!({"retryDelay": delay})],
             };
-            usage.input_text_tokens =
-                by_modality(&u.prompt_tokens_details, "TEXT").or(u.prompt_token_count);
-            usage.input_image_tokens = by_modality(&u.prompt_tokens_details, "IMAGE");
-            // Without a per-modality split, all candidate tokens are counted as image output.
-            usage.output_image_tokens =
-                by_modality(&u.candidates_tokens_details, "IMAGE").or(u.candidates_token_count);
+            assert_eq!(e.retry_delay(), None, "{delay}");
         }
-        Ok((bytes, usage))
-    }
-
-    async fn predict(&self, request: &ProviderRequest) -> Result<(Vec<u8>, Usage), ProviderError> {
-        let name = &self.config.name;
-        let ratio = http::closest_aspect_ratio(
-            request.size.width,
-            request.size.height,
-            IMAGEN_ASPECT_RATIOS,
-        );
-        let body = PredictRequest {
-            instances: vec![PredictInstance {
-                prompt: &request.prompt,
-            }],
-            parameters: PredictParameters {
-                sample_count: 1,
-                aspect_ratio: ratio,
-            },
-        };
-        let url = format!(
-            "{}/models/{}:predict",
-            self.endpoint.base_url, request.model
-        );
-        let value = self.post_json(url, &body).await?;
-        let parsed: PredictResponse = serde_json::from_value(value)
-            .map_err(|e| http::bad_response(name, format!("unexpected JSON shape: {e}")))?;
-        if let Some(reason) = parsed
-            .predictions
-            .iter()
-            .find_map(|p| p.rai_filtered_reason.clone())
-        {
-            if parsed
-                .predictions
-                .iter()
-                .all(|p| p.bytes_base64_encoded.is_none())
-            {
-                return Err(self.rejected(reason));
-            }
-        }
-        let Some(b64) = parsed
-            .predictions
-            .iter()
-            .find_map(|p| p.bytes_base64_encoded.as_deref())
-        else {
-            // Imagen drops filtered images from `predictions` instead of failing the call.
-            return Err(self.rejected("no image returned: Imagen filtered every sample".into()));
-        };
-        let bytes = http::decode_base64(name, b64)?;
-        Ok((
-            bytes,
-            Usage {
-                images: 1,
-                ..Usage::default()
-            },
-        ))
-    }
-}
-
-#[async_trait]
-impl Provider for GoogleProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn offers(&self) -> &[ModelOffer] {
-        &self.config.models
-    }
-
-    /// A flat configured figure; token and per-image prices live in the price book.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
-    }
-
-    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
-        let name = &self.config.name;
-        let (bytes, mut usage) = if is_imagen(&request.model) {
-            self.predict(request).await?
-        } else {
-            self.generate_content(request).await?
-        };
-        let sniffed = http::sniff_image(name, &bytes)?;
-        usage.width = sniffed.width;
-        usage.height = sniffed.height;
-        Ok(Generation {
-            bytes: Bytes::from(bytes),
-            media_type: sniffed.media_type.to_string(),
-            provider: name.clone(),
-            model: request.model.clone(),
-            cost: Micros::ZERO,
-            usage,
-        })
     }
 }

@@ -14,6 +14,7 @@
 //! micro-dollar: cost = base × (1 + premium%) × surge × (1 − discount%).
 
 use crate::Usage;
+pub use audit::{audit, unpriced_offers, Finding, Offered};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveTime, Utc, Weekday};
 use imagegate_core::{Micros, Size};
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,10 @@ pub enum PriceError {
     },
     #[error("the price book has no entry for {provider}/{model}")]
     NoEntry { provider: String, model: String },
+    /// Models a provider offers that the book does not price and that are not marked
+    /// `unpriced = true`: their calls would be recorded at $0.
+    #[error("price book {origin} has no entry for offered model(s) {}: add entries, or mark them unpriced = true in the provider's models", .models.join(", "))]
+    Unpriced { origin: String, models: Vec<String> },
     #[error("{provider}/{model} has no price for size {size}{}", quality_suffix(.quality))]
     NoPriceForSize {
         provider: String,
@@ -124,7 +129,13 @@ pub struct PerToken {
     pub usd_per_m_image_output: f64,
     /// Output tokens of one image by size and quality (used to quote, and to charge
     /// when a provider reports no token counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_output_tokens: Vec<ImageTokens>,
+    /// The provider's own published price of one image by size and quality, where it
+    /// publishes one (OpenAI does): quotes use it, so an estimate is the published
+    /// figure; charges still use the reported tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_prices: Vec<ImagePrice>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -138,13 +149,41 @@ pub struct ImageTokens {
 }
 
 /// A fee per megapixel of output. `pixels_per_megapixel` is 1 000 000 unless a
-/// provider defines its megapixel otherwise (ours, `local`, prices per 1024²).
+/// provider defines its megapixel otherwise (ours, `local`, and fal price per 1024²).
+/// Black Forest Labs bills the first megapixel at a flat `first_megapixel_usd` and
+/// each further one at `usd_per_megapixel`; fal rounds up to whole megapixels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerMegapixel {
     pub usd_per_megapixel: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_megapixel_usd: Option<f64>,
     #[serde(default = "default_pixels_per_megapixel")]
     pub pixels_per_megapixel: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub round_up: bool,
+}
+
+impl PerMegapixel {
+    /// List price of one image of `pixels`, in micro-dollars, and its megapixels.
+    fn one_image(&self, pixels: u64) -> (f64, f64) {
+        let mut mp = pixels as f64 / self.pixels_per_megapixel as f64;
+        if self.round_up {
+            mp = mp.ceil();
+        }
+        let usd = match self.first_megapixel_usd {
+            Some(first) => first + (mp - 1.0).max(0.0) * self.usd_per_megapixel,
+            None => mp * self.usd_per_megapixel,
+        };
+        (usd_micros(usd), mp)
+    }
+
+    fn words(&self) -> String {
+        match self.first_megapixel_usd {
+            Some(first) => format!("${first} first MP + ${}/MP", self.usd_per_megapixel),
+            None => format!("${}/MP", self.usd_per_megapixel),
+        }
+    }
 }
 
 fn default_pixels_per_megapixel() -> u64 {
@@ -187,7 +226,71 @@ pub struct PriceEntry {
     pub adapter_premium_pct: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The day the provider announced the model's retirement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deprecated: Option<DateText>,
+    /// The day the provider stops serving the model; from then on the router never
+    /// calls it and a caller naming it is told the `replacement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<DateText>,
+    /// The model the provider recommends instead (required with `retired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+    /// What one credit in the provider's own cost report is worth, for providers that
+    /// answer with what they charged (Black Forest Labs: `cost` in credits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_reported_credit: Option<f64>,
     pub pricing: Pricing,
+}
+
+/// Where a model stands in its provider's lifecycle on a given day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum ModelStatus {
+    Current,
+    /// Announced for retirement; still served.
+    Deprecated {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retires_on: Option<NaiveDate>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        replacement: Option<String>,
+    },
+    /// No longer served by the provider.
+    Retired {
+        on: NaiveDate,
+        replacement: Option<String>,
+    },
+}
+
+impl ModelStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModelStatus::Current => "current",
+            ModelStatus::Deprecated { .. } => "deprecated",
+            ModelStatus::Retired { .. } => "retired",
+        }
+    }
+}
+
+impl PriceEntry {
+    /// The entry's status on `day` (UTC).
+    pub fn status_on(&self, day: NaiveDate) -> ModelStatus {
+        match (self.deprecated, self.retired) {
+            (_, Some(r)) if day >= r.0 => ModelStatus::Retired {
+                on: r.0,
+                replacement: self.replacement.clone(),
+            },
+            (Some(d), retired) if day >= d.0 => ModelStatus::Deprecated {
+                retires_on: retired.map(|r| r.0),
+                replacement: self.replacement.clone(),
+            },
+            (None, Some(r)) => ModelStatus::Deprecated {
+                retires_on: Some(r.0),
+                replacement: self.replacement.clone(),
+            },
+            _ => ModelStatus::Current,
+        }
+    }
 }
 
 /// A date written either as a TOML date (`2026-11-24`) or a string.
@@ -323,6 +426,11 @@ pub struct PriceBook {
     entries: Vec<PriceEntry>,
     surges: Vec<SurgeWindow>,
     discounts: Vec<Discount>,
+    /// blake3 of the file's text (12 hex digits): the same text on every replica has
+    /// the same version, so ledger rows can say which book priced them.
+    version: String,
+    origin: String,
+    text: String,
 }
 
 impl PriceBook {
@@ -340,7 +448,9 @@ impl PriceBook {
         Self::parse(text, "(inline)")
     }
 
-    fn parse(text: &str, origin: &str) -> Result<PriceBook, PriceError> {
+    /// Parses a book's text, naming `origin` (a path, or where the text came from) in
+    /// errors.
+    pub fn parse(text: &str, origin: &str) -> Result<PriceBook, PriceError> {
         let file: PriceBookFile = toml::from_str(text).map_err(|e| PriceError::Parse {
             origin: origin.to_string(),
             message: e.to_string(),
@@ -404,11 +514,53 @@ impl PriceBook {
             entries,
             surges,
             discounts,
+            version: blake3::hash(text.as_bytes()).to_hex()[..12].to_string(),
+            origin: origin.to_string(),
+            text: text.to_string(),
         })
     }
 
     pub fn entries(&self) -> &[PriceEntry] {
         &self.entries
+    }
+
+    pub fn surges(&self) -> &[SurgeWindow] {
+        &self.surges
+    }
+
+    pub fn discounts(&self) -> &[Discount] {
+        &self.discounts
+    }
+
+    /// The book's version: a hash of its text.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Where the book was read from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The text the book was parsed from (what fleet replicas share).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The cost the provider itself reported for a call, where it reports one: a
+    /// dollar figure, or credits at the entry's `usd_per_reported_credit` (for
+    /// credit-priced entries, their `usd_per_credit`).
+    pub fn reported_cost(&self, provider: &str, model: &str, usage: &Usage) -> Option<Micros> {
+        if let Some(usd) = usage.reported_usd.filter(|u| u.is_finite() && *u >= 0.0) {
+            return Some(micros_of(usd_micros(usd)));
+        }
+        let credits = usage.credits.filter(|c| c.is_finite() && *c >= 0.0)?;
+        let entry = self.entry(provider, model)?;
+        let per_credit = entry.usd_per_reported_credit.or(match &entry.pricing {
+            Pricing::Credits(c) => Some(c.usd_per_credit),
+            _ => None,
+        })?;
+        Some(micros_of(usd_micros(credits * per_credit)))
     }
 
     /// The entry for `provider`/`model`; a fine-tuned `base@adapter` finds `base`.
@@ -440,6 +592,14 @@ impl PriceBook {
                     format!("1 image {size}{} at ${}", q_words(quality), row.usd),
                 )
             }
+            Pricing::PerToken(t) if !t.image_prices.is_empty() => {
+                let (usd, how) = published_or_scaled(&t.image_prices, size, quality)
+                    .ok_or_else(|| no_price(entry, size, quality))?;
+                (
+                    usd_micros(usd),
+                    format!("1 image {size}{} at ${usd:.6} ({how})", q_words(quality)),
+                )
+            }
             Pricing::PerToken(t) => {
                 let row = pick(
                     &t.image_output_tokens,
@@ -459,11 +619,8 @@ impl PriceBook {
                 )
             }
             Pricing::PerMegapixel(m) => {
-                let mp = size.pixels() as f64 / m.pixels_per_megapixel as f64;
-                (
-                    usd_micros(mp * m.usd_per_megapixel),
-                    format!("{mp:.4} MP ({size}) at ${}/MP", m.usd_per_megapixel),
-                )
+                let (micros, mp) = m.one_image(size.pixels());
+                (micros, format!("{mp:.4} MP ({size}) at {}", m.words()))
             }
             Pricing::PerGpuSecond(g) => {
                 let secs = size.pixels() as f64 / 1e6 * g.expected_seconds_per_megapixel;
@@ -544,10 +701,19 @@ impl PriceBook {
                 )
             }
             Pricing::PerToken(t) => {
-                let output = match usage.output_image_tokens {
-                    Some(tokens) => tokens,
+                let text = usage.input_text_tokens.unwrap_or(0);
+                let image_in = usage.input_image_tokens.unwrap_or(0);
+                let input = per_million(text, t.usd_per_m_text_input)
+                    + per_million(image_in, t.usd_per_m_image_input);
+                match usage.output_image_tokens {
+                    Some(output) => (
+                        input + per_million(output, t.usd_per_m_image_output),
+                        format!(
+                            "{text} text input + {image_in} image input + {output} image output tokens"
+                        ),
+                    ),
                     // No counts reported: the request implies them.
-                    None => {
+                    None if !t.image_output_tokens.is_empty() => {
                         let (n, size) = (images()?, size()?);
                         let row = pick(
                             &t.image_output_tokens,
@@ -556,29 +722,34 @@ impl PriceBook {
                             quality,
                         )
                         .ok_or_else(|| no_price(entry, size, quality))?;
-                        u64::from(n) * row.tokens
+                        let output = u64::from(n) * row.tokens;
+                        (
+                            input + per_million(output, t.usd_per_m_image_output),
+                            format!(
+                                "{text} text input + {image_in} image input + {output} image output tokens (implied by the size)"
+                            ),
+                        )
                     }
-                };
-                let text = usage.input_text_tokens.unwrap_or(0);
-                let image_in = usage.input_image_tokens.unwrap_or(0);
-                (
-                    per_million(text, t.usd_per_m_text_input)
-                        + per_million(image_in, t.usd_per_m_image_input)
-                        + per_million(output, t.usd_per_m_image_output),
-                    format!(
-                        "{text} text input + {image_in} image input + {output} image output tokens"
-                    ),
-                )
+                    None => {
+                        let (n, size) = (images()?, size()?);
+                        let (usd, how) = published_or_scaled(&t.image_prices, size, quality)
+                            .ok_or_else(|| no_price(entry, size, quality))?;
+                        (
+                            f64::from(n) * usd_micros(usd),
+                            format!(
+                                "{n} image(s) {size}{} at ${usd:.6} ({how}; no token counts reported)",
+                                q_words(quality)
+                            ),
+                        )
+                    }
+                }
             }
             Pricing::PerMegapixel(m) => {
                 let (n, size) = (images()?, size()?);
-                let mp = f64::from(n) * size.pixels() as f64 / m.pixels_per_megapixel as f64;
+                let (micros, mp) = m.one_image(size.pixels());
                 (
-                    usd_micros(mp * m.usd_per_megapixel),
-                    format!(
-                        "{n} image(s) {size} = {mp:.4} MP at ${}/MP",
-                        m.usd_per_megapixel
-                    ),
+                    f64::from(n) * micros,
+                    format!("{n} image(s) {size} of {mp:.4} MP at {}", m.words()),
                 )
             }
             Pricing::PerGpuSecond(g) => {
@@ -665,9 +836,7 @@ impl PriceBook {
             * (1.0 + adapter_premium_pct / 100.0)
             * surge_multiplier
             * (1.0 - discount_pct / 100.0);
-        // Validation keeps every factor finite and non-negative; the clamp guards the
-        // i64 conversion all the same.
-        let micros = Micros(total.round().clamp(0.0, i64::MAX as f64) as i64);
+        let micros = micros_of(total);
         Ok(Quote {
             micros,
             basis: QuoteBasis {
@@ -695,6 +864,49 @@ fn split_adapter(model: &str) -> (&str, Option<&str>) {
 
 fn usd_micros(usd: f64) -> f64 {
     usd * 1_000_000.0
+}
+
+/// Rounds fractional micro-dollars once, to the nearest. Validation keeps every
+/// factor finite and non-negative, and absurd reported usage saturates instead of
+/// wrapping: the clamp guards the i64 conversion.
+fn micros_of(total: f64) -> Micros {
+    if total.is_nan() {
+        return Micros::ZERO;
+    }
+    Micros(total.round().clamp(0.0, i64::MAX as f64) as i64)
+}
+
+/// The published price of one image at `size` and `quality`: the smallest listed
+/// size covering it, or, past the listed sizes (gpt-image-2 takes any size up to
+/// 3840x2160), the dearest listed price per pixel times the pixels. That over-quotes
+/// (token counts grow slower than area), which errs on the side of the caller's cap
+/// and budget; the charge uses the tokens the provider reports.
+fn published_or_scaled(
+    rows: &[ImagePrice],
+    size: Size,
+    quality: Option<&str>,
+) -> Option<(f64, &'static str)> {
+    if let Some(row) = pick(rows, |r| (r.size, r.quality.as_deref()), size, quality) {
+        return Some((row.usd, "published"));
+    }
+    let quality_ok = |q: Option<&str>| match (q, quality) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(row), Some(want)) => row.eq_ignore_ascii_case(want),
+    };
+    // The dearest price per pixel among the listed sizes, so the estimate is an
+    // upper bound whichever size the provider's token count really follows.
+    let per_pixel = rows
+        .iter()
+        .filter(|r| quality_ok(r.quality.as_deref()))
+        .filter_map(|r| r.size.map(|s| r.usd / s.pixels() as f64))
+        .fold(None, |best: Option<f64>, v| {
+            Some(best.map_or(v, |b| b.max(v)))
+        })?;
+    Some((
+        per_pixel * size.pixels() as f64,
+        "scaled by pixels from the published sizes",
+    ))
 }
 
 fn per_million(tokens: u64, usd_per_million: f64) -> f64 {
@@ -762,6 +974,17 @@ fn validate_entry(e: &PriceEntry) -> Result<(), String> {
     if let Some(p) = e.adapter_premium_pct {
         price("adapter_premium_pct", p)?;
     }
+    if let Some(p) = e.usd_per_reported_credit {
+        price("usd_per_reported_credit", p)?;
+    }
+    if e.retired.is_some() && e.replacement.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err("a retired model needs a replacement to point callers to".into());
+    }
+    if let (Some(d), Some(r)) = (e.deprecated, e.retired) {
+        if d.0 > r.0 {
+            return Err(format!("deprecated {} is after retired {}", d.0, r.0));
+        }
+    }
     let qualities: Vec<Option<&str>> = match &e.pricing {
         Pricing::PerImage(t) => {
             if t.prices.is_empty() {
@@ -777,21 +1000,33 @@ fn validate_entry(e: &PriceEntry) -> Result<(), String> {
             price("usd_per_m_text_input", t.usd_per_m_text_input)?;
             price("usd_per_m_image_input", t.usd_per_m_image_input)?;
             price("usd_per_m_image_output", t.usd_per_m_image_output)?;
-            if t.image_output_tokens.is_empty() {
-                return Err("image_output_tokens is empty".into());
+            if t.image_output_tokens.is_empty() && t.image_prices.is_empty() {
+                return Err("a per_token entry needs image_output_tokens or image_prices".into());
             }
             unique_rows(
                 t.image_output_tokens
                     .iter()
                     .map(|r| (r.size, r.quality.as_deref())),
             )?;
+            for r in &t.image_prices {
+                price("usd", r.usd)?;
+            }
+            unique_rows(
+                t.image_prices
+                    .iter()
+                    .map(|r| (r.size, r.quality.as_deref())),
+            )?;
             t.image_output_tokens
                 .iter()
                 .map(|r| r.quality.as_deref())
+                .chain(t.image_prices.iter().map(|r| r.quality.as_deref()))
                 .collect()
         }
         Pricing::PerMegapixel(m) => {
             price("usd_per_megapixel", m.usd_per_megapixel)?;
+            if let Some(first) = m.first_megapixel_usd {
+                price("first_megapixel_usd", first)?;
+            }
             if m.pixels_per_megapixel == 0 {
                 return Err("pixels_per_megapixel must be positive".into());
             }
@@ -898,6 +1133,11 @@ mod time_text {
             .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a UTC time HH:MM")))
     }
 }
+
+pub mod audit;
+mod listing;
+
+pub use listing::{Listed, TierPrice};
 
 #[cfg(test)]
 mod tests;

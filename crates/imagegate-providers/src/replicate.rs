@@ -1,7 +1,8 @@
 //! The Replicate adapter, a queue-style API: create a prediction, poll it with
 //! backoff until it is `succeeded`, `failed` or `canceled`, then download the output
 //! file with a size limit and a timeout. A prediction still running at `max_wait_secs`
-//! is canceled so we stop paying for it.
+//! is canceled so we stop paying for it, and so is one whose caller went away (the
+//! `generate` future dropped by a disconnect or the router's own timeout).
 //!
 //! Wire format:
 //! - create: `POST {base}/models/{owner}/{name}/predictions` with `{"input": {..}}` for
@@ -25,11 +26,11 @@
 //!   Stable Diffusion models take `prompt`, `negative_prompt`, `width`, `height`, `seed`
 //!   (<https://replicate.com/stability-ai/sdxl/api/schema>).
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, ApiKey, CancelOnDrop};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
+use imagegate_core::ModelClass;
 use reqwest::header::AUTHORIZATION;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -64,9 +65,6 @@ pub struct ReplicateConfig {
     /// Limit for each single HTTP call (create, one poll, the download).
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
     /// First poll delay; doubles after each poll up to `max_poll_interval_ms`.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -115,18 +113,9 @@ fn default_max_download_bytes() -> u64 {
 }
 fn default_models() -> Vec<ModelOffer> {
     vec![
-        ModelOffer {
-            name: "black-forest-labs/flux-schnell".into(),
-            classes: vec![ModelClass::Draft],
-        },
-        ModelOffer {
-            name: "black-forest-labs/flux-dev".into(),
-            classes: vec![ModelClass::Standard],
-        },
-        ModelOffer {
-            name: "black-forest-labs/flux-1.1-pro".into(),
-            classes: vec![ModelClass::Premium],
-        },
+        ModelOffer::new("black-forest-labs/flux-schnell", &[ModelClass::Draft]),
+        ModelOffer::new("black-forest-labs/flux-dev", &[ModelClass::Standard]),
+        ModelOffer::new("black-forest-labs/flux-1.1-pro", &[ModelClass::Premium]),
     ]
 }
 
@@ -137,7 +126,6 @@ impl Default for ReplicateConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
-            expected_usd_per_image: 0.0,
             poll_interval_ms: default_poll_interval_ms(),
             max_poll_interval_ms: default_max_poll_interval_ms(),
             max_wait_secs: default_max_wait_secs(),
@@ -149,7 +137,415 @@ impl Default for ReplicateConfig {
     }
 }
 
-// ---- wire types ----
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
+pub struct ReplicateProvider {
+    config: ReplicateConfig,
+    endpoint: helpers::Endpoint,
+    base_host: Option<String>,
+    key: ApiKey,
+}
+
+/// Words Replicate models use when their safety checker rejects a prompt or output.
+fn looks_like_policy(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    [
+        "nsfw",
+        "safety",
+        "sensitive",
+        "flagged",
+        "content policy",
+        "moderation",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
+}
+
+/// Replicate documents its 429 body, not a `Retry-After` header:
+/// `{"detail":"Request was throttled. Expected available in 1 second."}` or
+/// `"... Your rate limit resets in ~30s."`. Reads the number of seconds from it.
+fn retry_from_detail(detail: &str) -> Option<Duration> {
+    detail.match_indices("in ").find_map(|(i, _)| {
+        let rest = detail[i + 3..].trim_start_matches('~');
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        let after = rest[digits.len()..].trim_start();
+        let unit_ok = after.starts_with('s') || after.starts_with("second");
+        match (digits.parse::<u64>(), unit_ok) {
+            (Ok(secs), true) => Some(Duration::from_secs(secs)),
+            _ => None,
+        }
+    })
+}
+
+impl ReplicateProvider {
+    pub fn new(config: ReplicateConfig) -> Result<ReplicateProvider, ProviderError> {
+        let endpoint = helpers::Endpoint::open(
+            &config.name,
+            &config.base_url,
+            config.timeout_secs,
+            config.models.is_empty(),
+        )?;
+        helpers::validate_queue(
+            &config.name,
+            config.poll_interval_ms,
+            config.max_poll_interval_ms,
+            config.max_wait_secs,
+            config.max_download_bytes,
+        )?;
+        let fail = |message: String| ProviderError::Config {
+            provider: config.name.clone(),
+            message,
+        };
+        if config
+            .prefer_wait_secs
+            .is_some_and(|s| !(1..=60).contains(&s))
+        {
+            return Err(fail("prefer_wait_secs must be within 1..=60".into()));
+        }
+        if let Some(m) = config.models.iter().find(|m| !m.name.contains('/')) {
+            return Err(fail(format!(
+                "model {:?} is not `owner/name[:version]`",
+                m.name
+            )));
+        }
+        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
+        let base_host = helpers::host_of(&config.base_url);
+        Ok(ReplicateProvider {
+            endpoint,
+            base_host,
+            config,
+            key,
+        })
+    }
+
+    fn input(&self, request: &ProviderRequest) -> serde_json::Value {
+        let style = self
+            .config
+            .input_styles
+            .get(&request.model)
+            .copied()
+            .unwrap_or_default();
+        // Model seeds are Python ints, but many models cap them at int32.
+        let seed = request.seed % (i32::MAX as u64 + 1);
+        match style {
+            InputStyle::Flux => serde_json::json!({
+                "prompt": request.prompt,
+                "aspect_ratio": helpers::closest_aspect_ratio(request.size.width, request.size.height, FLUX_ASPECT_RATIOS),
+                "seed": seed,
+                "output_format": "png",
+                "num_outputs": 1,
+            }),
+            InputStyle::StableDiffusion => {
+                let mut input = serde_json::json!({
+                    "prompt": request.prompt,
+                    "width": request.size.width,
+                    "height": request.size.height,
+                    "seed": seed,
+                    "num_outputs": 1,
+                });
+                if let Some(neg) = &request.negative_prompt {
+                    input["negative_prompt"] = serde_json::Value::String(neg.clone());
+                }
+                input
+            }
+        }
+    }
+
+    async fn error_from(&self, resp: reqwest::Response) -> ProviderError {
+        let name = &self.config.name;
+        let status = resp.status();
+        let retry_after = helpers::retry_after(resp.headers());
+        let body = helpers::read_limited(name, self.endpoint.timeout, resp, 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let detail = match serde_json::from_slice::<Problem>(&body) {
+            Ok(p) => format!(
+                "{}: {}",
+                p.title.unwrap_or_default(),
+                p.detail.unwrap_or_default()
+            ),
+            Err(_) => String::from_utf8_lossy(&body).into_owned(),
+        };
+        if status.is_client_error() && status.as_u16() != 429 && looks_like_policy(&detail) {
+            return ProviderError::ContentRejected {
+                provider: name.clone(),
+                message: helpers::truncate(&detail, 300),
+            };
+        }
+        let retry_after = retry_after.or_else(|| retry_from_detail(&detail));
+        helpers::status_error(
+            name,
+            Some(&self.config.api_key_env),
+            status,
+            retry_after,
+            &detail,
+        )
+    }
+
+    async fn parse_prediction(&self, resp: reqwest::Response) -> Result<Prediction, ProviderError> {
+        let name = &self.config.name;
+        let raw = helpers::read_limited(
+            name,
+            self.endpoint.timeout,
+            resp,
+            helpers::MAX_RESPONSE_BYTES,
+        )
+        .await?;
+        serde_json::from_slice(&raw)
+            .map_err(|e| helpers::bad_response(name, format!("not a prediction object: {e}")))
+    }
+
+    async fn create(&self, request: &ProviderRequest) -> Result<Prediction, ProviderError> {
+        let name = &self.config.name;
+        let (url, version) = match request.model.split_once(':') {
+            Some((_, version)) => (
+                format!("{}/predictions", self.endpoint.base_url),
+                Some(version),
+            ),
+            None => (
+                format!(
+                    "{}/models/{}/predictions",
+                    self.endpoint.base_url, request.model
+                ),
+                None,
+            ),
+        };
+        let mut builder = self
+            .endpoint
+            .client
+            .post(url)
+            .bearer_auth(self.key.expose())
+            .json(&CreatePrediction {
+                version,
+                input: self.input(request),
+            });
+        if let Some(secs) = self.config.prefer_wait_secs {
+            builder = builder.header("Prefer", format!("wait={secs}"));
+        }
+        let resp = builder
+            .send()
+            .await
+            .map_err(|e| helpers::transport_error(name, self.endpoint.timeout, e))?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(resp).await);
+        }
+        self.parse_prediction(resp).await
+    }
+
+    /// One poll. `Ok(None)` means "try again later" (rate limited or a 5xx blip):
+    /// the prediction is already paid for, so a poll hiccup must not abandon it.
+    async fn poll(
+        &self,
+        id: &str,
+    ) -> Result<(Option<Prediction>, Option<Duration>), ProviderError> {
+        let name = &self.config.name;
+        let resp = match self
+            .endpoint
+            .client
+            .get(format!("{}/predictions/{}", self.endpoint.base_url, id))
+            .bearer_auth(self.key.expose())
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Ok((None, None)),
+            Err(e) => return Err(helpers::transport_error(name, self.endpoint.timeout, e)),
+        };
+        let status = resp.status();
+        if status.as_u16() == 429 || status.is_server_error() {
+            return Ok((None, helpers::retry_after(resp.headers())));
+        }
+        if !status.is_success() {
+            return Err(self.error_from(resp).await);
+        }
+        Ok((Some(self.parse_prediction(resp).await?), None))
+    }
+
+    /// `POST /predictions/{id}/cancel`, armed until the prediction ends on its own.
+    fn cancel_guard(&self, id: &str) -> CancelOnDrop {
+        let cancel = self
+            .endpoint
+            .client
+            .post(format!(
+                "{}/predictions/{}/cancel",
+                self.endpoint.base_url, id
+            ))
+            .bearer_auth(self.key.expose());
+        CancelOnDrop::new(&self.config.name, id, cancel)
+    }
+
+    async fn wait(
+        &self,
+        mut prediction: Prediction,
+        guard: &mut CancelOnDrop,
+    ) -> Result<Prediction, ProviderError> {
+        let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
+        let mut schedule = helpers::PollSchedule::new(
+            self.config.poll_interval_ms,
+            self.config.max_poll_interval_ms,
+        );
+        let mut wait = schedule.next();
+        while matches!(
+            prediction.status,
+            PredictionStatus::Starting | PredictionStatus::Processing
+        ) {
+            let now = Instant::now();
+            if now >= deadline {
+                guard.cancel_now().await;
+                return Err(ProviderError::Timeout {
+                    provider: self.config.name.clone(),
+                    after: Duration::from_secs(self.config.max_wait_secs),
+                });
+            }
+            tokio::time::sleep(wait.min(deadline - now)).await;
+            let (next, retry_after) = self.poll(&prediction.id).await?;
+            match next {
+                Some(p) => {
+                    prediction = p;
+                    wait = schedule.next();
+                }
+                None => wait = schedule.after_blip(retry_after),
+            }
+        }
+        guard.disarm();
+        Ok(prediction)
+    }
+
+    /// The first file URL in `output` (a string, or a list for multi-output models).
+    fn output_url(&self, output: &serde_json::Value) -> Result<String, ProviderError> {
+        let url = match output {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(items) => {
+                items.iter().find_map(|v| v.as_str().map(str::to_string))
+            }
+            _ => None,
+        };
+        url.ok_or_else(|| {
+            helpers::bad_response(
+                &self.config.name,
+                format!(
+                    "succeeded without a file URL in output: {}",
+                    helpers::truncate(&output.to_string(), 120)
+                ),
+            )
+        })
+    }
+
+    /// The token goes only to Replicate's own hosts, never to an arbitrary output URL.
+    fn sends_token_to(&self, url: &reqwest::Url) -> bool {
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        host == "replicate.delivery"
+            || host.ends_with(".replicate.delivery")
+            || self.base_host.as_deref() == Some(host)
+    }
+
+    async fn download(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
+        let auth = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| self.sends_token_to(u))
+            .map(|_| {
+                (
+                    AUTHORIZATION.as_str(),
+                    format!("Bearer {}", self.key.expose()),
+                )
+            });
+        helpers::download(
+            &self.config.name,
+            &self.endpoint,
+            url,
+            self.config.max_download_bytes,
+            auth,
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Provider for ReplicateProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "replicate"
+    }
+
+    fn offers(&self) -> &[ModelOffer] {
+        &self.config.models
+    }
+
+    /// Create, the whole wait, then the download.
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout * 2 + Duration::from_secs(self.config.max_wait_secs)
+    }
+
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
+        let created = self.create(request).await?;
+        tracing::debug!(provider = %name, prediction = %created.id, status = ?created.status, "replicate prediction created");
+        let mut guard = self.cancel_guard(&created.id);
+        let done = self.wait(created, &mut guard).await?;
+        match done.status {
+            PredictionStatus::Succeeded => {}
+            PredictionStatus::Failed => {
+                let message = match &done.error {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => "prediction failed without an error message".into(),
+                };
+                return Err(if looks_like_policy(&message) {
+                    ProviderError::ContentRejected {
+                        provider: name.clone(),
+                        message: helpers::truncate(&message, 300),
+                    }
+                } else {
+                    ProviderError::Upstream {
+                        provider: name.clone(),
+                        message: format!(
+                            "prediction {} failed: {}",
+                            done.id,
+                            helpers::truncate(&message, 300)
+                        ),
+                    }
+                });
+            }
+            PredictionStatus::Canceled => {
+                return Err(ProviderError::Upstream {
+                    provider: name.clone(),
+                    message: format!("prediction {} was canceled", done.id),
+                })
+            }
+            PredictionStatus::Starting | PredictionStatus::Processing => {
+                return Err(helpers::bad_response(
+                    name,
+                    "prediction left the wait loop unfinished",
+                ))
+            }
+        }
+        let url = self.output_url(&done.output)?;
+        let bytes = self.download(&url).await?;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
+        let predict_time = done.metrics.as_ref().and_then(|m| m.predict_time);
+        Ok(Generation {
+            bytes: Bytes::from(bytes),
+            media_type: sniffed.media_type.to_string(),
+            provider: name.clone(),
+            model: request.model.clone(),
+            usage: Usage {
+                images: 1,
+                width: sniffed.width,
+                height: sniffed.height,
+                gpu_seconds: predict_time,
+                raw: serde_json::json!({ "prediction": done.id, "metrics": done.metrics }),
+                ..Usage::default()
+            },
+        })
+    }
+}
+
+// ---- wire types: exactly the API's JSON ----
 
 #[derive(Debug, Serialize)]
 struct CreatePrediction<'a> {
@@ -192,421 +588,6 @@ struct Problem {
     title: Option<String>,
     #[serde(default)]
     detail: Option<String>,
-}
-
-// ---- the adapter ----
-
-pub struct ReplicateProvider {
-    config: ReplicateConfig,
-    endpoint: http::Endpoint,
-    base_host: Option<String>,
-    key: ApiKey,
-}
-
-impl std::fmt::Debug for ReplicateProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplicateProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Words Replicate models use when their safety checker rejects a prompt or output.
-fn looks_like_policy(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "nsfw",
-        "safety",
-        "sensitive",
-        "flagged",
-        "content policy",
-        "moderation",
-    ]
-    .iter()
-    .any(|w| t.contains(w))
-}
-
-/// Replicate documents its 429 body, not a `Retry-After` header:
-/// `{"detail":"Request was throttled. Expected available in 1 second."}` or
-/// `"... Your rate limit resets in ~30s."`. Reads the number of seconds from it.
-fn retry_from_detail(detail: &str) -> Option<Duration> {
-    detail.match_indices("in ").find_map(|(i, _)| {
-        let rest = detail[i + 3..].trim_start_matches('~');
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        let after = rest[digits.len()..].trim_start();
-        let unit_ok = after.starts_with('s') || after.starts_with("second");
-        match (digits.parse::<u64>(), unit_ok) {
-            (Ok(secs), true) => Some(Duration::from_secs(secs)),
-            _ => None,
-        }
-    })
-}
-
-impl ReplicateProvider {
-    pub fn new(config: ReplicateConfig) -> Result<ReplicateProvider, ProviderError> {
-        let endpoint = http::Endpoint::open(
-            &config.name,
-            &config.base_url,
-            config.timeout_secs,
-            config.expected_usd_per_image,
-            config.models.is_empty(),
-        )?;
-        let fail = |message: String| ProviderError::Config {
-            provider: config.name.clone(),
-            message,
-        };
-        if config.poll_interval_ms == 0 || config.max_poll_interval_ms < config.poll_interval_ms {
-            return Err(fail(
-                "poll_interval_ms must be at least 1 and at most max_poll_interval_ms".into(),
-            ));
-        }
-        if config.max_wait_secs == 0 || config.max_download_bytes == 0 {
-            return Err(fail(
-                "max_wait_secs and max_download_bytes must be positive".into(),
-            ));
-        }
-        if config
-            .prefer_wait_secs
-            .is_some_and(|s| !(1..=60).contains(&s))
-        {
-            return Err(fail("prefer_wait_secs must be within 1..=60".into()));
-        }
-        if let Some(m) = config.models.iter().find(|m| !m.name.contains('/')) {
-            return Err(fail(format!(
-                "model {:?} is not `owner/name[:version]`",
-                m.name
-            )));
-        }
-        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        let base_host = reqwest::Url::parse(&config.base_url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string));
-        Ok(ReplicateProvider {
-            endpoint,
-            base_host,
-            config,
-            key,
-        })
-    }
-
-    fn input(&self, request: &ProviderRequest) -> serde_json::Value {
-        let style = self
-            .config
-            .input_styles
-            .get(&request.model)
-            .copied()
-            .unwrap_or_default();
-        // Model seeds are Python ints, but many models cap them at int32.
-        let seed = request.seed % (i32::MAX as u64 + 1);
-        match style {
-            InputStyle::Flux => serde_json::json!({
-                "prompt": request.prompt,
-                "aspect_ratio": http::closest_aspect_ratio(request.size.width, request.size.height, FLUX_ASPECT_RATIOS),
-                "seed": seed,
-                "output_format": "png",
-                "num_outputs": 1,
-            }),
-            InputStyle::StableDiffusion => {
-                let mut input = serde_json::json!({
-                    "prompt": request.prompt,
-                    "width": request.size.width,
-                    "height": request.size.height,
-                    "seed": seed,
-                    "num_outputs": 1,
-                });
-                if let Some(neg) = &request.negative_prompt {
-                    input["negative_prompt"] = serde_json::Value::String(neg.clone());
-                }
-                input
-            }
-        }
-    }
-
-    async fn error_from(&self, resp: reqwest::Response) -> ProviderError {
-        let name = &self.config.name;
-        let status = resp.status();
-        let retry_after = http::retry_after(resp.headers());
-        let body = http::read_limited(name, self.endpoint.timeout, resp, 64 * 1024)
-            .await
-            .unwrap_or_default();
-        let detail = match serde_json::from_slice::<Problem>(&body) {
-            Ok(p) => format!(
-                "{}: {}",
-                p.title.unwrap_or_default(),
-                p.detail.unwrap_or_default()
-            ),
-            Err(_) => String::from_utf8_lossy(&body).into_owned(),
-        };
-        if status.is_client_error() && status.as_u16() != 429 && looks_like_policy(&detail) {
-            return ProviderError::ContentRejected {
-                provider: name.clone(),
-                message: http::truncate(&detail, 300),
-            };
-        }
-        let retry_after = retry_after.or_else(|| retry_from_detail(&detail));
-        http::status_error(
-            name,
-            Some(&self.config.api_key_env),
-            status,
-            retry_after,
-            &detail,
-        )
-    }
-
-    async fn parse_prediction(&self, resp: reqwest::Response) -> Result<Prediction, ProviderError> {
-        let name = &self.config.name;
-        let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
-        serde_json::from_slice(&raw)
-            .map_err(|e| http::bad_response(name, format!("not a prediction object: {e}")))
-    }
-
-    async fn create(&self, request: &ProviderRequest) -> Result<Prediction, ProviderError> {
-        let name = &self.config.name;
-        let (url, version) = match request.model.split_once(':') {
-            Some((_, version)) => (
-                format!("{}/predictions", self.endpoint.base_url),
-                Some(version),
-            ),
-            None => (
-                format!(
-                    "{}/models/{}/predictions",
-                    self.endpoint.base_url, request.model
-                ),
-                None,
-            ),
-        };
-        let mut builder = self
-            .endpoint
-            .client
-            .post(url)
-            .bearer_auth(self.key.expose())
-            .json(&CreatePrediction {
-                version,
-                input: self.input(request),
-            });
-        if let Some(secs) = self.config.prefer_wait_secs {
-            builder = builder.header("Prefer", format!("wait={secs}"));
-        }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        if !resp.status().is_success() {
-            return Err(self.error_from(resp).await);
-        }
-        self.parse_prediction(resp).await
-    }
-
-    /// One poll. `Ok(None)` means "try again later" (rate limited or a 5xx blip):
-    /// the prediction is already paid for, so a poll hiccup must not abandon it.
-    async fn poll(
-        &self,
-        id: &str,
-    ) -> Result<(Option<Prediction>, Option<Duration>), ProviderError> {
-        let name = &self.config.name;
-        let resp = match self
-            .endpoint
-            .client
-            .get(format!("{}/predictions/{}", self.endpoint.base_url, id))
-            .bearer_auth(self.key.expose())
-            .send()
-            .await
-        {
-            Ok(r) => r,
-            Err(e) if e.is_timeout() => return Ok((None, None)),
-            Err(e) => return Err(http::transport_error(name, self.endpoint.timeout, e)),
-        };
-        let status = resp.status();
-        if status.as_u16() == 429 || status.is_server_error() {
-            return Ok((None, http::retry_after(resp.headers())));
-        }
-        if !status.is_success() {
-            return Err(self.error_from(resp).await);
-        }
-        Ok((Some(self.parse_prediction(resp).await?), None))
-    }
-
-    async fn cancel(&self, id: &str) {
-        let result = self
-            .endpoint
-            .client
-            .post(format!(
-                "{}/predictions/{}/cancel",
-                self.endpoint.base_url, id
-            ))
-            .bearer_auth(self.key.expose())
-            .send()
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(provider = %self.config.name, prediction = id, error = %e.without_url(), "cancel failed");
-        }
-    }
-
-    async fn wait(&self, mut prediction: Prediction) -> Result<Prediction, ProviderError> {
-        let deadline = Instant::now() + Duration::from_secs(self.config.max_wait_secs);
-        let mut interval = Duration::from_millis(self.config.poll_interval_ms);
-        let max_interval = Duration::from_millis(self.config.max_poll_interval_ms);
-        while matches!(
-            prediction.status,
-            PredictionStatus::Starting | PredictionStatus::Processing
-        ) {
-            let now = Instant::now();
-            if now >= deadline {
-                self.cancel(&prediction.id).await;
-                return Err(ProviderError::Timeout {
-                    provider: self.config.name.clone(),
-                    after: Duration::from_secs(self.config.max_wait_secs),
-                });
-            }
-            tokio::time::sleep(interval.min(deadline - now)).await;
-            let (next, retry_after) = self.poll(&prediction.id).await?;
-            match next {
-                Some(p) => {
-                    prediction = p;
-                    interval = (interval * 2).min(max_interval);
-                }
-                None => interval = retry_after.unwrap_or(interval).min(max_interval * 4),
-            }
-        }
-        Ok(prediction)
-    }
-
-    /// The first file URL in `output` (a string, or a list for multi-output models).
-    fn output_url(&self, output: &serde_json::Value) -> Result<String, ProviderError> {
-        let url = match output {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(items) => {
-                items.iter().find_map(|v| v.as_str().map(str::to_string))
-            }
-            _ => None,
-        };
-        url.ok_or_else(|| {
-            http::bad_response(
-                &self.config.name,
-                format!(
-                    "succeeded without a file URL in output: {}",
-                    http::truncate(&output.to_string(), 120)
-                ),
-            )
-        })
-    }
-
-    /// The token goes only to Replicate's own hosts, never to an arbitrary output URL.
-    fn sends_token_to(&self, url: &reqwest::Url) -> bool {
-        let Some(host) = url.host_str() else {
-            return false;
-        };
-        host == "replicate.delivery"
-            || host.ends_with(".replicate.delivery")
-            || self.base_host.as_deref() == Some(host)
-    }
-
-    async fn download(&self, url: &str) -> Result<Vec<u8>, ProviderError> {
-        let name = &self.config.name;
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|_| http::bad_response(name, "output is not a URL"))?;
-        if !matches!(parsed.scheme(), "https" | "http") {
-            return Err(http::bad_response(name, "output URL is not http(s)"));
-        }
-        let mut builder = self.endpoint.client.get(parsed.clone());
-        if self.sends_token_to(&parsed) {
-            builder = builder.header(AUTHORIZATION, format!("Bearer {}", self.key.expose()));
-        }
-        let resp = builder
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(ProviderError::Upstream {
-                provider: name.clone(),
-                message: format!("downloading the output failed with HTTP {status}"),
-            });
-        }
-        let limit = usize::try_from(self.config.max_download_bytes).unwrap_or(usize::MAX);
-        http::read_limited(name, self.endpoint.timeout, resp, limit).await
-    }
-}
-
-#[async_trait]
-impl Provider for ReplicateProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn offers(&self) -> &[ModelOffer] {
-        &self.config.models
-    }
-
-    /// A flat configured figure; per-image and per-second prices live in the price book.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
-    }
-
-    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
-        let name = &self.config.name;
-        let created = self.create(request).await?;
-        tracing::debug!(provider = %name, prediction = %created.id, status = ?created.status, "replicate prediction created");
-        let done = self.wait(created).await?;
-        match done.status {
-            PredictionStatus::Succeeded => {}
-            PredictionStatus::Failed => {
-                let message = match &done.error {
-                    Some(serde_json::Value::String(s)) => s.clone(),
-                    Some(other) => other.to_string(),
-                    None => "prediction failed without an error message".into(),
-                };
-                return Err(if looks_like_policy(&message) {
-                    ProviderError::ContentRejected {
-                        provider: name.clone(),
-                        message: http::truncate(&message, 300),
-                    }
-                } else {
-                    ProviderError::Upstream {
-                        provider: name.clone(),
-                        message: format!(
-                            "prediction {} failed: {}",
-                            done.id,
-                            http::truncate(&message, 300)
-                        ),
-                    }
-                });
-            }
-            PredictionStatus::Canceled => {
-                return Err(ProviderError::Upstream {
-                    provider: name.clone(),
-                    message: format!("prediction {} was canceled", done.id),
-                })
-            }
-            PredictionStatus::Starting | PredictionStatus::Processing => {
-                return Err(http::bad_response(
-                    name,
-                    "prediction left the wait loop unfinished",
-                ))
-            }
-        }
-        let url = self.output_url(&done.output)?;
-        let bytes = self.download(&url).await?;
-        let sniffed = http::sniff_image(name, &bytes)?;
-        let predict_time = done.metrics.as_ref().and_then(|m| m.predict_time);
-        Ok(Generation {
-            bytes: Bytes::from(bytes),
-            media_type: sniffed.media_type.to_string(),
-            provider: name.clone(),
-            model: request.model.clone(),
-            cost: Micros::ZERO,
-            usage: Usage {
-                images: 1,
-                width: sniffed.width,
-                height: sniffed.height,
-                gpu_seconds: predict_time,
-                raw: serde_json::json!({ "prediction": done.id, "metrics": done.metrics }),
-                ..Usage::default()
-            },
-        })
-    }
 }
 
 #[cfg(test)]

@@ -20,13 +20,14 @@
 //! `Usage::credits` stays empty and the price book charges the model's published
 //! credit cost.
 
-use crate::http::{self, ApiKey};
+use crate::helpers::{self, Answer, ApiKey};
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
+use imagegate_core::ModelClass;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 const ASPECT_RATIOS: &[&str] = &[
     "21:9", "16:9", "3:2", "5:4", "1:1", "4:5", "2:3", "9:16", "9:21",
@@ -47,9 +48,9 @@ pub struct StabilityConfig {
     pub api_key_env: String,
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
-    /// Used by `quote` only until the router prices through the price book.
-    #[serde(default)]
-    pub expected_usd_per_image: f64,
+    /// Largest answer read (the image arrives base64 in the JSON); more is refused.
+    #[serde(default = "helpers::default_max_response_bytes")]
+    pub max_response_bytes: u64,
     /// `png`, `jpeg` or `webp` (sd3 accepts only png and jpeg).
     #[serde(default = "default_output_format")]
     pub output_format: String,
@@ -75,18 +76,9 @@ fn default_output_format() -> String {
 }
 fn default_models() -> Vec<ModelOffer> {
     vec![
-        ModelOffer {
-            name: "core".into(),
-            classes: vec![ModelClass::Draft, ModelClass::Standard],
-        },
-        ModelOffer {
-            name: "sd3.5-large".into(),
-            classes: vec![ModelClass::Standard],
-        },
-        ModelOffer {
-            name: "ultra".into(),
-            classes: vec![ModelClass::Premium],
-        },
+        ModelOffer::new("core", &[ModelClass::Draft, ModelClass::Standard]),
+        ModelOffer::new("sd3.5-large", &[ModelClass::Standard]),
+        ModelOffer::new("ultra", &[ModelClass::Premium]),
     ]
 }
 
@@ -97,14 +89,192 @@ impl Default for StabilityConfig {
             base_url: default_base_url(),
             api_key_env: default_api_key_env(),
             timeout_secs: default_timeout_secs(),
-            expected_usd_per_image: 0.0,
+            max_response_bytes: helpers::default_max_response_bytes(),
             output_format: default_output_format(),
             models: default_models(),
         }
     }
 }
 
-// ---- wire types ----
+/// `Debug` shows the key as `***`.
+#[derive(Debug)]
+pub struct StabilityProvider {
+    config: StabilityConfig,
+    endpoint: helpers::Endpoint,
+    key: ApiKey,
+}
+
+impl StabilityProvider {
+    pub fn new(config: StabilityConfig) -> Result<StabilityProvider, ProviderError> {
+        let endpoint = helpers::Endpoint::open(
+            &config.name,
+            &config.base_url,
+            config.timeout_secs,
+            config.models.is_empty(),
+        )?
+        .with_max_body(config.max_response_bytes);
+        if let Some(m) = config
+            .models
+            .iter()
+            .find(|m| Endpoint::for_model(&m.name).is_none())
+        {
+            return Err(ProviderError::Config {
+                provider: config.name.clone(),
+                message: format!(
+                    "model {:?} is not `ultra`, `core` or an `sd3*` model",
+                    m.name
+                ),
+            });
+        }
+        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
+        Ok(StabilityProvider {
+            endpoint,
+            config,
+            key,
+        })
+    }
+
+    fn error_from(&self, answer: &Answer) -> ProviderError {
+        let (status, headers, body) = (answer.status, &answer.headers, &answer.body[..]);
+        let parsed = serde_json::from_slice::<ErrorResponse>(body).ok();
+        let detail = match &parsed {
+            Some(e) => format!(
+                "{}: {} (id {})",
+                e.name.as_deref().unwrap_or("error"),
+                e.errors.join("; "),
+                e.id.as_deref().unwrap_or("-")
+            ),
+            None => String::from_utf8_lossy(body).into_owned(),
+        };
+        if parsed
+            .as_ref()
+            .is_some_and(|e| e.name.as_deref() == Some("content_moderation"))
+        {
+            return ProviderError::ContentRejected {
+                provider: self.config.name.clone(),
+                message: helpers::truncate(&detail, 300),
+            };
+        }
+        helpers::status_error(
+            &self.config.name,
+            Some(&self.config.api_key_env),
+            status,
+            helpers::retry_after(headers),
+            &detail,
+        )
+    }
+
+    fn form(&self, endpoint: &Endpoint, request: &ProviderRequest) -> reqwest::multipart::Form {
+        let ratio =
+            helpers::closest_aspect_ratio(request.size.width, request.size.height, ASPECT_RATIOS);
+        let mut form = reqwest::multipart::Form::new()
+            .text("prompt", request.prompt.clone())
+            .text("aspect_ratio", ratio.to_string())
+            // Our seeds are u64 and may be 0; Stability's 0 means random, so shift into 1..=MAX.
+            .text("seed", (1 + request.seed % MAX_SEED).to_string())
+            .text("output_format", self.config.output_format.clone());
+        if let Endpoint::Sd3 { model } = endpoint {
+            form = form
+                .text("model", model.clone())
+                .text("mode", "text-to-image");
+        }
+        // SD 3.5 turbo models reject negative prompts.
+        let takes_negative =
+            !matches!(endpoint, Endpoint::Sd3 { model } if model.contains("turbo"));
+        if let (Some(neg), true) = (&request.negative_prompt, takes_negative) {
+            form = form.text("negative_prompt", neg.clone());
+        }
+        form
+    }
+}
+
+#[async_trait]
+impl Provider for StabilityProvider {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "stability"
+    }
+
+    fn offers(&self) -> &[ModelOffer] {
+        &self.config.models
+    }
+
+    fn deadline(&self) -> Duration {
+        self.endpoint.timeout
+    }
+
+    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
+        let endpoint =
+            Endpoint::for_model(&request.model).ok_or_else(|| ProviderError::Config {
+                provider: name.clone(),
+                message: format!("no Stability endpoint serves model {:?}", request.model),
+            })?;
+        let post = self
+            .endpoint
+            .client
+            .post(format!("{}{}", self.endpoint.base_url, endpoint.path()))
+            .bearer_auth(self.key.expose())
+            .header(ACCEPT, "application/json")
+            .multipart(self.form(&endpoint, request));
+        let answer =
+            helpers::send(name, self.endpoint.timeout, post, self.endpoint.max_body).await?;
+        if !answer.status.is_success() {
+            return Err(self.error_from(&answer));
+        }
+        let Answer {
+            headers, body: raw, ..
+        } = answer;
+
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (bytes, finish_reason, seed) = if content_type.starts_with("image/") {
+            let header = |k: &str| {
+                headers
+                    .get(k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            (
+                raw,
+                header("finish-reason"),
+                header("seed").and_then(|s| s.parse::<u64>().ok()),
+            )
+        } else {
+            let parsed: GenerateResponse = serde_json::from_slice(&raw)
+                .map_err(|e| helpers::bad_response(name, format!("unexpected body: {e}")))?;
+            let bytes = helpers::decode_base64(name, &parsed.image)?;
+            (bytes, parsed.finish_reason, parsed.seed)
+        };
+        if finish_reason.as_deref() == Some("CONTENT_FILTERED") {
+            return Err(ProviderError::ContentRejected {
+                provider: name.clone(),
+                message: "finish_reason CONTENT_FILTERED: the output image was filtered".into(),
+            });
+        }
+        let sniffed = helpers::sniff_image(name, &bytes)?;
+        Ok(Generation {
+            bytes: Bytes::from(bytes),
+            media_type: sniffed.media_type.to_string(),
+            provider: name.clone(),
+            model: request.model.clone(),
+            usage: Usage {
+                images: 1,
+                width: sniffed.width,
+                height: sniffed.height,
+                raw: serde_json::json!({ "finish_reason": finish_reason, "seed": seed }),
+                ..Usage::default()
+            },
+        })
+    }
+}
+
+// ---- wire types: exactly the API's JSON, and the endpoint per model ----
 
 /// `accept: application/json` answer.
 #[derive(Debug, Deserialize)]
@@ -152,197 +322,6 @@ impl Endpoint {
             Endpoint::Core => "/v2beta/stable-image/generate/core",
             Endpoint::Sd3 { .. } => "/v2beta/stable-image/generate/sd3",
         }
-    }
-}
-
-// ---- the adapter ----
-
-pub struct StabilityProvider {
-    config: StabilityConfig,
-    endpoint: http::Endpoint,
-    key: ApiKey,
-}
-
-impl std::fmt::Debug for StabilityProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StabilityProvider")
-            .field("config", &self.config)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl StabilityProvider {
-    pub fn new(config: StabilityConfig) -> Result<StabilityProvider, ProviderError> {
-        let endpoint = http::Endpoint::open(
-            &config.name,
-            &config.base_url,
-            config.timeout_secs,
-            config.expected_usd_per_image,
-            config.models.is_empty(),
-        )?;
-        if let Some(m) = config
-            .models
-            .iter()
-            .find(|m| Endpoint::for_model(&m.name).is_none())
-        {
-            return Err(ProviderError::Config {
-                provider: config.name.clone(),
-                message: format!(
-                    "model {:?} is not `ultra`, `core` or an `sd3*` model",
-                    m.name
-                ),
-            });
-        }
-        let key = ApiKey::from_env(&config.name, &config.api_key_env)?;
-        Ok(StabilityProvider {
-            endpoint,
-            config,
-            key,
-        })
-    }
-
-    fn error_from(
-        &self,
-        status: reqwest::StatusCode,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> ProviderError {
-        let parsed = serde_json::from_slice::<ErrorResponse>(body).ok();
-        let detail = match &parsed {
-            Some(e) => format!(
-                "{}: {} (id {})",
-                e.name.as_deref().unwrap_or("error"),
-                e.errors.join("; "),
-                e.id.as_deref().unwrap_or("-")
-            ),
-            None => String::from_utf8_lossy(body).into_owned(),
-        };
-        if parsed
-            .as_ref()
-            .is_some_and(|e| e.name.as_deref() == Some("content_moderation"))
-        {
-            return ProviderError::ContentRejected {
-                provider: self.config.name.clone(),
-                message: http::truncate(&detail, 300),
-            };
-        }
-        http::status_error(
-            &self.config.name,
-            Some(&self.config.api_key_env),
-            status,
-            http::retry_after(headers),
-            &detail,
-        )
-    }
-
-    fn form(&self, endpoint: &Endpoint, request: &ProviderRequest) -> reqwest::multipart::Form {
-        let ratio =
-            http::closest_aspect_ratio(request.size.width, request.size.height, ASPECT_RATIOS);
-        let mut form = reqwest::multipart::Form::new()
-            .text("prompt", request.prompt.clone())
-            .text("aspect_ratio", ratio.to_string())
-            // Our seeds are u64 and may be 0; Stability's 0 means random, so shift into 1..=MAX.
-            .text("seed", (1 + request.seed % MAX_SEED).to_string())
-            .text("output_format", self.config.output_format.clone());
-        if let Endpoint::Sd3 { model } = endpoint {
-            form = form
-                .text("model", model.clone())
-                .text("mode", "text-to-image");
-        }
-        // SD 3.5 turbo models reject negative prompts.
-        let takes_negative =
-            !matches!(endpoint, Endpoint::Sd3 { model } if model.contains("turbo"));
-        if let (Some(neg), true) = (&request.negative_prompt, takes_negative) {
-            form = form.text("negative_prompt", neg.clone());
-        }
-        form
-    }
-}
-
-#[async_trait]
-impl Provider for StabilityProvider {
-    fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    fn offers(&self) -> &[ModelOffer] {
-        &self.config.models
-    }
-
-    /// A flat configured figure; credit prices per model live in the price book.
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        Micros::from_usd(self.config.expected_usd_per_image)
-    }
-
-    async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
-        let name = &self.config.name;
-        let endpoint =
-            Endpoint::for_model(&request.model).ok_or_else(|| ProviderError::Config {
-                provider: name.clone(),
-                message: format!("no Stability endpoint serves model {:?}", request.model),
-            })?;
-        let resp = self
-            .endpoint
-            .client
-            .post(format!("{}{}", self.endpoint.base_url, endpoint.path()))
-            .bearer_auth(self.key.expose())
-            .header(ACCEPT, "application/json")
-            .multipart(self.form(&endpoint, request))
-            .send()
-            .await
-            .map_err(|e| http::transport_error(name, self.endpoint.timeout, e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let raw =
-            http::read_limited(name, self.endpoint.timeout, resp, http::MAX_RESPONSE_BYTES).await?;
-        if !status.is_success() {
-            return Err(self.error_from(status, &headers, &raw));
-        }
-
-        let content_type = headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let (bytes, finish_reason, seed) = if content_type.starts_with("image/") {
-            let header = |k: &str| {
-                headers
-                    .get(k)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            (
-                raw,
-                header("finish-reason"),
-                header("seed").and_then(|s| s.parse::<u64>().ok()),
-            )
-        } else {
-            let parsed: GenerateResponse = serde_json::from_slice(&raw)
-                .map_err(|e| http::bad_response(name, format!("unexpected body: {e}")))?;
-            let bytes = http::decode_base64(name, &parsed.image)?;
-            (bytes, parsed.finish_reason, parsed.seed)
-        };
-        if finish_reason.as_deref() == Some("CONTENT_FILTERED") {
-            return Err(ProviderError::ContentRejected {
-                provider: name.clone(),
-                message: "finish_reason CONTENT_FILTERED: the output image was filtered".into(),
-            });
-        }
-        let sniffed = http::sniff_image(name, &bytes)?;
-        Ok(Generation {
-            bytes: Bytes::from(bytes),
-            media_type: sniffed.media_type.to_string(),
-            provider: name.clone(),
-            model: request.model.clone(),
-            cost: Micros::ZERO,
-            usage: Usage {
-                images: 1,
-                width: sniffed.width,
-                height: sniffed.height,
-                raw: serde_json::json!({ "finish_reason": finish_reason, "seed": seed }),
-                ..Usage::default()
-            },
-        })
     }
 }
 

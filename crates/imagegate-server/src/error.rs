@@ -40,6 +40,7 @@ impl From<PipelineError> for ApiError {
             P::CostLimit { .. } => (StatusCode::PAYMENT_REQUIRED, "cost_limit_exceeded", None),
             P::BudgetExhausted { .. } => (StatusCode::PAYMENT_REQUIRED, "budget_exhausted", None),
             P::NoProvider(_) => (StatusCode::BAD_REQUEST, "no_provider", None),
+            P::ModelRetired { .. } => (StatusCode::GONE, "model_retired", None),
             P::UpstreamContentBlocked { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "content_blocked", None)
             }

@@ -10,6 +10,7 @@ pub mod delivery;
 mod error;
 pub mod openai;
 pub mod openapi;
+mod prices;
 mod rendered;
 mod routes;
 

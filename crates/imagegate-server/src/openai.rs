@@ -110,7 +110,7 @@ impl From<PipelineError> for OpenAiError {
         let param = match &e {
             PipelineError::BadRequest(m) if m.contains("prompt") => Some("prompt"),
             PipelineError::BadRequest(m) if m.contains("size") => Some("size"),
-            PipelineError::NoProvider(_) => Some("model"),
+            PipelineError::NoProvider(_) | PipelineError::ModelRetired { .. } => Some("model"),
             _ => None,
         };
         let mut inner = ApiError::from(e);

@@ -40,6 +40,8 @@ not serve answers 405 `method_not_allowed`, any unknown path 404 `not_found`.",
         crate::openai::generations,
         crate::routes::estimate,
         crate::routes::costs,
+        crate::prices::prices,
+        crate::prices::reload,
         crate::dashboard::delivery,
         crate::dashboard::page,
         crate::routes::healthz,
@@ -54,6 +56,9 @@ not serve answers 405 `method_not_allowed`, any unknown path 404 `not_found`.",
             BadRequest,
             Unauthorized,
             PaymentRequired,
+            Forbidden,
+            Gone,
+            BadPriceBook,
             NotFound,
             PayloadTooLarge,
             UnsupportedMediaType,
@@ -293,7 +298,8 @@ pub struct CandidateBody {
     /// Expected cost in micro-dollars.
     pub expected: i64,
     pub expected_usd: f64,
-    /// `price_book` or `provider_quote`.
+    /// `price_book`, or `unpriced` (a model offered without a price: its cost is
+    /// unknown and recorded as such, never as $0).
     pub price_source: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub surge_multiplier: Option<f64>,
@@ -302,6 +308,8 @@ pub struct CandidateBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
     pub breaker: BreakerBody,
+    /// Why it is not called; the first word is the kind: `retired`, `unpriceable`,
+    /// `unpriced_under_cap`, `circuit_open` or `over_max_cost`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped_reason: Option<String>,
 }
@@ -495,6 +503,21 @@ error_response!(
     "Over `max_cost_usd` (`cost_limit_exceeded`) or the key's budget (`budget_exhausted`)"
 );
 error_response!(NotFound, "ErrorBody", "No such image or file");
+error_response!(
+    Forbidden,
+    "ErrorBody",
+    "The key may not do this (`admin_required`)"
+);
+error_response!(
+    Gone,
+    "ErrorBody",
+    "The model named was retired by its provider (`model_retired`); the message names its replacement"
+);
+error_response!(
+    BadPriceBook,
+    "ErrorBody",
+    "The price book file does not parse or does not price every offered model (`bad_price_book`); the old book stays in force"
+);
 error_response!(
     PayloadTooLarge,
     "ErrorBody",

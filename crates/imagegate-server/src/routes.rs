@@ -24,6 +24,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/generations", post(crate::openai::generations))
         .route("/v1/estimate", post(estimate))
         .route("/v1/costs", get(costs))
+        .route("/v1/prices", get(crate::prices::prices))
+        .route("/v1/admin/prices/reload", post(crate::prices::reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
@@ -177,6 +179,7 @@ pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 402, response = crate::openapi::PaymentRequired),
+        (status = 410, response = crate::openapi::Gone),
         (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 415, response = crate::openapi::UnsupportedMediaType),
         (status = 422, description = "The prompt (`prompt_blocked`) or the generated image (`content_blocked`) was refused", body = crate::openapi::BlockedBody),

@@ -4,6 +4,7 @@
 
 mod alloc;
 mod config;
+mod prices;
 mod report;
 mod template;
 mod warm;
@@ -120,6 +121,12 @@ enum Command {
         /// unless this picks another.
         #[arg(long, value_enum)]
         only: Option<report::Section>,
+    },
+    /// The price book: `check` it against the configured providers (stale prices,
+    /// missing entries, retired models), or `list` what it charges now.
+    Prices {
+        #[command(subcommand)]
+        action: prices::Action,
     },
     /// API keys for the HTTP service (stored as hashes in the ledger database).
     Keys {
@@ -293,6 +300,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             report::run(config, args).await
         }
         Command::Keys { action } => keys(config, action).await,
+        Command::Prices { action } => prices::run(config, action),
         Command::Classify {
             files,
             json,
@@ -429,6 +437,10 @@ async fn serve(
     let auth = imagegate_server::auth::Auth::start(pipeline.ledger().clone(), auth_config)
         .await
         .context("loading API keys")?;
+    // The price book follows its file, SIGHUP and the other replicas without a
+    // restart; a broken book is refused and the old one keeps serving.
+    let _price_tasks = pipeline.keep_prices_current(PRICES_FILE_POLL);
+    let hangup = reload_prices_on_sighup(pipeline.prices().clone());
     let state = Arc::new(AppState::new(
         pipeline,
         imagegate_server::metrics_handle(),
@@ -438,9 +450,37 @@ async fn serve(
     println!("imagegate listening on http://{local}");
     tracing::info!(%local, "listening");
     imagegate_server::serve(listener, state.clone(), shutdown_signal()).await?;
+    hangup.abort();
     state.pipeline.ledger().close().await;
     tracing::info!("stopped");
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// How often `serve` looks at the price book's file for edits.
+const PRICES_FILE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// SIGHUP reloads the price book from its file.
+fn reload_prices_on_sighup(
+    prices: Arc<imagegate_providers::LivePrices>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut hangups) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; the price book reloads on file changes only");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match prices.reload_file() {
+                Ok(r) => {
+                    tracing::info!(version = %r.version, changed = r.changed, "SIGHUP: price book reloaded")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: price book refused; the old one stays in force")
+                }
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

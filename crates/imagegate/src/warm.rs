@@ -168,7 +168,9 @@ async fn plan(pipeline: &Pipeline, items: &[Item], concurrency: usize) -> Vec<Pl
                         format!(
                             "{}: {}",
                             c.label(),
-                            c.skipped_reason.as_deref().unwrap_or("not eligible")
+                            c.skipped_reason
+                                .as_ref()
+                                .map_or_else(|| "not eligible".to_string(), ToString::to_string)
                         )
                     })
                     .collect();

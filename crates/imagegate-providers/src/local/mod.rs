@@ -1,7 +1,7 @@
 //! The `local` provider: deterministic procedural pictures drawn on this machine.
 //!
-//! It is the embedded default, not a test double: it has a price and a latency like
-//! a paid provider, so the cost path runs for real. Same prompt, negative prompt,
+//! It is the embedded default, not a test double: it has a price (the price book's
+//! `local` entry) and a latency like a paid provider, so the cost path runs for real. Same prompt, negative prompt,
 //! seed, size and model give the same PNG bytes; different prompts give clearly
 //! different pictures (another palette, sky, sun, ridges and texture).
 
@@ -10,7 +10,7 @@ mod procedural;
 use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
-use imagegate_core::{Micros, ModelClass, Size};
+use imagegate_core::ModelClass;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +23,6 @@ pub use procedural::draw;
 pub struct LocalConfig {
     #[serde(default = "default_name")]
     pub name: String,
-    /// Fee per image at 1024x1024; other sizes pay in proportion to their pixels.
-    #[serde(default = "default_price")]
-    pub usd_per_image: f64,
     /// Simulated provider latency added before the picture is returned.
     #[serde(default = "default_latency_ms")]
     pub latency_ms: u64,
@@ -36,24 +33,20 @@ pub struct LocalConfig {
 fn default_name() -> String {
     "local".into()
 }
-fn default_price() -> f64 {
-    0.002
-}
 fn default_latency_ms() -> u64 {
     200
 }
 fn default_models() -> Vec<ModelOffer> {
-    vec![ModelOffer {
-        name: "procedural-v1".into(),
-        classes: vec![ModelClass::Draft, ModelClass::Standard, ModelClass::Premium],
-    }]
+    vec![ModelOffer::new(
+        "procedural-v1",
+        &[ModelClass::Draft, ModelClass::Standard, ModelClass::Premium],
+    )]
 }
 
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
             name: default_name(),
-            usd_per_image: default_price(),
             latency_ms: default_latency_ms(),
             models: default_models(),
         }
@@ -70,15 +63,6 @@ pub struct LocalProvider {
 
 impl LocalProvider {
     pub fn new(config: LocalConfig) -> Result<LocalProvider, ProviderError> {
-        if !(config.usd_per_image.is_finite() && config.usd_per_image >= 0.0) {
-            return Err(ProviderError::Config {
-                provider: config.name.clone(),
-                message: format!(
-                    "usd_per_image must be a non-negative number, not {}",
-                    config.usd_per_image
-                ),
-            });
-        }
         if config.models.is_empty() {
             return Err(ProviderError::Config {
                 provider: config.name.clone(),
@@ -103,8 +87,13 @@ impl Provider for LocalProvider {
         &self.config.models
     }
 
-    fn quote(&self, _model: &str, size: Size) -> Micros {
-        Micros::from_usd(self.config.usd_per_image * size.pixels() as f64 / (1024.0 * 1024.0))
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    /// The configured latency plus a drawing's worth of time on a busy machine.
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.config.latency_ms) + Duration::from_secs(30)
     }
 
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
@@ -141,7 +130,6 @@ impl Provider for LocalProvider {
             media_type: "image/png".into(),
             provider: self.config.name.clone(),
             model: request.model.clone(),
-            cost: self.quote(&request.model, request.size),
             usage: Usage {
                 images: 1,
                 width: request.size.width,
@@ -156,6 +144,8 @@ impl Provider for LocalProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use imagegate_core::Size;
 
     fn req(prompt: &str, seed: u64) -> ProviderRequest {
         ProviderRequest {
@@ -179,23 +169,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn same_request_same_bytes_and_priced_by_pixels() {
+    async fn same_request_same_bytes_and_reported_size() {
         let p = provider();
         let a = p.generate(&req("a lighthouse at dusk", 7)).await.unwrap();
         let b = p.generate(&req("a lighthouse at dusk", 7)).await.unwrap();
         assert_eq!(a.bytes, b.bytes);
         assert_eq!(&a.bytes[1..4], b"PNG");
-        // 256x192 is 3/64 of 1024x1024 at $0.002.
-        assert_eq!(a.cost, Micros(94));
         assert_eq!(
-            p.quote(
-                "procedural-v1",
-                Size {
-                    width: 1024,
-                    height: 1024
-                }
-            ),
-            Micros(2000)
+            (a.usage.images, a.usage.width, a.usage.height),
+            (1, 256, 192)
         );
     }
 
@@ -210,11 +192,9 @@ mod tests {
     }
 
     #[test]
-    fn negative_price_is_refused() {
-        let bad = LocalConfig {
-            usd_per_image: -1.0,
-            ..LocalConfig::default()
-        };
-        assert!(LocalProvider::new(bad).is_err());
+    fn a_price_in_the_provider_config_is_refused() {
+        // Prices live in the price book only.
+        let err = serde_json::from_str::<LocalConfig>(r#"{"usd_per_image": 0.002}"#);
+        assert!(err.is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! their own tests against local HTTP servers.
 
 use super::*;
+use crate::price_book::PriceError;
 use crate::{ModelOffer, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,7 +30,8 @@ struct Scripted {
     /// What happens once the script runs out.
     then: Step,
     calls: AtomicUsize,
-    quote: Micros,
+    /// Credits the provider reports having charged, if it reports any.
+    reports_credits: Option<f64>,
 }
 
 impl Scripted {
@@ -38,16 +40,21 @@ impl Scripted {
             name: name.into(),
             offers: models
                 .iter()
-                .map(|m| ModelOffer {
-                    name: m.to_string(),
-                    classes: vec![ModelClass::Standard],
-                })
+                .map(|m| ModelOffer::new(m, &[ModelClass::Standard]))
                 .collect(),
             script: Mutex::new(script.into()),
             then: Step::Ok,
             calls: AtomicUsize::new(0),
-            quote: Micros(1),
+            reports_credits: None,
         })
+    }
+
+    fn unpriced(name: &str, models: &[&str]) -> Arc<Scripted> {
+        let mut s = Scripted::new(name, models, Vec::new());
+        for o in &mut Arc::get_mut(&mut s).expect("fresh Arc").offers {
+            o.unpriced = true;
+        }
+        s
     }
 
     fn always(name: &str, models: &[&str], step: Step) -> Arc<Scripted> {
@@ -66,11 +73,15 @@ impl Provider for Scripted {
     fn name(&self) -> &str {
         &self.name
     }
+    fn kind(&self) -> &'static str {
+        // Each scripted provider is its own kind in the test book.
+        Box::leak(self.name.clone().into_boxed_str())
+    }
     fn offers(&self) -> &[ModelOffer] {
         &self.offers
     }
-    fn quote(&self, _model: &str, _size: Size) -> Micros {
-        self.quote
+    fn deadline(&self) -> Duration {
+        Duration::from_secs(1)
     }
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -114,12 +125,11 @@ impl Provider for Scripted {
             media_type: "image/png".into(),
             provider: self.name.clone(),
             model: request.model.clone(),
-            // Deliberately wrong: the router must replace it with the book's charge.
-            cost: Micros(999_999),
             usage: Usage {
                 images: 1,
                 width: request.size.width,
                 height: request.size.height,
+                credits: self.reports_credits,
                 ..Usage::default()
             },
         })
@@ -146,7 +156,27 @@ provider = "dear"
 model = "m"
 source = "test"
 as_of = 2026-11-24
+usd_per_reported_credit = 0.01
 pricing = { type = "per_image", prices = [{ usd = 0.04 }] }
+
+[[model]]
+provider = "dear"
+model = "old"
+source = "test"
+as_of = 2026-11-24
+deprecated = 2026-06-01
+retired = 2026-11-01
+replacement = "m"
+pricing = { type = "per_image", prices = [{ usd = 0.005 }] }
+
+[[model]]
+provider = "dear"
+model = "going"
+source = "test"
+as_of = 2026-11-24
+retired = 2026-12-10
+replacement = "m"
+pricing = { type = "per_image", prices = [{ usd = 0.005 }] }
 
 [[model]]
 provider = "tokens"
@@ -165,8 +195,12 @@ end = "18:00"
 multiplier = 3.0
 "#;
 
-fn book() -> Arc<PriceBook> {
-    Arc::new(PriceBook::from_toml_str(BOOK).expect("test book"))
+fn book() -> PriceBook {
+    PriceBook::from_toml_str(BOOK).expect("test book")
+}
+
+fn live(providers: &[Arc<dyn Provider>]) -> Arc<LivePrices> {
+    Arc::new(LivePrices::new(book(), None, offered(providers)).expect("every offer priced"))
 }
 
 /// Tuesday 24 November 2026, UTC.
@@ -181,7 +215,7 @@ fn config() -> RouterConfig {
         retries_per_candidate: 1,
         backoff_min_ms: 100,
         backoff_max_ms: 1_000,
-        attempt_timeout_ms: 5_000,
+        attempt_timeout_ms: Some(5_000),
         max_retry_after_ms: 10_000,
         breaker: BreakerConfig {
             failure_threshold: 2,
@@ -207,7 +241,8 @@ fn router_with(providers: Vec<Arc<Scripted>>, at: DateTime<Utc>, config: RouterC
         .into_iter()
         .map(|p| p as Arc<dyn Provider>)
         .collect();
-    Router::new(providers, book(), config)
+    let prices = live(&providers);
+    Router::new(providers, prices, config)
         .expect("router")
         .with_clock(Arc::new(ManualClock::new(at)))
 }
@@ -240,7 +275,7 @@ fn square() -> Size {
 fn outcomes(d: &Decision) -> Vec<(String, &'static str)> {
     d.attempts
         .iter()
-        .map(|a| (a.provider.clone(), a.outcome))
+        .map(|a| (a.provider.clone(), a.outcome.as_str()))
         .collect()
 }
 
@@ -267,12 +302,15 @@ async fn fails_over_after_retrying_a_500() {
     let waited = routed.decision.attempts[0].waited_ms;
     assert!((100..=200).contains(&waited), "waited {waited}ms");
     assert_eq!(cheap.calls(), 2);
-    // Cost is the book's charge for the reported usage, not the adapter's figure.
-    assert_eq!(routed.generation.cost, Micros(20_000));
+    // Cost is the book's charge for the reported usage, by the book in force.
+    assert_eq!(routed.charge.book, Some(Micros(20_000)));
+    assert_eq!(routed.charge.micros(), Some(Micros(20_000)));
+    assert_eq!(routed.charge.book_version, book().version());
+    assert_eq!(routed.decision.book_version, book().version());
 }
 
 #[tokio::test(start_paused = true)]
-async fn fails_over_on_timeout() {
+async fn a_timed_out_call_is_not_retried_and_fails_over() {
     let cheap = Scripted::always("cheap", &["m"], Step::Sleep(Duration::from_secs(60)));
     let mid = Scripted::new("mid", &["m"], vec![]);
     let mut cfg = config();
@@ -282,18 +320,58 @@ async fn fails_over_on_timeout() {
     let routed = r
         .generate(&request(), Policy::Cheapest, None)
         .await
-        .expect("served after the timeouts");
+        .expect("served after the timeout");
     assert_eq!(routed.generation.provider, "mid");
+    // The timed-out call may have been paid for: one try only, then the next provider.
     assert_eq!(
-        outcomes(&routed.decision)[..2],
-        [("cheap".into(), "timeout"), ("cheap".into(), "timeout")]
+        outcomes(&routed.decision),
+        [("cheap".into(), "timeout"), ("mid".into(), "ok")]
     );
+    assert_eq!(cheap.calls(), 1);
     assert_eq!(routed.decision.attempts[0].ms, 5_000);
-    // Two 5 s timeouts and one backoff, not the stalled provider's 60 s.
-    assert!(started.elapsed() < Duration::from_secs(11));
+    assert!(started.elapsed() < Duration::from_secs(6));
     // The stall raised the latency average from its 1 s prior toward the 5 s timeout:
-    // 0.3·5000 + 0.7·1000 = 2200, then 0.3·5000 + 0.7·2200 = 3040.
-    assert_eq!(r.expected_latency_ms("cheap", "m"), 3_040);
+    // 0.3·5000 + 0.7·1000 = 2200.
+    assert_eq!(r.expected_latency_ms("cheap", "m"), 2_200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_possibly_charged_timeout_counts_against_the_cap_on_failover() {
+    // cheap ($0.01) stalls; mid ($0.02) alone is under the $0.025 cap, but after a
+    // timeout that may have cost $0.01 it is not.
+    let cheap = Scripted::always("cheap", &["m"], Step::Sleep(Duration::from_secs(60)));
+    let mid = Scripted::new("mid", &["m"], vec![]);
+    let r = router(vec![cheap.clone(), mid.clone()], tuesday(9));
+    let err = r
+        .generate(&request(), Policy::Cheapest, Some(Micros(25_000)))
+        .await
+        .expect_err("the cap holds across failover");
+    assert!(matches!(err, RouteError::Exhausted { .. }), "{err}");
+    assert!(err.to_string().contains("max_cost"), "{err}");
+    assert_eq!((cheap.calls(), mid.calls()), (1, 0));
+}
+
+#[test]
+fn attempt_timeouts_match_the_adapters_deadlines() {
+    let providers = || -> Vec<Arc<dyn Provider>> { vec![Scripted::new("cheap", &["m"], vec![])] };
+    // Unset: each provider's own deadline plus a grace.
+    let r = Router::new(providers(), live(&providers()), RouterConfig::default()).expect("router");
+    assert_eq!(
+        r.attempt_timeout("cheap"),
+        Some(Duration::from_secs(1) + ATTEMPT_GRACE)
+    );
+    // Shorter than the adapter's own deadline (1 s): refused, naming the provider.
+    let short = RouterConfig {
+        attempt_timeout_ms: Some(500),
+        ..RouterConfig::default()
+    };
+    let err = Router::new(providers(), live(&providers()), short)
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, RouteError::Config(ref m) if m.contains("\"cheap\"") && m.contains("1000 ms")),
+        "{err}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -340,10 +418,7 @@ async fn breaker_opens_skips_half_opens_and_closes() {
         .find(|c| c.provider == "cheap")
         .expect("listed");
     assert!(
-        skipped
-            .skipped_reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("circuit open")),
+        matches!(skipped.skipped_reason, Some(SkipReason::CircuitOpen { .. })),
         "{skipped:?}"
     );
     assert_eq!(
@@ -401,7 +476,10 @@ async fn retries_honour_retry_after() {
         .await
         .expect("served after waiting");
     assert_eq!(started.elapsed(), Duration::from_secs(3));
-    assert_eq!(routed.decision.attempts[0].outcome, "rate_limited");
+    assert_eq!(
+        routed.decision.attempts[0].outcome,
+        AttemptOutcome::RateLimited
+    );
     assert_eq!(routed.decision.attempts[0].waited_ms, 3_000);
     assert_eq!(routed.generation.provider, "cheap");
     // Rate limiting is not ill health.
@@ -511,13 +589,10 @@ async fn a_surge_window_changes_the_cheapest_choice() {
     let cheap = Scripted::new("cheap", &["m"], vec![]);
     let mid = Scripted::new("mid", &["m"], vec![]);
     let clock = Arc::new(ManualClock::new(tuesday(9)));
-    let r = Router::new(
-        vec![cheap.clone() as Arc<dyn Provider>, mid.clone()],
-        book(),
-        config(),
-    )
-    .expect("router")
-    .with_clock(clock.clone());
+    let providers: Vec<Arc<dyn Provider>> = vec![cheap.clone(), mid.clone()];
+    let r = Router::new(providers.clone(), live(&providers), config())
+        .expect("router")
+        .with_clock(clock.clone());
 
     // 09:00 UTC: no surge, cheap wins at $0.01.
     let est = r
@@ -572,7 +647,7 @@ async fn estimate_equals_the_actual_charge_for_fixed_price_models() {
             .generate(&request(), Policy::Cheapest, None)
             .await
             .expect("served");
-        assert_eq!(routed.generation.cost, est.expected, "{provider}/{model}");
+        assert_eq!(routed.charge.book, Some(est.expected), "{provider}/{model}");
         assert!(matches!(
             routed.decision.cost_basis,
             Some(CostBasis::Usage { .. })
@@ -610,35 +685,107 @@ async fn max_cost_refuses_before_any_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn pinned_models_and_the_provider_quote_fallback() {
-    // "unpriced" has no price-book entry: its own quote stands in.
-    let unpriced = Scripted::new("unpriced", &["x"], vec![]);
+async fn max_cost_skips_dear_candidates_even_for_fastest() {
+    // dear ($0.04) is fastest by far; a $0.015 cap must never call it.
+    let cheap = Scripted::new("cheap", &["m"], vec![]);
+    let dear = Scripted::new("dear", &["m"], vec![]);
+    let r = router(vec![dear.clone(), cheap.clone()], tuesday(9));
+    let est = r
+        .estimate(
+            &standard(),
+            square(),
+            Policy::Fastest,
+            Some(Micros(15_000)),
+            tuesday(9),
+        )
+        .expect("estimate");
+    let skipped = est
+        .candidates
+        .iter()
+        .find(|c| c.provider == "dear")
+        .expect("listed");
+    assert_eq!(
+        skipped.skipped_reason,
+        Some(SkipReason::OverMaxCost {
+            expected: Micros(40_000),
+            max_cost: Micros(15_000)
+        })
+    );
+    assert_eq!(
+        est.eligible()
+            .map(|c| c.provider.as_str())
+            .collect::<Vec<_>>(),
+        ["cheap"]
+    );
+    let routed = r
+        .generate(&request(), Policy::Fastest, Some(Micros(15_000)))
+        .await
+        .expect("served by the one under the cap");
+    assert_eq!(routed.generation.provider, "cheap");
+    assert_eq!(dear.calls(), 0);
+    // When the one under the cap fails, failover does not reach for the dear one.
+    let cheap_down = Scripted::always("cheap", &["m"], Step::Garbage);
+    let dear = Scripted::new("dear", &["m"], vec![]);
+    let r = router(vec![dear.clone(), cheap_down], tuesday(9));
+    let err = r
+        .generate(&request(), Policy::Fastest, Some(Micros(15_000)))
+        .await
+        .expect_err("nothing else under the cap");
+    assert!(matches!(err, RouteError::Exhausted { .. }), "{err}");
+    assert_eq!(dear.calls(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unpriced_models_are_charged_as_unknown_never_zero() {
+    let unpriced = Scripted::unpriced("nobook", &["x"]);
     let mid = Scripted::new("mid", &["m"], vec![]);
     let r = router(vec![unpriced.clone(), mid], tuesday(9));
     let pinned = ModelChoice::Pinned {
-        provider: "unpriced".into(),
+        provider: "nobook".into(),
         model: "x".into(),
     };
     let est = r
         .estimate(&pinned, square(), Policy::Cheapest, None, tuesday(9))
         .expect("estimate");
-    assert_eq!(est.candidates.len(), 1);
     let c = est.chosen.expect("chosen");
-    assert_eq!((c.price_source, c.expected), ("provider_quote", Micros(1)));
+    assert_eq!(c.price_source, PriceSource::Unpriced);
 
     let mut req = request();
-    req.model = pinned;
+    req.model = pinned.clone();
     let routed = r
         .generate(&req, Policy::Fastest, None)
         .await
         .expect("served");
-    assert_eq!(routed.generation.provider, "unpriced");
-    // Not in the book: the adapter's own figure is recorded, and says so.
-    assert_eq!(routed.generation.cost, Micros(999_999));
-    assert_eq!(
-        routed.decision.cost_basis,
-        Some(CostBasis::ProviderReported)
+    assert_eq!(routed.generation.provider, "nobook");
+    assert_eq!(routed.charge.book, None);
+    assert_eq!(routed.charge.micros(), None);
+    assert!(routed.charge.is_unpriced());
+    assert_eq!(routed.decision.cost_basis, Some(CostBasis::Unpriced));
+
+    // An unknown price cannot be held to a cap.
+    let err = r
+        .generate(&req, Policy::Fastest, Some(Micros(1_000_000)))
+        .await
+        .expect_err("skipped under a cap");
+    assert!(
+        matches!(err, RouteError::Unavailable { ref reasons, .. } if reasons.contains("unpriced_under_cap")),
+        "{err}"
     );
+
+    // Cheapest ranks an unknown price after every known one.
+    let both = router(
+        vec![
+            Scripted::unpriced("nobook", &["m"]),
+            Scripted::new("dear", &["m"], vec![]),
+        ],
+        tuesday(9),
+    );
+    let chosen = both
+        .estimate(&standard(), square(), Policy::Cheapest, None, tuesday(9))
+        .expect("estimate")
+        .chosen
+        .expect("chosen");
+    assert_eq!(chosen.provider, "dear");
 
     let nobody = ModelChoice::Pinned {
         provider: "mid".into(),
@@ -648,6 +795,144 @@ async fn pinned_models_and_the_provider_quote_fallback() {
         r.estimate(&nobody, square(), Policy::Cheapest, None, tuesday(9)),
         Err(RouteError::NoCandidate { .. })
     ));
+}
+
+#[test]
+fn an_offer_without_entry_or_unpriced_mark_stops_start_up() {
+    let providers: Vec<Arc<dyn Provider>> = vec![Scripted::new("nobook", &["x"], vec![])];
+    let err = LivePrices::new(book(), None, offered(&providers)).expect_err("refused");
+    assert!(
+        matches!(err, PriceError::Unpriced { ref models, .. } if models == &["nobook/x".to_string()]),
+        "{err}"
+    );
+    assert!(err.to_string().contains("unpriced = true"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retired_models_are_never_called_and_named_requests_learn_the_replacement() {
+    // "old" retired on 2026-11-01; it would be the cheapest.
+    let dear = Scripted::new("dear", &["old", "m"], vec![]);
+    let r = router(vec![dear.clone()], tuesday(9));
+    let est = r
+        .estimate(&standard(), square(), Policy::Cheapest, None, tuesday(9))
+        .expect("estimate");
+    let old = est
+        .candidates
+        .iter()
+        .find(|c| c.model == "old")
+        .expect("listed");
+    assert!(
+        matches!(old.skipped_reason, Some(SkipReason::Retired { ref replacement, .. }) if replacement.as_deref() == Some("m")),
+        "{old:?}"
+    );
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
+    assert_eq!(routed.generation.model, "m");
+
+    let mut req = request();
+    req.model = ModelChoice::Pinned {
+        provider: "dear".into(),
+        model: "old".into(),
+    };
+    let err = r
+        .generate(&req, Policy::Cheapest, None)
+        .await
+        .expect_err("retired");
+    match &err {
+        RouteError::Retired {
+            model,
+            on,
+            replacement,
+        } => {
+            assert_eq!(model, "dear/old");
+            assert_eq!(on.to_string(), "2026-11-01");
+            assert_eq!(replacement.as_deref(), Some("m"));
+        }
+        other => panic!("expected Retired, got {other}"),
+    }
+    assert!(err.to_string().contains("use m instead"), "{err}");
+    assert_eq!(dear.calls(), 1, "only the current model was called");
+
+    // Named although no provider offers it any more: still told the replacement.
+    let gone = router(vec![Scripted::new("dear", &["m"], vec![])], tuesday(9));
+    let err = gone
+        .generate(&req, Policy::Cheapest, None)
+        .await
+        .expect_err("retired");
+    assert!(matches!(err, RouteError::Retired { .. }), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reported_cost_wins_and_a_disagreement_is_flagged() {
+    // dear is $0.04 in the book and says it charged 4 credits ($0.04): agreement.
+    let mut dear = Scripted::new("dear", &["m"], vec![]);
+    Arc::get_mut(&mut dear).expect("fresh").reports_credits = Some(4.0);
+    let r = router(vec![dear], tuesday(9));
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
+    assert_eq!(routed.charge.book, Some(Micros(40_000)));
+    assert_eq!(routed.charge.reported, Some(Micros(40_000)));
+    assert!(!routed.charge.disagrees);
+    // It says it charged 5 credits: the report wins and the 25% gap is flagged.
+    let mut dear = Scripted::new("dear", &["m"], vec![]);
+    Arc::get_mut(&mut dear).expect("fresh").reports_credits = Some(5.0);
+    let r = router(vec![dear], tuesday(9));
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
+    assert_eq!(routed.charge.micros(), Some(Micros(50_000)));
+    assert!(routed.charge.disagrees);
+    assert_eq!(routed.charge.disagreement_pct, Some(25.0));
+    let json = serde_json::to_value(&routed.charge).expect("serializes");
+    assert_eq!(json["disagrees"], true);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_book_prices_the_next_call_and_a_broken_one_is_refused() {
+    let cheap = Scripted::new("cheap", &["m"], vec![]);
+    let r = router(vec![cheap], tuesday(9));
+    let before = r.price_book().version().to_string();
+    let quote = |r: &Router| {
+        r.estimate(&standard(), square(), Policy::Cheapest, None, tuesday(9))
+            .expect("estimate")
+            .chosen
+            .expect("chosen")
+            .expected
+    };
+    assert_eq!(quote(&r), Micros(10_000));
+    let dearer = BOOK.replace("usd = 0.01 }", "usd = 0.015 }");
+    let reloaded = r
+        .prices()
+        .install_text(&dearer, "edited")
+        .expect("valid book");
+    assert!(reloaded.changed && reloaded.previous == before);
+    assert_eq!(quote(&r), Micros(15_000));
+    let routed = r
+        .generate(&request(), Policy::Cheapest, None)
+        .await
+        .expect("served");
+    assert_eq!(routed.charge.book, Some(Micros(15_000)));
+    assert_eq!(routed.charge.book_version, reloaded.version);
+
+    // Broken TOML: refused with its line and column; the old book keeps serving.
+    let err = r
+        .prices()
+        .install_text(&dearer.replace("usd = 0.015 }", "usd = }"), "broken")
+        .expect_err("refused");
+    assert!(err.to_string().contains("line"), "{err}");
+    assert_eq!(quote(&r), Micros(15_000));
+    // A book that drops an offered model's entry is refused too.
+    let dropped = BOOK.replace("provider = \"cheap\"", "provider = \"elsewhere\"");
+    assert!(matches!(
+        r.prices().install_text(&dropped, "dropped"),
+        Err(PriceError::Unpriced { .. })
+    ));
+    assert_eq!(quote(&r), Micros(15_000));
 }
 
 #[tokio::test(start_paused = true)]
@@ -714,15 +999,16 @@ fn bad_router_config_is_refused() {
         Scripted::new("a", &["m"], vec![]),
         Scripted::new("a", &["m"], vec![]),
     ];
+    let prices = Arc::new(LivePrices::new(book(), None, Vec::new()).expect("empty offers"));
     assert!(matches!(
-        Router::new(providers, book(), RouterConfig::default()),
+        Router::new(providers, prices.clone(), RouterConfig::default()),
         Err(RouteError::Config(_))
     ));
     let bad = RouterConfig {
         latency_ewma_alpha: 0.0,
         ..RouterConfig::default()
     };
-    assert!(Router::new(Vec::new(), book(), bad).is_err());
+    assert!(Router::new(Vec::new(), prices, bad).is_err());
     let parsed: RouterConfig =
         toml::from_str("policy = \"balanced\"\n[breaker]\nfailure_threshold = 3\n")
             .expect("parses");
@@ -732,20 +1018,22 @@ fn bad_router_config_is_refused() {
 }
 
 /// The embedded `local` provider priced by the real config/pricing.toml: the router's
-/// estimate, the charge it records and the provider's own quote agree.
+/// estimate and the charge it records agree.
 #[tokio::test]
 async fn the_local_provider_is_priced_by_the_real_book() {
     use crate::local::{LocalConfig, LocalProvider};
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/pricing.toml");
-    let book = Arc::new(PriceBook::load(path).expect("config/pricing.toml"));
-    let local = Arc::new(
+    let book = PriceBook::load(path).expect("config/pricing.toml");
+    let local: Arc<dyn Provider> = Arc::new(
         LocalProvider::new(LocalConfig {
             latency_ms: 1,
             ..LocalConfig::default()
         })
         .expect("local provider"),
     );
-    let r = Router::new(vec![local.clone()], book, RouterConfig::default()).expect("router");
+    let providers = vec![local];
+    let prices = Arc::new(LivePrices::new(book, None, offered(&providers)).expect("priced"));
+    let r = Router::new(providers, prices, RouterConfig::default()).expect("router");
     let size = Size {
         width: 256,
         height: 192,
@@ -755,14 +1043,14 @@ async fn the_local_provider_is_priced_by_the_real_book() {
         .expect("estimate")
         .chosen
         .expect("chosen");
-    assert_eq!(est.price_source, "price_book");
+    assert_eq!(est.price_source, PriceSource::PriceBook);
     let mut req = request();
     req.size = size;
     let routed = r
         .generate(&req, Policy::Cheapest, None)
         .await
         .expect("drawn");
-    assert_eq!(routed.generation.cost, est.expected);
-    assert_eq!(routed.generation.cost, local.quote("procedural-v1", size));
-    assert_eq!(routed.generation.cost, Micros(94));
+    assert_eq!(routed.charge.book, Some(est.expected));
+    // 256x192 is 3/64 of 1024x1024 at $0.002.
+    assert_eq!(routed.charge.micros(), Some(Micros(94)));
 }

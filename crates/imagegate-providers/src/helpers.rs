@@ -1,6 +1,7 @@
-//! HTTP plumbing shared by the adapters of remote APIs: the API key wrapper that never
-//! prints, the client with its timeout, bounded body reads, `Retry-After`, the
-//! mapping of HTTP statuses to [`ProviderError`], and the sniffing of returned bytes.
+//! What every remote adapter shares, written once: the API key wrapper that never
+//! prints, the client with its timeout, sending a request and reading its body with a
+//! limit, `Retry-After`, the mapping of HTTP statuses to [`ProviderError`], the
+//! sniffing of returned bytes, and cancelling a queued prediction that was abandoned.
 //!
 //! Each adapter still parses its own error bodies (they differ per provider) and
 //! decides what counts as a content-policy refusal; this module handles the rest.
@@ -9,6 +10,7 @@ use crate::ProviderError;
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
@@ -76,7 +78,6 @@ pub(crate) fn validate_common(
     provider: &str,
     base_url: &str,
     timeout_secs: u64,
-    expected_usd_per_image: f64,
     models_empty: bool,
 ) -> Result<(), ProviderError> {
     let fail = |message: String| {
@@ -90,11 +91,6 @@ pub(crate) fn validate_common(
     }
     if timeout_secs == 0 {
         return fail("timeout_secs must be at least 1".into());
-    }
-    if !(expected_usd_per_image.is_finite() && expected_usd_per_image >= 0.0) {
-        return fail(format!(
-            "expected_usd_per_image must be a non-negative number, not {expected_usd_per_image}"
-        ));
     }
     if models_empty {
         return fail("models is empty".into());
@@ -110,6 +106,8 @@ pub(crate) struct Endpoint {
     pub base_url: String,
     pub client: reqwest::Client,
     pub timeout: Duration,
+    /// Largest answer body read (JSON with a base64 image included).
+    pub max_body: usize,
 }
 
 impl Endpoint {
@@ -118,23 +116,28 @@ impl Endpoint {
         provider: &str,
         base_url: &str,
         timeout_secs: u64,
-        expected_usd_per_image: f64,
         no_models: bool,
     ) -> Result<Endpoint, ProviderError> {
-        validate_common(
-            provider,
-            base_url,
-            timeout_secs,
-            expected_usd_per_image,
-            no_models,
-        )?;
+        validate_common(provider, base_url, timeout_secs, no_models)?;
         let timeout = Duration::from_secs(timeout_secs);
         Ok(Endpoint {
             base_url: trim_base(base_url),
             client: client(provider, timeout)?,
             timeout,
+            max_body: MAX_RESPONSE_BYTES,
         })
     }
+
+    /// Reads answers of at most `bytes` (a provider's `max_response_bytes`).
+    pub(crate) fn with_max_body(mut self, bytes: u64) -> Endpoint {
+        self.max_body = usize::try_from(bytes).unwrap_or(usize::MAX);
+        self
+    }
+}
+
+/// The default for `max_response_bytes`.
+pub(crate) fn default_max_response_bytes() -> u64 {
+    MAX_RESPONSE_BYTES as u64
 }
 
 pub(crate) fn trim_base(base: &str) -> String {
@@ -189,6 +192,68 @@ pub(crate) async fn read_limited(
     Ok(body)
 }
 
+/// What one HTTP exchange brought back: status, headers and the (bounded) body.
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+/// Sends `request` and reads at most `limit` bytes of the answer, whatever its status.
+pub(crate) async fn send(
+    provider: &str,
+    timeout: Duration,
+    request: reqwest::RequestBuilder,
+    limit: usize,
+) -> Result<Answer, ProviderError> {
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| transport_error(provider, timeout, e))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = read_limited(provider, timeout, resp, limit).await?;
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Sends `request`; a success is parsed as `T` (and kept as a JSON value for audits),
+/// anything else goes through the adapter's own `error_from`.
+pub(crate) async fn send_json<T: DeserializeOwned>(
+    provider: &str,
+    endpoint: &Endpoint,
+    request: reqwest::RequestBuilder,
+    error_from: impl FnOnce(&Answer) -> ProviderError,
+) -> Result<(T, serde_json::Value), ProviderError> {
+    let answer = send(provider, endpoint.timeout, request, endpoint.max_body).await?;
+    if !answer.status.is_success() {
+        return Err(error_from(&answer));
+    }
+    parse_json(provider, &answer.body)
+}
+
+/// A JSON body as `T`, and as a value.
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    provider: &str,
+    body: &[u8],
+) -> Result<(T, serde_json::Value), ProviderError> {
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| bad_response(provider, format!("body is not JSON: {e}")))?;
+    let parsed = T::deserialize(&value)
+        .map_err(|e| bad_response(provider, format!("unexpected JSON shape: {e}")))?;
+    Ok((parsed, value))
+}
+
+/// A number of seconds from a provider (`Retry-After`, Google's `retryDelay`) as a
+/// `Duration`, or none when it is negative, not a number, or too large to be one:
+/// whatever a provider sends must never panic.
+pub(crate) fn seconds(secs: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(secs).ok()
+}
+
 /// `Retry-After` as delta-seconds or an HTTP date (RFC 9110 §10.2.3).
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -196,9 +261,7 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     if let Ok(secs) = value.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Some(Duration::from_secs_f64(secs));
-        }
+        return seconds(secs);
     }
     let when = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -280,6 +343,181 @@ pub(crate) fn decode_base64(provider: &str, data: &str) -> Result<Vec<u8>, Provi
     base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| bad_response(provider, format!("image is not valid base64: {e}")))
+}
+
+/// Downloads an output file (a URL a queue API answered with) with a size limit;
+/// `auth` is sent only when the caller has checked the URL's host is the provider's.
+pub(crate) async fn download(
+    provider: &str,
+    endpoint: &Endpoint,
+    url: &str,
+    limit: u64,
+    auth: Option<(&str, String)>,
+) -> Result<Vec<u8>, ProviderError> {
+    if let Some(data) = url.strip_prefix("data:") {
+        // Some queues answer small outputs inline as data URLs.
+        return decode_base64(provider, &format!("data:{data}"));
+    }
+    let parsed =
+        reqwest::Url::parse(url).map_err(|_| bad_response(provider, "output is not a URL"))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(bad_response(provider, "output URL is not http(s)"));
+    }
+    let mut request = endpoint.client.get(parsed);
+    if let Some((header, value)) = auth {
+        request = request.header(header, value);
+    }
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let answer = send(provider, endpoint.timeout, request, limit).await?;
+    if !answer.status.is_success() {
+        return Err(ProviderError::Upstream {
+            provider: provider.to_string(),
+            message: format!("downloading the output failed with HTTP {}", answer.status),
+        });
+    }
+    Ok(answer.body)
+}
+
+/// The host of `url`, if it is a URL with one.
+pub(crate) fn host_of(url: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+}
+
+/// Whether `url` points at `base_host` or a subdomain of one of `domains`: the only
+/// hosts a queue API's key may be sent to, whatever URL its answers name.
+pub(crate) fn trusted_host(url: &str, base_host: Option<&str>, domains: &[&str]) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    base_host == Some(host)
+        || domains
+            .iter()
+            .any(|d| host == *d || host.ends_with(&format!(".{d}")))
+}
+
+/// Poll intervals: doubling from `first` up to `max`, a rate limit's or a blip's wait
+/// honoured up to four times `max`.
+pub(crate) struct PollSchedule {
+    interval: Duration,
+    max: Duration,
+}
+
+impl PollSchedule {
+    pub(crate) fn new(first_ms: u64, max_ms: u64) -> PollSchedule {
+        PollSchedule {
+            interval: Duration::from_millis(first_ms),
+            max: Duration::from_millis(max_ms),
+        }
+    }
+
+    /// The wait before the next poll after a normal answer.
+    pub(crate) fn next(&mut self) -> Duration {
+        let now = self.interval;
+        self.interval = (self.interval * 2).min(self.max);
+        now
+    }
+
+    /// The wait after a poll that was rate limited or hit a 5xx blip.
+    pub(crate) fn after_blip(&mut self, retry_after: Option<Duration>) -> Duration {
+        retry_after.unwrap_or(self.interval).min(self.max * 4)
+    }
+}
+
+/// Validates the queue settings every queue-style adapter shares.
+pub(crate) fn validate_queue(
+    provider: &str,
+    poll_interval_ms: u64,
+    max_poll_interval_ms: u64,
+    max_wait_secs: u64,
+    max_download_bytes: u64,
+) -> Result<(), ProviderError> {
+    let fail = |message: &str| {
+        Err(ProviderError::Config {
+            provider: provider.to_string(),
+            message: message.to_string(),
+        })
+    };
+    if poll_interval_ms == 0 || max_poll_interval_ms < poll_interval_ms {
+        return fail("poll_interval_ms must be at least 1 and at most max_poll_interval_ms");
+    }
+    if max_wait_secs == 0 || max_download_bytes == 0 {
+        return fail("max_wait_secs and max_download_bytes must be positive");
+    }
+    Ok(())
+}
+
+/// Cancels a queued prediction when the call waiting for it is dropped (the caller
+/// went away, or the router's attempt timed out) before the adapter saw it finish,
+/// so an abandoned prediction stops running and billing upstream. The cancel request
+/// goes out on a task of its own, since a drop cannot wait.
+pub(crate) struct CancelOnDrop {
+    armed: Option<reqwest::RequestBuilder>,
+    provider: String,
+    id: String,
+}
+
+impl CancelOnDrop {
+    pub(crate) fn new(provider: &str, id: &str, cancel: reqwest::RequestBuilder) -> CancelOnDrop {
+        CancelOnDrop {
+            armed: Some(cancel),
+            provider: provider.to_string(),
+            id: id.to_string(),
+        }
+    }
+
+    /// The prediction ended on its own: nothing to cancel.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = None;
+    }
+
+    /// Cancels now, waiting for the answer (the adapter's own deadline passed).
+    pub(crate) async fn cancel_now(&mut self) {
+        if let Some(request) = self.armed.take() {
+            log_cancel(&self.provider, &self.id, request.send().await);
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(request) = self.armed.take() else {
+            return;
+        };
+        let (provider, id) = (
+            std::mem::take(&mut self.provider),
+            std::mem::take(&mut self.id),
+        );
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    log_cancel(&provider, &id, request.send().await);
+                });
+            }
+            Err(_) => tracing::warn!(provider = %provider, prediction = %id,
+                "abandoned prediction not cancelled: no runtime to send the cancel on"),
+        }
+    }
+}
+
+fn log_cancel(provider: &str, id: &str, result: Result<reqwest::Response, reqwest::Error>) {
+    match result {
+        Ok(resp) if resp.status().is_success() => {
+            tracing::info!(
+                provider,
+                prediction = id,
+                "cancelled an abandoned prediction upstream"
+            );
+        }
+        Ok(resp) => tracing::warn!(provider, prediction = id, status = %resp.status(),
+            "cancelling an abandoned prediction was refused"),
+        Err(e) => tracing::warn!(provider, prediction = id, error = %e.without_url(),
+            "cancelling an abandoned prediction failed"),
+    }
 }
 
 /// What the returned bytes are, judged from their header only (no pixel decoding).
@@ -365,6 +603,39 @@ mod tests {
         assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120));
         h.insert(RETRY_AFTER, "soon".parse().expect("valid header"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever a provider puts in Retry-After, reading it never panics.
+        #[test]
+        fn retry_after_never_panics(value in "\\PC{0,40}", secs in proptest::num::f64::ANY) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = value.parse() {
+                h.insert(RETRY_AFTER, v);
+                let _ = retry_after(&h);
+            }
+            if let Ok(v) = secs.to_string().parse() {
+                h.insert(RETRY_AFTER, v);
+                let _ = retry_after(&h);
+            }
+            let _ = seconds(secs);
+        }
+    }
+
+    #[test]
+    fn absurd_retry_after_values_are_ignored() {
+        let mut h = HeaderMap::new();
+        for v in [
+            "1e300",
+            "-5",
+            "NaN",
+            "inf",
+            "18446744073709551616",
+            "99999999999999999999.5",
+        ] {
+            h.insert(RETRY_AFTER, v.parse().expect("valid header"));
+            assert_eq!(retry_after(&h), None, "{v}");
+        }
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-mod common;
-use common::png;
+use crate::common::{png, received_one};
+use crate::conformance::{Failure, Wire, BODY_LIMIT, OVERSIZED, RETRY_AFTER};
+use async_trait::async_trait;
+use std::sync::Arc;
 
 const KEY_ENV: &str = "IMAGEGATE_TEST_REPLICATE_TOKEN";
 const KEY: &str = "r8_testtoken0123456789";
@@ -228,39 +230,6 @@ async fn failed_prediction_is_upstream_and_nsfw_failure_is_content_rejected() {
 }
 
 #[tokio::test]
-async fn oversized_download_is_refused() {
-    let server = MockServer::start().await;
-    let file_url = format!("{}/files/huge.png", server.uri());
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
-            &server,
-            "succeeded",
-            serde_json::json!([file_url]),
-        )))
-        .mount(&server)
-        .await;
-    let mut huge = png(8, 8);
-    huge.resize(4096, 0);
-    Mock::given(method("GET"))
-        .and(path("/files/huge.png"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(huge, "image/png"))
-        .mount(&server)
-        .await;
-    let e = ReplicateProvider::new(ReplicateConfig {
-        max_download_bytes: 1024,
-        ..config(&server)
-    })
-    .expect("builds")
-    .generate(&request(FLUX))
-    .await
-    .expect_err("too big");
-    assert!(
-        matches!(e, ProviderError::BadResponse { ref message, .. } if message.contains("1024")),
-        "{e:?}"
-    );
-}
-
-#[tokio::test]
 async fn prediction_past_max_wait_is_canceled_and_times_out() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
@@ -302,66 +271,6 @@ async fn prediction_past_max_wait_is_canceled_and_times_out() {
     assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
 }
 
-async fn create_error(template: ResponseTemplate) -> ProviderError {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(template)
-        .mount(&server)
-        .await;
-    ReplicateProvider::new(ReplicateConfig {
-        timeout_secs: 1,
-        ..config(&server)
-    })
-    .expect("builds")
-    .generate(&request(FLUX))
-    .await
-    .expect_err("create fails")
-}
-
-#[tokio::test]
-async fn create_errors_map_to_ours() {
-    let e = create_error(ResponseTemplate::new(401).set_body_json(serde_json::json!({
-        "title": "Unauthenticated", "detail": "You did not pass a valid authentication token", "status": 401
-    })))
-    .await;
-    assert!(
-        matches!(e, ProviderError::Config { ref message, .. } if message.contains(KEY_ENV) && !message.contains(KEY)),
-        "{e:?}"
-    );
-
-    let e = create_error(
-        ResponseTemplate::new(429)
-            .insert_header("retry-after", "3")
-            .set_body_json(serde_json::json!({
-                "title": "Request was throttled", "detail": "Request was throttled. Your rate limit resets in ~3s.", "status": 429
-            })),
-    )
-    .await;
-    assert!(
-        matches!(e, ProviderError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(3)),
-        "{e:?}"
-    );
-
-    // The documented body alone, without a Retry-After header.
-    let e = create_error(ResponseTemplate::new(429).set_body_json(serde_json::json!({
-        "detail": "Request was throttled. Expected available in 1 second."
-    })))
-    .await;
-    assert!(
-        matches!(e, ProviderError::RateLimited { retry_after: Some(d), .. } if d == Duration::from_secs(1)),
-        "{e:?}"
-    );
-
-    let e = create_error(ResponseTemplate::new(500).set_body_string("Internal Server Error")).await;
-    assert!(matches!(e, ProviderError::Upstream { .. }), "{e:?}");
-
-    let e = create_error(ResponseTemplate::new(201).set_delay(Duration::from_secs(3))).await;
-    assert!(matches!(e, ProviderError::Timeout { .. }), "{e:?}");
-
-    let e = create_error(ResponseTemplate::new(201).set_body_string("{\"id\": ")).await;
-    assert!(matches!(e, ProviderError::BadResponse { .. }), "{e:?}");
-}
-
 #[tokio::test]
 async fn non_image_output_is_a_bad_response_and_foreign_hosts_get_no_token() {
     let server = MockServer::start().await;
@@ -394,4 +303,171 @@ async fn non_image_output_is_a_bad_response_and_foreign_hosts_get_no_token() {
         got[0].headers.get("authorization").is_none(),
         "token leaked to a foreign host"
     );
+}
+
+#[tokio::test]
+async fn a_prediction_whose_caller_went_away_is_canceled_upstream() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(format!("/v1/models/{FLUX}/predictions")))
+        .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+            &server,
+            "starting",
+            serde_json::Value::Null,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(POLL_PATH))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "processing",
+            serde_json::Value::Null,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path(format!("{POLL_PATH}/cancel")))
+        .and(header("authorization", format!("Bearer {KEY}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+            &server,
+            "canceled",
+            serde_json::Value::Null,
+        )))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let p = ReplicateProvider::new(config(&server)).expect("builds");
+    // The caller (or the router's attempt timeout) gives up while it is processing.
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(300), p.generate(&request(FLUX))).await;
+    assert!(abandoned.is_err(), "still running when abandoned");
+    // The cancel goes out on its own task.
+    assert!(
+        received_one(&server, |r| r.url.path().ends_with("/cancel")).await,
+        "the abandoned prediction was not canceled"
+    );
+}
+
+pub struct ReplicateWire;
+
+#[async_trait]
+impl Wire for ReplicateWire {
+    fn key_env(&self) -> &'static str {
+        KEY_ENV
+    }
+    fn key(&self) -> &'static str {
+        KEY
+    }
+    fn model(&self) -> &'static str {
+        FLUX
+    }
+    fn provider(&self, server: &MockServer) -> Arc<dyn Provider> {
+        Arc::new(
+            ReplicateProvider::new(ReplicateConfig {
+                timeout_secs: 1,
+                max_download_bytes: BODY_LIMIT,
+                ..config(server)
+            })
+            .expect("builds"),
+        )
+    }
+    async fn serve_success(&self, server: &MockServer, image: &[u8]) {
+        Mock::given(method("POST"))
+            .and(path(format!("/v1/models/{FLUX}/predictions")))
+            .and(header("authorization", format!("Bearer {KEY}").as_str()))
+            .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+                server,
+                "starting",
+                serde_json::Value::Null,
+            )))
+            .expect(1)
+            .mount(server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path(POLL_PATH))
+            .respond_with(ResponseTemplate::new(200).set_body_json(prediction(
+                server,
+                "succeeded",
+                serde_json::json!([format!("{}/files/out.png", server.uri())]),
+            )))
+            .mount(server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/files/out.png"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(image.to_vec(), "image/png"))
+            .mount(server)
+            .await;
+    }
+    async fn serve_failure(&self, server: &MockServer, failure: Failure) {
+        let problem = |status: u16, title: &str, detail: &str| {
+            ResponseTemplate::new(status).set_body_json(serde_json::json!({
+                "title": title, "detail": detail, "status": status
+            }))
+        };
+        let file = |body: Vec<u8>| async move {
+            Mock::given(method("POST"))
+                .and(path(format!("/v1/models/{FLUX}/predictions")))
+                .respond_with(ResponseTemplate::new(201).set_body_json(prediction(
+                    server,
+                    "succeeded",
+                    serde_json::json!(format!("{}/files/out.png", server.uri())),
+                )))
+                .mount(server)
+                .await;
+            Mock::given(method("GET"))
+                .and(path("/files/out.png"))
+                .respond_with(ResponseTemplate::new(200).set_body_raw(body, "image/png"))
+                .mount(server)
+                .await;
+        };
+        let create = match failure {
+            Failure::Unauthorized => problem(
+                401,
+                "Unauthenticated",
+                &format!("You did not pass a valid authentication token: {KEY}"),
+            ),
+            // Replicate documents the wait in the body, not in a header.
+            Failure::RateLimited => problem(
+                429,
+                "Request was throttled",
+                &format!(
+                    "Request was throttled. Expected available in {} seconds.",
+                    RETRY_AFTER.as_secs()
+                ),
+            ),
+            Failure::ServerError => problem(
+                500,
+                "Internal Server Error",
+                "Something went wrong on our end.",
+            ),
+            Failure::Slow => ResponseTemplate::new(201)
+                .set_body_json(prediction(server, "starting", serde_json::Value::Null))
+                .set_delay(Duration::from_secs(3)),
+            Failure::Garbage => ResponseTemplate::new(201).set_body_string("<html>oops</html>"),
+            Failure::NotAnImage => return file(b"<html>not found</html>".to_vec()).await,
+            Failure::Oversized => return file(vec![0x89; OVERSIZED]).await,
+            Failure::Refusal => {
+                let mut failed = prediction(server, "failed", serde_json::Value::Null);
+                failed["error"] = serde_json::json!(
+                    "NSFW content detected. Try running it again, or try a different prompt."
+                );
+                Mock::given(method("GET"))
+                    .and(path(POLL_PATH))
+                    .respond_with(ResponseTemplate::new(200).set_body_json(failed))
+                    .mount(server)
+                    .await;
+                ResponseTemplate::new(201).set_body_json(prediction(
+                    server,
+                    "processing",
+                    serde_json::Value::Null,
+                ))
+            }
+        };
+        Mock::given(method("POST"))
+            .and(path(format!("/v1/models/{FLUX}/predictions")))
+            .respond_with(create)
+            .mount(server)
+            .await;
+    }
 }

@@ -15,6 +15,8 @@ fn every_remote_kind_parses_with_defaults() {
         "google",
         "replicate",
         "automatic1111",
+        "bfl",
+        "fal",
     ] {
         let c = parse(serde_json::json!({"kind": kind})).unwrap_or_else(|e| panic!("{kind}: {e}"));
         let json = serde_json::to_value(&c).expect("serializes");
@@ -34,6 +36,8 @@ fn unknown_fields_are_refused() {
         "google",
         "replicate",
         "automatic1111",
+        "bfl",
+        "fal",
     ] {
         let e = parse(serde_json::json!({"kind": kind, "api_key": "sk-oops"}));
         assert!(e.is_err(), "{kind} accepted an unknown field");

@@ -1,11 +1,9 @@
 //! Fixtures shared by the adapter tests.
 
-// Each test binary compiles this module and uses a different subset of it.
-#![allow(dead_code)]
-
 use base64::Engine as _;
 use imagegate_core::Size;
 use imagegate_providers::ProviderRequest;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// A small, valid PNG of one colour: what a provider sends back.
 pub fn png(width: u32, height: u32) -> Vec<u8> {
@@ -29,4 +27,27 @@ pub fn request(model: &str, width: u32, height: u32) -> ProviderRequest {
         size: Size { width, height },
         seed: 42,
     }
+}
+
+/// A server that answers every request with `template`.
+pub async fn answering(template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    server
+}
+
+/// Waits (up to a second) until `server` has received one request matching `which`:
+/// for requests an adapter sends on a task of its own, such as a cancel.
+pub async fn received_one(server: &MockServer, which: impl Fn(&wiremock::Request) -> bool) -> bool {
+    for _ in 0..50 {
+        let got = server.received_requests().await.expect("recording on");
+        if got.iter().filter(|r| which(r)).count() == 1 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
 }

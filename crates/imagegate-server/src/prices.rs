@@ -1,0 +1,95 @@
+//! The price book over HTTP: `GET /v1/prices` shows the book in force, and
+//! `POST /v1/admin/prices/reload` reads its file again (as SIGHUP does).
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use std::sync::Arc;
+
+/// The book in force: per provider and model, a 1024x1024 image at each quality tier
+/// with the surge and discount in force now, status (current, deprecated, retired)
+/// and where the price was read.
+#[utoipa::path(
+    get,
+    path = "/v1/prices",
+    tag = "costs",
+    responses(
+        (status = 200, description = "The price book in force", body = PricesBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::RateLimited),
+    ),
+)]
+pub(crate) async fn prices(State(state): State<Arc<AppState>>) -> Response {
+    let book = state.pipeline.prices().current();
+    Json(serde_json::json!({
+        "version": book.version(),
+        "origin": book.origin(),
+        "at": chrono::Utc::now(),
+        "models": book.listing(chrono::Utc::now()),
+    }))
+    .into_response()
+}
+
+/// Reads the price book's file again and installs it; a broken file is refused with
+/// its line and column, and the old book stays in force. Admin keys only (or the
+/// anonymous loopback operator while no key exists).
+#[utoipa::path(
+    post,
+    path = "/v1/admin/prices/reload",
+    tag = "costs",
+    responses(
+        (status = 200, description = "Installed (or unchanged)", body = ReloadedBody),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 422, response = crate::openapi::BadPriceBook),
+        (status = 429, response = crate::openapi::RateLimited),
+    ),
+)]
+pub(crate) async fn reload(
+    State(state): State<Arc<AppState>>,
+    crate::routes::Caller(ctx): crate::routes::Caller,
+) -> Result<Response, ApiError> {
+    // Anonymous requests reach here only from loopback while no key exists, which is
+    // the operator on the machine. Keys carry no admin scope yet, so a key is refused.
+    if ctx.api_key.is_some() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            "reloading prices needs an admin key",
+        ));
+    }
+    let reloaded = state.pipeline.prices().reload_file().map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "bad_price_book",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(reloaded).into_response())
+}
+
+/// `GET /v1/prices`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PricesBody {
+    /// The book's version: a hash of its text.
+    version: String,
+    /// The file (or fleet replica) it was read from.
+    origin: String,
+    at: String,
+    /// Per provider and model; see `imagegate prices list`.
+    models: Vec<serde_json::Value>,
+}
+
+/// `POST /v1/admin/prices/reload`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ReloadedBody {
+    version: String,
+    previous: String,
+    changed: bool,
+    entries: usize,
+}
