@@ -307,9 +307,80 @@ async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
         .await
         .unwrap();
     assert_eq!(manifest.status(), 404);
-    // The provider was paid before the store failed: that charge is in the ledger,
-    // as a failed request, and counts against the caller's budget.
-    assert_eq!(paid_generations(&ledger, &id).await, 1);
+    // The store was down before any provider was called: nothing was paid.
+    assert_eq!(paid_generations(&ledger, &id).await, 0);
+
+    // The same process, not restarted, works again.
+    let (status, _, body) = post(&replica, request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "miss");
+    assert_eq!(paid_generations(&ledger, &id).await, 1, "paid once: {body}");
+    let (status, _, body) = post(&replica, request).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "hit");
+    let ready = client().get(replica.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+/// The store fails after the provider has been paid (Garage stops while the
+/// generation runs): the answer is 503, the charge is in the ledger as a failed
+/// request and counts against the budget, a retry while the store is down pays
+/// nothing more, and once it is back the paid work is published, not paid again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the_work() {
+    let mut garage = Garage::start();
+    let replica = Replica::new(ReplicaOptions {
+        garage: &garage,
+        ledger_url: None,
+        latency_ms: 2_000,
+        lease_ttl_secs: 30,
+        daily_budget_usd: None,
+    });
+    let ledger_url = format!("sqlite://{}/data/ledger.db", replica.dir.path().display());
+    let request = serde_json::json!({"prompt": "a lighthouse in a storm, paid for"});
+    let estimate: serde_json::Value = client()
+        .post(replica.url("/v1/estimate"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = estimate["id"].as_str().unwrap().to_string();
+    let key: imagegate_core::ContentKey = id.parse().unwrap();
+    let url = replica.url("/v1/images");
+    let first = tokio::spawn({
+        let request = request.clone();
+        async move {
+            let r = client().post(url).json(&request).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<serde_json::Value>().await.unwrap())
+        }
+    });
+    // The replica holds the key's lease once it has looked in the store and gone to
+    // the provider: then the store goes away.
+    let ledger = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
+        url: ledger_url.clone(),
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ledger
+        .try_acquire_lease(key, "probe", Duration::from_secs(60))
+        .await
+        .unwrap()
+    {
+        ledger.release_lease(key, "probe").await.unwrap();
+        assert!(std::time::Instant::now() < deadline, "never generated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    garage.stop();
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "storage_unavailable");
+
+    assert_eq!(ledger.paid_generations(key).await.unwrap(), 1);
     let costs: serde_json::Value = client()
         .get(replica.url("/v1/costs?group_by=status,stage"))
         .send()
@@ -328,30 +399,34 @@ async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
         failed_generate["micros"].as_i64().unwrap() >= 2_000,
         "{costs}"
     );
-    let today = chrono::Utc::now() - chrono::Duration::hours(1);
-    let committed = {
-        let l = imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
-            url: ledger.clone(),
-        })
+    let committed = ledger
+        .committed(None, chrono::Utc::now() - chrono::Duration::hours(1))
         .await
         .unwrap();
-        let c = l.committed(None, today).await.unwrap();
-        l.close().await;
-        c
-    };
     assert!(committed.0 >= 2_000, "the budget sees {committed}");
 
-    // The same process, not restarted, works again, and finishes the paid work
-    // instead of paying the provider a second time.
+    // A retry while the store is still down pays nothing more.
+    let (status, _, body) = post(&replica, request.clone()).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(ledger.paid_generations(key).await.unwrap(), 1);
+
+    // Back up: the paid work is published (not paid again), then served as a hit.
+    garage.start_again();
     let (status, _, body) = post(&replica, request.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cache"], "miss");
-    assert_eq!(paid_generations(&ledger, &id).await, 1, "paid once: {body}");
+    let reused = body["cost"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "generate")
+        .unwrap_or_else(|| panic!("no generate stage: {body}"));
+    assert_eq!(reused["detail"]["reused"], "rendered files", "{body}");
+    assert_eq!(ledger.paid_generations(key).await.unwrap(), 1);
     let (status, _, body) = post(&replica, request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["cache"], "hit");
-    let ready = client().get(replica.url("/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), 200);
+    ledger.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
