@@ -2,7 +2,7 @@
 //! the official `openai` Python client, API keys, rate limits, logs that carry
 //! request ids and never secrets, and a graceful stop on SIGTERM.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -180,6 +180,9 @@ async fn keys_gate_every_api_route_and_revocation_applies() {
         )
     });
     let server = site.serve(&[]);
+    // It prints the wildcard it listens on; a client calls it by loopback (a Host of
+    // 0.0.0.0 is no loopback name, so it would not be anonymous).
+    let local = server.base.replace("0.0.0.0", "127.0.0.1");
     let estimate = |auth: Option<String>, base: String| async move {
         let mut r = client()
             .post(format!("{base}/v1/estimate"))
@@ -192,7 +195,7 @@ async fn keys_gate_every_api_route_and_revocation_applies() {
         (status, r.json::<serde_json::Value>().await.unwrap())
     };
     // No key exists: loopback callers may be anonymous, others may not.
-    assert_eq!(estimate(None, server.base.clone()).await.0, 200);
+    assert_eq!(estimate(None, local.clone()).await.0, 200);
     let outside = non_loopback_address();
     let (status, body) = estimate(None, format!("http://{outside}:{}", server.port())).await;
     assert_eq!(status, 401, "{body}");
@@ -202,18 +205,15 @@ async fn keys_gate_every_api_route_and_revocation_applies() {
     // needs one, and only a valid one passes.
     let token = create_key(&site, "app", &[]);
     until_keys_reload().await;
-    let (status, body) = estimate(None, server.base.clone()).await;
+    let (status, body) = estimate(None, local.clone()).await;
     assert_eq!(status, 401, "{body}");
     let forged = format!("Bearer ig_{}_{}", key_id(&token), "0".repeat(64));
     for bad in [forged, "Bearer nonsense".into(), "Basic abc".into()] {
-        let (status, body) = estimate(Some(bad.clone()), server.base.clone()).await;
+        let (status, body) = estimate(Some(bad.clone()), local.clone()).await;
         assert_eq!(status, 401, "{bad}: {body}");
     }
     let good = format!("Bearer {token}");
-    assert_eq!(
-        estimate(Some(good.clone()), server.base.clone()).await.0,
-        200
-    );
+    assert_eq!(estimate(Some(good.clone()), local.clone()).await.0, 200);
     // Probes and metrics stay open.
     for path in ["/healthz", "/readyz", "/metrics"] {
         let r = client().get(server.url(path)).send().await.unwrap();
@@ -223,11 +223,31 @@ async fn keys_gate_every_api_route_and_revocation_applies() {
     let revoked = site.cli(&["keys", "revoke", key_id(&token)]);
     assert!(revoked.status.success());
     until_keys_reload().await;
-    let (status, body) = estimate(Some(good), server.base.clone()).await;
+    let (status, body) = estimate(Some(good), local.clone()).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "revoked_api_key");
     let listed = String::from_utf8(site.cli(&["keys", "list"]).stdout).unwrap();
     assert!(listed.contains(key_id(&token)) && !listed.contains(&token[20..]));
+}
+
+#[test]
+fn keys_are_created_standard_or_admin_and_listed_with_their_scope() {
+    let site = Site::new(|dir| small_config(dir, "127.0.0.1:0", "127.0.0.1:1", ""));
+    let app = create_key(&site, "app", &[]);
+    let ops = create_key(&site, "ops", &["--admin"]);
+    let out = site.cli(&["keys", "list"]);
+    assert!(out.status.success());
+    let listed = String::from_utf8(out.stdout).unwrap();
+    let scope_of = |token: &str| {
+        let line = listed
+            .lines()
+            .find(|l| l.starts_with(key_id(token)))
+            .unwrap_or_else(|| panic!("{} is not listed:\n{listed}", key_id(token)));
+        line.split_whitespace().nth(3).unwrap().to_string()
+    };
+    assert_eq!(scope_of(&app), "standard", "{listed}");
+    assert_eq!(scope_of(&ops), "admin", "{listed}");
+    assert!(listed.lines().next().unwrap().contains("scope"), "{listed}");
 }
 
 /// An address of this machine other than loopback, to call from "outside".
@@ -445,4 +465,162 @@ fn the_server_turns_transparent_huge_pages_off_unless_told_not_to() {
         );
         server.stop();
     }
+}
+
+/// GET `path` with `token`: (status, body).
+async fn get_as(server: &support::Server, token: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = client()
+        .get(server.url(path))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+async fn post_image_as(
+    server: &support::Server,
+    token: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(server.url("/v1/images"))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Files a `/v1/delivery` answer counts over its variants.
+fn delivered_files(delivery: &serde_json::Value) -> u64 {
+    delivery["variants"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{delivery}"))
+        .iter()
+        .map(|v| v["files"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_sees_its_own_spending_and_only_admins_see_all_or_refresh() {
+    let site = Site::new(|dir| small_config(dir, "127.0.0.1:0", "127.0.0.1:1", ""));
+    let app = create_key(&site, "app", &[]);
+    let other = create_key(&site, "other", &[]);
+    let ops = create_key(&site, "ops", &["--admin"]);
+    let server = site.serve(&[]);
+
+    let harbour = serde_json::json!({"prompt": "a harbour at noon"});
+    let (status, app_image) = post_image_as(&server, &app, harbour.clone()).await;
+    assert_eq!(status, 200, "{app_image}");
+    let (status, other_image) = post_image_as(
+        &server,
+        &other,
+        serde_json::json!({"prompt": "a mill at night"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{other_image}");
+    let files_per_image = app_image["images"].as_array().unwrap().len() as u64;
+
+    // A standard key: its own rows only, in the costs, the deliveries and every
+    // query the dashboard page makes.
+    let (status, costs) = get_as(&server, &app, "/v1/costs?group_by=key").await;
+    assert_eq!(status, 200, "{costs}");
+    let rows = costs["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{costs}");
+    assert_eq!(rows[0]["key"], key_id(&app), "{costs}");
+    assert_eq!(costs["total"]["requests"], 1, "{costs}");
+    let app_micros = costs["total"]["micros"].as_i64().unwrap();
+    assert!(app_micros > 0, "{costs}");
+    for path in [
+        "/v1/costs?group_by=day,stage&since=7d",
+        "/v1/costs?group_by=provider&since=7d",
+        "/v1/costs?group_by=model",
+    ] {
+        let (status, body) = get_as(&server, &app, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["total"]["micros"], app_micros, "{path}: {body}");
+        assert_eq!(body["total"]["requests"], 1, "{path}: {body}");
+    }
+    for path in ["/v1/delivery", "/v1/delivery?since=7d"] {
+        let (status, delivery) = get_as(&server, &app, path).await;
+        assert_eq!(status, 200, "{path}: {delivery}");
+        assert_eq!(
+            delivered_files(&delivery),
+            files_per_image,
+            "{path}: {delivery}"
+        );
+    }
+    // Naming itself is fine; naming another key needs an admin.
+    let own = format!("/v1/costs?key={}", key_id(&app));
+    assert_eq!(
+        get_as(&server, &app, &own).await.1["total"]["micros"],
+        app_micros
+    );
+    for path in [
+        format!("/v1/costs?key={}", key_id(&other)),
+        format!("/v1/delivery?key={}", key_id(&other)),
+    ] {
+        let (status, body) = get_as(&server, &app, &path).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "admin_required", "{body}");
+    }
+
+    // Without `since`, the window reaches 30 days back (and says so).
+    let since = chrono::DateTime::parse_from_rfc3339(costs["since"].as_str().unwrap()).unwrap();
+    let back = chrono::Utc::now().signed_duration_since(since);
+    assert!(
+        (back - chrono::Duration::days(30)).num_seconds().abs() < 120,
+        "since {since} is {back} ago"
+    );
+
+    // An admin key sees every key, or the one it names.
+    let (status, all) = get_as(&server, &ops, "/v1/costs?group_by=key").await;
+    assert_eq!(status, 200, "{all}");
+    let keys: Vec<&str> = all["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        keys.contains(&key_id(&app)) && keys.contains(&key_id(&other)),
+        "{all}"
+    );
+    assert_eq!(all["total"]["requests"], 2, "{all}");
+    let path = format!("/v1/costs?group_by=key&key={}", key_id(&other));
+    let (_, one) = get_as(&server, &ops, &path).await;
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["rows"][0]["key"], key_id(&other), "{one}");
+    let (_, delivery) = get_as(&server, &ops, "/v1/delivery").await;
+    assert_eq!(
+        delivered_files(&delivery),
+        2 * files_per_image,
+        "{delivery}"
+    );
+
+    // Republishing is an admin's: a standard key is refused before anything is paid.
+    let mut refresh = harbour.clone();
+    refresh["cache"] = "refresh".into();
+    let (status, body) = post_image_as(&server, &app, refresh.clone()).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "admin_required", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--admin"),
+        "{body}"
+    );
+    let (status, body) = post_image_as(&server, &ops, refresh).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cache"], "miss", "{body}");
+    let (_, after) = get_as(&server, &ops, "/v1/costs?group_by=key").await;
+    assert_eq!(
+        after["total"]["requests"], 3,
+        "the refused refresh was not booked: {after}"
+    );
+    let (_, app_after) = get_as(&server, &app, "/v1/costs").await;
+    assert_eq!(app_after["total"]["micros"], app_micros, "{app_after}");
 }

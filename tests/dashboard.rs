@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod support;
+use crate::support;
 use support::{free_port, models_dir, repo_root};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

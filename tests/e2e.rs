@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-mod support;
+use crate::support;
 use support::{free_port, models_dir, repo_root};
 
 struct Options {
@@ -811,6 +811,46 @@ async fn bad_requests_get_clear_json_errors_and_change_nothing() {
         metrics.contains("imagegate_prompts_blocked_total"),
         "{metrics}"
     );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cdn_serves_image_files_and_never_a_manifest() {
+    let site = Site::new(Options::default());
+    let server = site.start();
+    let (status, miss) = post(&server, serde_json::json!({"prompt": "a quiet pier"})).await;
+    assert_eq!(status, 200, "{miss}");
+    let id = miss["id"].as_str().unwrap().to_string();
+    let key = format!("i/{}/{id}/manifest.json", &id[..2]);
+    let cdn_status = |path: String| {
+        let url = server.url(&format!("/cdn/{path}"));
+        async move { client().get(url).send().await.unwrap().status().as_u16() }
+    };
+    // The manifest (costs, the routing decision, provider errors) is kept apart from
+    // the published files, and `/cdn/` answers neither place.
+    assert!(site.objects().join(".private").join(&key).is_file());
+    assert!(!site.objects().join(&key).exists());
+    assert_eq!(cdn_status(key.clone()).await, 404);
+    assert_eq!(cdn_status(format!(".private/{key}")).await, 404);
+    let image = miss["images"][0]["url"].as_str().unwrap();
+    assert_eq!(client().get(image).send().await.unwrap().status(), 200);
+
+    // A manifest an older release published beside the images: still a hit from the
+    // store tier after a restart, still not served.
+    server.stop();
+    std::fs::rename(
+        site.objects().join(".private").join(&key),
+        site.objects().join(&key),
+    )
+    .unwrap();
+    let server = site.start();
+    let url = server.url(&format!("/cdn/{key}"));
+    assert_eq!(client().get(url).send().await.unwrap().status(), 404);
+    let (status, hit) = post(&server, serde_json::json!({"prompt": "a quiet pier"})).await;
+    assert_eq!(status, 200, "{hit}");
+    assert_eq!(hit["cache"], "hit");
+    assert_eq!(hit["cost"]["stages"][0]["detail"]["tier"], "store");
+    assert_eq!(site.generations(&id).await, 1);
     server.stop();
 }
 

@@ -3,7 +3,7 @@
 //! sharing that store and a real PostgreSQL ledger. Garage and PostgreSQL missing are
 //! failures (the testkit says how to set them up), never skips.
 
-mod support;
+use crate::support;
 
 use imagegate_testkit::garage::Garage;
 use imagegate_testkit::postgres::TestSchema;
@@ -14,6 +14,25 @@ use support::{client, free_port, models_dir, repo_root};
 
 const KEY_ID_VAR: &str = "IMAGEGATE_TEST_S3_KEY_ID";
 const SECRET_VAR: &str = "IMAGEGATE_TEST_S3_SECRET";
+/// Where the replicas keep manifests: a bucket Garage's web endpoint does not serve.
+const PRIVATE_BUCKET: &str = "imagegate-private";
+
+/// Garage with the published bucket (served by its web endpoint, the CDN) and the
+/// private one.
+fn start_garage() -> Garage {
+    let garage = Garage::start();
+    garage.cli(&["bucket", "create", PRIVATE_BUCKET]);
+    garage.cli(&[
+        "bucket",
+        "allow",
+        "--read",
+        "--write",
+        "--key",
+        garage.access_key_id(),
+        PRIVATE_BUCKET,
+    ]);
+    garage
+}
 
 /// One imagegate process: its own port and data dir, the shared store and ledger.
 struct Replica {
@@ -31,6 +50,8 @@ struct ReplicaOptions<'a> {
     lease_ttl_secs: u64,
     /// A daily budget for every key (anonymous callers included).
     daily_budget_usd: Option<f64>,
+    /// Every caller's request rate: (per minute, burst).
+    rate: Option<(u32, u32)>,
 }
 
 impl Replica {
@@ -68,6 +89,7 @@ path_style = true
 access_key_id_env = "{KEY_ID_VAR}"
 secret_access_key_env = "{SECRET_VAR}"
 public_base_url = "{web}"
+private_bucket = "{PRIVATE_BUCKET}"
 max_attempts = 2
 attempt_timeout_ms = 2000
 operation_timeout_ms = 5000
@@ -90,11 +112,18 @@ formats = ["avif", "jpeg"]
 avif = {{ quality = 60, speed = 9 }}
 safety = {{ blur_at = 0.2, block_at = 0.8 }}
 {budgets}
+{rate}
 "#,
             budgets = opts
                 .daily_budget_usd
                 .map(|usd| format!(
                     "[budgets]\nprocessing_reserve_usd = 0.0005\n[budgets.default]\ndaily_usd = {usd}\n"
+                ))
+                .unwrap_or_default(),
+            rate = opts
+                .rate
+                .map(|(per_minute, burst)| format!(
+                    "[server.auth]\nrequests_per_minute = {per_minute}\nburst = {burst}\n"
                 ))
                 .unwrap_or_default(),
             pricing = repo_root().join("config/pricing.toml").display(),
@@ -200,13 +229,14 @@ async fn generations(ledger_url: &str, id: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
-    let garage = Garage::start();
+    let garage = start_garage();
     let mut a = Replica::new(ReplicaOptions {
         garage: &garage,
         ledger_url: None,
         latency_ms: 20,
         lease_ttl_secs: 30,
         daily_budget_usd: None,
+        rate: None,
     });
     let (status, _, body) = post(&a, serde_json::json!({"prompt": "a harbour at dawn"})).await;
     assert_eq!(status, 200, "{body}");
@@ -243,6 +273,26 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
             assert_eq!(decoded.width() as u64, image["width"].as_u64().unwrap());
         }
     }
+    // The manifest is not on the CDN: not beside the images, not by the private
+    // bucket's name.
+    let id = body["id"].as_str().unwrap();
+    let manifest_path = format!("imagegate/i/{}/{id}/manifest.json", &id[..2]);
+    for (url, host) in [
+        (format!("{web}/{manifest_path}"), None),
+        (format!("{web}/i/{}/{id}/manifest.json", &id[..2]), None),
+        (format!("{web}/{manifest_path}"), Some(PRIVATE_BUCKET)),
+        (
+            format!("{web}/i/{}/{id}/manifest.json", &id[..2]),
+            Some(PRIVATE_BUCKET),
+        ),
+    ] {
+        let mut request = client().get(&url);
+        if let Some(host) = host {
+            request = request.header("host", host);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 404, "GET {url} (Host {host:?})");
+    }
     // The manifest is in S3 too: a process with an empty memory cache and its own
     // ledger answers from the store tier without generating.
     a.crash();
@@ -252,6 +302,7 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
         latency_ms: 20,
         lease_ttl_secs: 30,
         daily_budget_usd: None,
+        rate: None,
     });
     let (status, _, again) = post(&b, serde_json::json!({"prompt": "a harbour at  dawn"})).await;
     assert_eq!(status, 200, "{again}");
@@ -267,13 +318,14 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
-    let mut garage = Garage::start();
+    let mut garage = start_garage();
     let replica = Replica::new(ReplicaOptions {
         garage: &garage,
         ledger_url: None,
         latency_ms: 20,
         lease_ttl_secs: 30,
         daily_budget_usd: None,
+        rate: None,
     });
     let ready = client().get(replica.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -335,6 +387,7 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
         latency_ms: 2_000,
         lease_ttl_secs: 30,
         daily_budget_usd: None,
+        rate: None,
     });
     let ledger_url = format!("sqlite://{}/data/ledger.db", replica.dir.path().display());
     let request = serde_json::json!({"prompt": "a lighthouse in a storm, paid for"});
@@ -431,7 +484,7 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_store_and_ledger_act_as_one() {
-    let garage = Garage::start();
+    let garage = start_garage();
     let schema = TestSchema::create().await;
     let options = || ReplicaOptions {
         garage: &garage,
@@ -439,6 +492,7 @@ async fn two_replicas_on_one_store_and_ledger_act_as_one() {
         latency_ms: 300,
         lease_ttl_secs: 30,
         daily_budget_usd: None,
+        rate: None,
     };
     let a = Replica::new(options());
     let b = Replica::new(options());
@@ -495,7 +549,7 @@ async fn two_replicas_on_one_store_and_ledger_act_as_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_crashed_lease_holder_does_not_block_its_key() {
-    let garage = Garage::start();
+    let garage = start_garage();
     let schema = TestSchema::create().await;
     // A generates slowly and dies holding the lease; B takes over once it expires.
     let mut a = Replica::new(ReplicaOptions {
@@ -504,6 +558,7 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
         latency_ms: 30_000,
         lease_ttl_secs: 2,
         daily_budget_usd: None,
+        rate: None,
     });
     let b = Replica::new(ReplicaOptions {
         garage: &garage,
@@ -511,6 +566,7 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
         latency_ms: 20,
         lease_ttl_secs: 2,
         daily_budget_usd: None,
+        rate: None,
     });
     let body = serde_json::json!({"prompt": "an abandoned mill"});
     let a_url = a.url("/v1/images");
@@ -565,7 +621,7 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
 /// over both: the budget holds for the fleet, not per replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_never_spend_past_one_budget() {
-    let garage = Garage::start();
+    let garage = start_garage();
     let schema = TestSchema::create().await;
     let budget = 0.0065;
     let options = || ReplicaOptions {
@@ -574,6 +630,7 @@ async fn two_replicas_never_spend_past_one_budget() {
         latency_ms: 300,
         lease_ttl_secs: 30,
         daily_budget_usd: Some(budget),
+        rate: None,
     };
     let a = Replica::new(options());
     let b = Replica::new(options());
@@ -607,6 +664,53 @@ async fn two_replicas_never_spend_past_one_budget() {
         spent.as_usd() <= budget,
         "{served} served for {spent} of a ${budget} budget"
     );
+    drop((a, b));
+    schema.drop_schema().await;
+}
+
+/// A rate of 6 a minute with bursts of 3, asked of two replicas at once: the fleet
+/// admits 3, not 3 per replica; the rest answer 429 with a wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_hold_one_rate_limit() {
+    let garage = start_garage();
+    let schema = TestSchema::create().await;
+    let options = || ReplicaOptions {
+        garage: &garage,
+        ledger_url: Some(schema.url()),
+        latency_ms: 0,
+        lease_ttl_secs: 30,
+        daily_budget_usd: None,
+        rate: Some((6, 3)),
+    };
+    let a = Replica::new(options());
+    let b = Replica::new(options());
+    let calls = (0..10).map(|i| {
+        let target = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let r = client()
+                .post(target.url("/v1/estimate"))
+                .json(&serde_json::json!({"prompt": "a quiet harbour"}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry_after = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, retry_after)
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let admitted = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(admitted, 3, "{answers:?}");
+    for (status, retry_after) in &answers {
+        assert!(*status == 200 || *status == 429, "{answers:?}");
+        if *status == 429 {
+            let wait: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+            assert!((1..=20).contains(&wait), "Retry-After {wait}");
+        }
+    }
     drop((a, b));
     schema.drop_schema().await;
 }

@@ -2,7 +2,7 @@
 //! OpenAPI 3.1 document listing every route, and Schemathesis, generating hostile
 //! requests from that document, finds no 5xx and no answer that breaks it.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use support::{models_dir, repo_root, small_config, Site};
@@ -14,6 +14,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/images/generations", "post"),
     ("/v1/estimate", "post"),
     ("/v1/costs", "get"),
+    ("/v1/prices", "get"),
+    ("/v1/admin/prices/reload", "post"),
     ("/v1/delivery", "get"),
     ("/dashboard", "get"),
     ("/healthz", "get"),

@@ -3,7 +3,7 @@
 //! naming its replacement; an unpriced offer stops start-up unless marked; and
 //! `max_cost_usd` bounds the model actually called.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-mod support;
+use crate::support;
 use support::{models_dir, repo_root};
 
 /// The local provider's price at 512x512: $0.002 per 1024x1024, in proportion to pixels.

@@ -1,8 +1,6 @@
 //! Shared by the end-to-end tests: the real `imagegate` binary on a config written
 //! for the test, its logs captured to a file so tests can read them.
 
-#![allow(dead_code)]
-
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

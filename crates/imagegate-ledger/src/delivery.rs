@@ -31,10 +31,11 @@ struct StoredFile {
 }
 
 impl Ledger {
-    /// Sums, over upload stages in `query`'s window, the files their `detail.files`
-    /// lists, per (width, format), ordered by width then format. Upload rows without
-    /// `files` (older rows, blocked results) are skipped, and so are entries that do
-    /// not parse; `query.group_by` is ignored.
+    /// Sums, over upload stages in `query`'s window (of `query.api_key`'s requests
+    /// when it names one), the files their `detail.files` lists, per (width, format),
+    /// ordered by width then format. Upload rows without `files` (older rows, blocked
+    /// results) are skipped, and so are entries that do not parse; `query.group_by`
+    /// is ignored.
     ///
     /// The JSON is read here rather than in SQL because the two backends' JSON
     /// functions differ; rows are streamed, so memory stays flat over a long window.
@@ -42,8 +43,10 @@ impl Ledger {
         check_window(query)?;
         let since = query.since.map(rfc3339);
         let until = query.until.map(rfc3339);
-        let sql =
-            format!("SELECT s.detail FROM stages s WHERE s.stage = $3 AND {WINDOW_ON_STAGES}");
+        let sql = format!(
+            "SELECT s.detail FROM stages s JOIN requests r ON r.id = s.request \
+             WHERE s.stage = $4 AND {WINDOW_ON_STAGES}"
+        );
         let mut sums: BTreeMap<(u32, ImageFormat), (u64, u64)> = BTreeMap::new();
         let mut add = |detail: &str| {
             let Ok(detail) = serde_json::from_str::<serde_json::Value>(detail) else {
@@ -64,6 +67,7 @@ impl Ledger {
             let mut rows = sqlx::query(&sql)
                 .bind(&since)
                 .bind(&until)
+                .bind(&query.api_key)
                 .bind(Stage::Upload.as_str())
                 .fetch(p);
             while let Some(row) = rows.try_next().await? {
@@ -176,6 +180,7 @@ mod tests {
             group_by: Vec::new(),
             since: since.map(|s| s.parse().unwrap()),
             until: until.map(|s| s.parse().unwrap()),
+            api_key: None,
         };
 
         let all = ledger.delivery(&window(None, None)).await.unwrap();
@@ -219,6 +224,27 @@ mod tests {
             .await
             .unwrap_err();
         assert!(backwards.to_string().contains("after"), "{backwards}");
+
+        // One key's files only.
+        let mut own = request(9);
+        own.api_key = Some("k9".into());
+        record_at(
+            &ledger,
+            "2026-11-03T10:00:00.000Z",
+            &own,
+            &[upload(json!([file(512, "webp", 4_000)]))],
+        )
+        .await;
+        let of = |key: &str| ReportQuery {
+            api_key: Some(key.into()),
+            ..window(None, None)
+        };
+        assert_eq!(
+            ledger.delivery(&of("k9")).await.unwrap(),
+            vec![row(512, Webp, 1, 4_000)]
+        );
+        assert!(ledger.delivery(&of("k8")).await.unwrap().is_empty());
+        assert_eq!(ledger.delivery(&window(None, None)).await.unwrap().len(), 6);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! keys by it), the secret is 256 random bits of which only a blake3 hash is kept.
 //! Checking a presented key is the server's job ([`ApiKeyRecord::matches`] compares
 //! in constant time).
+//!
+//! Every key has a [`KeyScope`]: a `standard` key sees its own spending; an `admin`
+//! key (`imagegate keys create --admin`) sees every key's and may republish.
 
 use crate::backend::with_pool;
 use crate::{Ledger, LedgerError};
@@ -13,6 +16,42 @@ use serde::Serialize;
 use sqlx::Row;
 
 const PREFIX: &str = "ig_";
+
+/// What a key may see and do. Stored as [`KeyScope::as_str`] in `api_keys.scope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyScope {
+    /// Its own costs, deliveries and jobs; no republishing.
+    #[default]
+    Standard,
+    /// Everything: every key's costs, and `cache: refresh`.
+    Admin,
+}
+
+impl KeyScope {
+    pub const ALL: [KeyScope; 2] = [KeyScope::Standard, KeyScope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Standard => "standard",
+            KeyScope::Admin => "admin",
+        }
+    }
+
+    pub fn is_admin(self) -> bool {
+        self == KeyScope::Admin
+    }
+
+    fn parse(s: &str) -> Option<KeyScope> {
+        KeyScope::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A stored key, without its secret.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +62,7 @@ pub struct ApiKeyRecord {
     #[serde(skip)]
     pub secret_hash: blake3::Hash,
     pub requests_per_minute: Option<u32>,
+    pub scope: KeyScope,
     pub created_at: String,
     pub revoked_at: Option<String>,
 }
@@ -76,6 +116,7 @@ impl Ledger {
         &self,
         name: &str,
         requests_per_minute: Option<u32>,
+        scope: KeyScope,
     ) -> Result<NewApiKey, LedgerError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 100 {
@@ -94,13 +135,15 @@ impl Ledger {
         let created_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         with_pool!(&self.pool, p => {
             sqlx::query(
-                "INSERT INTO api_keys (id, name, secret_blake3, requests_per_minute, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO api_keys \
+                 (id, name, secret_blake3, requests_per_minute, scope, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(&id)
             .bind(name)
             .bind(secret_hash.to_hex().as_str())
             .bind(requests_per_minute.map(i64::from))
+            .bind(scope.as_str())
             .bind(&created_at)
             .execute(p)
             .await
@@ -114,6 +157,7 @@ impl Ledger {
                 name: name.to_string(),
                 secret_hash,
                 requests_per_minute,
+                scope,
                 created_at,
                 revoked_at: None,
             },
@@ -124,8 +168,8 @@ impl Ledger {
     pub async fn api_keys(&self) -> Result<Vec<ApiKeyRecord>, LedgerError> {
         let rows = with_pool!(&self.pool, p => {
             sqlx::query(
-                "SELECT id, name, secret_blake3, requests_per_minute, created_at, revoked_at \
-                 FROM api_keys ORDER BY created_at, id",
+                "SELECT id, name, secret_blake3, requests_per_minute, created_at, revoked_at, \
+                 scope FROM api_keys ORDER BY created_at, id",
             )
             .fetch_all(p)
             .await
@@ -139,6 +183,7 @@ impl Ledger {
                             r.get::<Option<i64>, _>(3),
                             r.get::<String, _>(4),
                             r.get::<Option<String>, _>(5),
+                            r.get::<String, _>(6),
                         )
                     })
                     .collect::<Vec<_>>()
@@ -146,15 +191,19 @@ impl Ledger {
         })
         .map_err(|e| self.db(e))?;
         rows.into_iter()
-            .map(|(id, name, hash, rpm, created_at, revoked_at)| {
+            .map(|(id, name, hash, rpm, created_at, revoked_at, scope)| {
                 let secret_hash = blake3::Hash::from_hex(&hash).map_err(|_| {
                     LedgerError::Invalid(format!("api key {id} has a malformed hash"))
                 })?;
+                // The column's CHECK allows only known scopes; a newer release's
+                // scope read by an older one must not pass as more than standard.
+                let scope = KeyScope::parse(&scope).unwrap_or_default();
                 Ok(ApiKeyRecord {
                     id,
                     name,
                     secret_hash,
                     requests_per_minute: rpm.and_then(|v| u32::try_from(v).ok()),
+                    scope,
                     created_at,
                     revoked_at,
                 })
@@ -183,12 +232,12 @@ mod tests {
     use super::*;
     use crate::testing::{on_both_backends, TestDb};
 
-    on_both_backends!(created_keys_verify_and_revoke,);
+    on_both_backends!(created_keys_verify_and_revoke, scopes_are_stored_and_listed);
 
     async fn created_keys_verify_and_revoke(db: TestDb) {
         let ledger = db.open().await;
         let new = ledger
-            .create_api_key("mobile app", Some(120))
+            .create_api_key("mobile app", Some(120), KeyScope::Standard)
             .await
             .unwrap();
         assert!(!format!("{new:?}").contains(&new.token[20..]));
@@ -211,8 +260,46 @@ mod tests {
         assert!(other.revoke_api_key(&stored.id).await.unwrap());
         assert!(!other.revoke_api_key(&stored.id).await.unwrap());
         assert!(ledger.api_keys().await.unwrap()[0].is_revoked());
-        assert!(ledger.create_api_key(" ", None).await.is_err());
-        assert!(ledger.create_api_key("x", Some(0)).await.is_err());
+        assert!(ledger
+            .create_api_key(" ", None, KeyScope::Standard)
+            .await
+            .is_err());
+        assert!(ledger
+            .create_api_key("x", Some(0), KeyScope::Standard)
+            .await
+            .is_err());
+    }
+
+    async fn scopes_are_stored_and_listed(db: TestDb) {
+        let ledger = db.open().await;
+        let app = ledger
+            .create_api_key("app", None, KeyScope::Standard)
+            .await
+            .unwrap();
+        let ops = ledger
+            .create_api_key("ops", None, KeyScope::Admin)
+            .await
+            .unwrap();
+        assert_eq!(ops.record.scope, KeyScope::Admin);
+        // Read back by another replica, from the column.
+        let listed = db.open().await.api_keys().await.unwrap();
+        let scope_of = |id: &str| listed.iter().find(|k| k.id == id).unwrap().scope;
+        assert_eq!(scope_of(&app.record.id), KeyScope::Standard);
+        assert_eq!(scope_of(&ops.record.id), KeyScope::Admin);
+        assert!(scope_of(&ops.record.id).is_admin());
+        let ops_listed = listed.iter().find(|k| k.id == ops.record.id).unwrap();
+        assert_eq!(
+            serde_json::to_value(ops_listed).unwrap()["scope"],
+            serde_json::json!("admin")
+        );
+    }
+
+    #[test]
+    fn scopes_spell_their_column_values() {
+        for scope in KeyScope::ALL {
+            assert_eq!(KeyScope::parse(scope.as_str()), Some(scope));
+        }
+        assert_eq!(KeyScope::parse("root"), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod writer;
 
 pub use charges::{ChargeId, ChargeRow};
 pub use delivery::DeliveryRow;
-pub use keys::{ApiKeyRecord, NewApiKey, PresentedKey};
+pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
 pub use price_books::PublishedBook;
 pub use report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,

@@ -103,12 +103,15 @@ impl FromStr for Dimension {
     }
 }
 
-/// What to report: grouping and a time window (`since` inclusive, `until` exclusive).
+/// What to report: grouping, a time window (`since` inclusive, `until` exclusive)
+/// and, optionally, one API key's requests only.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReportQuery {
     pub group_by: Vec<Dimension>,
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
+    /// Only requests made with this key id; None: every request.
+    pub api_key: Option<String>,
 }
 
 /// Parses a report bound: a duration before `now` (`7d`, `36h`, `1h 30m`), an RFC 3339
@@ -232,11 +235,15 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// `r.created_at` within the window; `$1` is since, `$2` until (NULL: unbounded).
-const WINDOW: &str = "($1 IS NULL OR r.created_at >= $1) AND ($2 IS NULL OR r.created_at < $2)";
-/// The same window over stage rows (stamped with their request's time).
+/// `r.created_at` within the window and the request made with the key asked for;
+/// `$1` is since, `$2` until (NULL: unbounded), `$3` the key id (NULL: any).
+const WINDOW: &str = "($1 IS NULL OR r.created_at >= $1) AND ($2 IS NULL OR r.created_at < $2) \
+                      AND ($3 IS NULL OR r.api_key = $3)";
+/// The same window over stage rows (stamped with their request's time), joined to
+/// their request `r` for the key.
 pub(crate) const WINDOW_ON_STAGES: &str =
-    "($1 IS NULL OR s.created_at >= $1) AND ($2 IS NULL OR s.created_at < $2)";
+    "($1 IS NULL OR s.created_at >= $1) AND ($2 IS NULL OR s.created_at < $2) \
+     AND ($3 IS NULL OR r.api_key = $3)";
 
 /// Refuses a window whose start lies after its end.
 pub(crate) fn check_window(query: &ReportQuery) -> Result<(), LedgerError> {
@@ -310,7 +317,13 @@ impl Ledger {
         let total_sql = format!("SELECT {SUMS} {from} WHERE {WINDOW}");
         let (mut rows, total) = with_pool!(&self.pool, p => async {
             let mut rows = Vec::new();
-            for r in sqlx::query(&sql).bind(&since).bind(&until).fetch_all(p).await? {
+            for r in sqlx::query(&sql)
+                .bind(&since)
+                .bind(&until)
+                .bind(&query.api_key)
+                .fetch_all(p)
+                .await?
+            {
                 let mut values = Vec::with_capacity(dims.len());
                 for (i, d) in dims.iter().enumerate() {
                     values.push((*d, r.try_get::<Option<String>, _>(i)?));
@@ -320,7 +333,12 @@ impl Ledger {
                     totals: totals_at!(r, dims.len()),
                 });
             }
-            let r = sqlx::query(&total_sql).bind(&since).bind(&until).fetch_one(p).await?;
+            let r = sqlx::query(&total_sql)
+                .bind(&since)
+                .bind(&until)
+                .bind(&query.api_key)
+                .fetch_one(p)
+                .await?;
             let total = ReportRow {
                 values: Vec::new(),
                 totals: totals_at!(r, 0),
@@ -331,7 +349,7 @@ impl Ledger {
         .map_err(|e| self.db(e))?;
         // Without grouping the one row is the total; an empty window has no rows.
         rows.retain(|r| r.totals.requests > 0);
-        let cache = self.cache_economics(&since, &until).await?;
+        let cache = self.cache_economics(&since, &until, &query.api_key).await?;
         Ok(Report {
             group_by: dims.clone(),
             since: query.since,
@@ -346,6 +364,7 @@ impl Ledger {
         &self,
         since: &Option<String>,
         until: &Option<String>,
+        api_key: &Option<String>,
     ) -> Result<CacheEconomics, LedgerError> {
         let count = |cond: &str| {
             format!("CAST(COALESCE(SUM(CASE WHEN {cond} THEN 1 ELSE 0 END), 0) AS BIGINT)")
@@ -367,7 +386,12 @@ impl Ledger {
         );
         let [hits, misses, bypasses, saved, hits_without_original] =
             with_pool!(&self.pool, p => async {
-                let row = sqlx::query(&sql).bind(since).bind(until).fetch_one(p).await?;
+                let row = sqlx::query(&sql)
+                    .bind(since)
+                    .bind(until)
+                    .bind(api_key)
+                    .fetch_one(p)
+                    .await?;
                 let mut out = [0i64; 5];
                 for (i, v) in out.iter_mut().enumerate() {
                     *v = row.try_get(i)?;
@@ -433,6 +457,7 @@ mod tests {
         groups_by_stage_provider_key_and_day,
         since_is_inclusive_and_until_exclusive,
         hits_are_credited_with_the_original_generation_cost,
+        one_key_reads_only_its_own_requests,
     );
 
     /// Two days, two providers, two keys, a miss and two hits of one key.
@@ -617,6 +642,7 @@ mod tests {
                 group_by: vec![Dimension::Day],
                 since: since.map(at),
                 until: until.map(at),
+                api_key: None,
             };
             async move { ledger.report(&query).await.unwrap() }
         };
@@ -639,10 +665,47 @@ mod tests {
                 group_by: vec![],
                 since: Some(at("2026-11-02T00:00:00Z")),
                 until: Some(at("2026-11-01T00:00:00Z")),
+                api_key: None,
             })
             .await
             .unwrap_err();
         assert!(backwards.to_string().contains("after"), "{backwards}");
+    }
+
+    async fn one_key_reads_only_its_own_requests(db: TestDb) {
+        let ledger = fixture(&db).await;
+        let of = |key: &str, by: Vec<Dimension>| ReportQuery {
+            group_by: by,
+            api_key: Some(key.to_string()),
+            ..Default::default()
+        };
+        let k1 = ledger
+            .report(&of("k1", vec![Dimension::Key, Dimension::Stage]))
+            .await
+            .unwrap();
+        assert_eq!(k1.total.totals.requests, 2);
+        assert_eq!(k1.total.totals.micros, Micros(1 + 170_019));
+        assert!(
+            k1.rows
+                .iter()
+                .all(|r| value(r, Dimension::Key) == Some("k1")),
+            "{:?}",
+            k1.rows
+        );
+        // Its hit of key 1 is credited with the original miss, whoever paid for it.
+        assert_eq!((k1.cache.hits, k1.cache.misses), (1, 1));
+        assert_eq!(k1.cache.saved, Micros(40_019));
+
+        let k2 = ledger.report(&of("k2", vec![])).await.unwrap();
+        assert_eq!(k2.total.totals.requests, 1);
+        assert_eq!((k2.cache.hits, k2.cache.misses), (1, 0));
+        let nobody = ledger
+            .report(&of("k3", vec![Dimension::Day]))
+            .await
+            .unwrap();
+        assert!(nobody.rows.is_empty());
+        assert_eq!(nobody.total.totals, Totals::default());
+        assert_eq!(nobody.cache.hits, 0);
     }
 
     async fn hits_are_credited_with_the_original_generation_cost(db: TestDb) {

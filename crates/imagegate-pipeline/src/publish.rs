@@ -130,8 +130,9 @@ pub(crate) async fn publish(
             Ok(body) => body,
             Err(e) => return Err((PipelineError::Internal(e.to_string()), upload)),
         };
+        // Private: a manifest carries costs, the routing decision and provider errors.
         if let Err(e) = store
-            .put(
+            .put_private(
                 &Manifest::object_key(key),
                 bytes::Bytes::from(body),
                 "application/json",

@@ -1,27 +1,82 @@
 //! Who may call, and how often: API keys from the ledger database checked in
 //! constant time, anonymous access from loopback only while no key exists, and a
-//! rate limit per key (governor's GCRA) answered with 429 and Retry-After.
+//! rate limit per key (GCRA: in the shared ledger database on PostgreSQL, so it holds
+//! across replicas; governor's in this process on SQLite) answered with 429 and
+//! Retry-After.
 //!
 //! Keys are created by `imagegate keys create` (possibly on another replica, so an
 //! unknown id triggers a reload, at most once per second). Open paths (health,
 //! metrics, the local CDN, the dashboard page itself) need no key.
+//!
+//! Who called is put in the request's extensions as an [`AuthedKey`]; a handler
+//! that only admins may use calls [`AuthedKey::require_admin`].
 
 use crate::{ApiError, AppState};
-use axum::extract::ConnectInfo;
-use axum::http::{header, Request, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::{header, request::Parts, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use imagegate_ledger::{ApiKeyRecord, Ledger, PresentedKey};
+use imagegate_ledger::{ApiKeyRecord, KeyScope, Ledger, PresentedKey};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-/// The authenticated caller, put in the request's extensions for handlers.
-#[derive(Debug, Clone)]
-pub(crate) struct AuthedKey(pub Option<String>);
+/// The authenticated caller, put in the request's extensions for handlers (and an
+/// extractor of its own for them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthedKey {
+    /// The key's id, as ledger rows name it; None for an anonymous caller.
+    pub id: Option<String>,
+    /// Sees every key's spending and may republish. Anonymous callers count as
+    /// admin: they are let in only from loopback while no key exists, so they are
+    /// the machine's owner.
+    pub admin: bool,
+}
+
+impl AuthedKey {
+    /// The anonymous loopback caller.
+    pub fn anonymous() -> AuthedKey {
+        AuthedKey {
+            id: None,
+            admin: true,
+        }
+    }
+
+    /// Refuses (403) unless this caller is an admin; `what` names the refused action
+    /// for the message, e.g. "cache: refresh".
+    pub fn require_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.admin {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_required",
+            format!(
+                "{what} needs an admin API key; this key is {} (an operator creates \
+                 admin keys with `imagegate keys create --admin`)",
+                KeyScope::Standard
+            ),
+        ))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuthedKey {
+    type Rejection = ApiError;
+
+    /// Only open paths (which take no caller) run without one.
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<AuthedKey>().cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "send `Authorization: Bearer <api key>`",
+            )
+        })
+    }
+}
 
 /// Shortest time between two reloads of the key table.
 const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -34,6 +89,7 @@ pub struct Auth {
     keys: RwLock<HashMap<String, ApiKeyRecord>>,
     last_reload: Mutex<Option<Instant>>,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
+    rates: RateState,
 }
 
 impl Auth {
@@ -44,7 +100,13 @@ impl Auth {
         config: imagegate_pipeline::config::AuthConfig,
     ) -> Result<Arc<Auth>, imagegate_ledger::LedgerError> {
         let every = Duration::from_secs(config.reload_secs.max(1));
+        let rates = if ledger.backend() == "postgres" {
+            RateState::Fleet
+        } else {
+            RateState::Process
+        };
         let auth = Arc::new(Auth {
+            rates,
             ledger,
             config,
             keys: RwLock::default(),
@@ -104,8 +166,8 @@ impl Auth {
             .cloned()
     }
 
-    /// The key id a bearer token belongs to, or why it does not.
-    async fn verify(&self, token: &str) -> Result<String, ApiError> {
+    /// The key a bearer token belongs to, or why it does not.
+    async fn verify(&self, token: &str) -> Result<AuthedKey, ApiError> {
         let invalid = || {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -130,11 +192,56 @@ impl Auth {
                 "the API key was revoked",
             ));
         }
-        Ok(record.id)
+        Ok(AuthedKey {
+            admin: record.scope.is_admin(),
+            id: Some(record.id),
+        })
+    }
+
+    /// Who is calling: the key of the `Authorization` header or, while no key
+    /// exists, an anonymous caller if [`anonymous_refusal`] lets it.
+    /// `&mut` only because a shared `&Request` is not `Send` (its body is not `Sync`).
+    pub(crate) async fn authenticate(
+        &self,
+        req: &mut Request<axum::body::Body>,
+    ) -> Result<AuthedKey, ApiError> {
+        let refused_anonymous = anonymous_refusal(req);
+        let anonymous = move || match refused_anonymous {
+            None => Ok(AuthedKey::anonymous()),
+            Some(e) => Err(e),
+        };
+        let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+            if self.any_key_exists() {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_api_key",
+                    "send `Authorization: Bearer <api key>`",
+                ));
+            }
+            return anonymous();
+        };
+        let value = value.to_str().unwrap_or("");
+        let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+        else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_api_key",
+                "Authorization must be `Bearer <api key>`",
+            ));
+        };
+        match self.verify(token.trim()).await {
+            Ok(key) => Ok(key),
+            // Clients such as the official OpenAI SDKs always send a bearer token;
+            // while no key exists any token is as good as none.
+            Err(_) if !self.any_key_exists() => anonymous(),
+            Err(e) => Err(e),
+        }
     }
 
     /// Takes one request from `bucket`'s allowance, or says how long to wait.
-    fn admit(&self, bucket: &str) -> Result<(), Duration> {
+    async fn admit(&self, bucket: &str) -> Result<(), Duration> {
         let per_minute = self
             .lookup(bucket)
             .and_then(|k| k.requests_per_minute)
@@ -142,6 +249,23 @@ impl Auth {
         if per_minute == 0 {
             return Ok(());
         }
+        let burst = self.config.burst.max(1);
+        if self.rates == RateState::Fleet {
+            match self.ledger.take_rate(bucket, per_minute, burst).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                // The ledger being down fails the request's own work anyway; until it
+                // is back, each replica holds the rate on its own.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the fleet's rate state is unreachable; limiting in this process")
+                }
+            }
+        }
+        self.admit_here(bucket, per_minute, burst)
+    }
+
+    /// [`Auth::admit`] with this process's own GCRA state.
+    fn admit_here(&self, bucket: &str, per_minute: u32, burst: u32) -> Result<(), Duration> {
         let limiter = {
             let mut limiters = self
                 .limiters
@@ -151,7 +275,7 @@ impl Auth {
                 .entry(bucket.to_string())
                 .or_insert_with(|| {
                     let rate = NonZeroU32::new(per_minute.max(1)).expect("at least 1");
-                    let burst = NonZeroU32::new(self.config.burst.max(1)).expect("at least 1");
+                    let burst = NonZeroU32::new(burst).expect("at least 1");
                     Arc::new(RateLimiter::direct(
                         Quota::per_minute(rate).allow_burst(burst),
                     ))
@@ -162,6 +286,16 @@ impl Auth {
             .check()
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
+}
+
+/// Where a key's request rate is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RateState {
+    /// In this process: the ledger is a SQLite file, so this process is the fleet.
+    Process,
+    /// In the ledger database every replica shares (PostgreSQL), so a key's rate
+    /// holds across replicas, not per process.
+    Fleet,
 }
 
 fn ledger_down(e: imagegate_ledger::LedgerError) -> ApiError {
@@ -258,46 +392,11 @@ pub(crate) async fn refusal(
         })
     };
     let auth = &state.auth;
-    let bearer = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or("").to_string());
-    let key_id = match bearer {
-        Some(value) => {
-            let Some(token) = value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-            else {
-                return fail(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_api_key",
-                    "Authorization must be `Bearer <api key>`",
-                ));
-            };
-            match auth.verify(token.trim()).await {
-                Ok(id) => Some(id),
-                // Clients such as the official OpenAI SDKs always send a bearer token;
-                // while no key exists any token is as good as none.
-                Err(_) if !auth.any_key_exists() => match anonymous_refusal(req) {
-                    None => None,
-                    Some(e) => return fail(e),
-                },
-                Err(e) => return fail(e),
-            }
-        }
-        None if auth.any_key_exists() => {
-            return fail(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing_api_key",
-                "send `Authorization: Bearer <api key>`",
-            ));
-        }
-        None => match anonymous_refusal(req) {
-            None => None,
-            Some(e) => return fail(e),
-        },
+    let key = match auth.authenticate(req).await {
+        Ok(key) => key,
+        Err(e) => return fail(e),
     };
-    if let Err(wait) = auth.admit(key_id.as_deref().unwrap_or(ANONYMOUS)) {
+    if let Err(wait) = auth.admit(key.id.as_deref().unwrap_or(ANONYMOUS)).await {
         metrics::counter!("imagegate_rate_limited_total").increment(1);
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -307,7 +406,7 @@ pub(crate) async fn refusal(
         e.retry_after = Some(wait.max(Duration::from_secs(1)));
         return fail(e);
     }
-    req.extensions_mut().insert(AuthedKey(key_id));
+    req.extensions_mut().insert(key);
     None
 }
 
@@ -356,5 +455,97 @@ mod tests {
             "127.0.0.1:5000",
             &[("host", "127.0.0.1"), ("forwarded", "for=1.2.3.4")],
         );
+    }
+
+    use imagegate_ledger::LedgerConfig;
+
+    const LOOPBACK: &str = "127.0.0.1:50000";
+    const OUTSIDE: &str = "192.0.2.7:50000";
+    const LOCAL_HOST: (&str, &str) = ("host", "127.0.0.1:8080");
+
+    fn bearer(peer: &str, token: &str) -> Request<axum::body::Body> {
+        request(
+            peer,
+            &[LOCAL_HOST, ("authorization", &format!("Bearer {token}"))],
+        )
+    }
+
+    #[tokio::test]
+    async fn callers_carry_their_key_id_and_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&LedgerConfig {
+            url: format!("sqlite://{}/ledger.db", dir.path().display()),
+        })
+        .await
+        .unwrap();
+        let config = imagegate_pipeline::config::AuthConfig::default();
+        let auth = Auth::start(ledger.clone(), config.clone()).await.unwrap();
+
+        // No key yet: loopback callers are the machine's owner, hence admin.
+        let anonymous = auth
+            .authenticate(&mut request(LOOPBACK, &[LOCAL_HOST]))
+            .await
+            .unwrap();
+        assert_eq!(anonymous, AuthedKey::anonymous());
+        assert!(anonymous.require_admin("cache: refresh").is_ok());
+        // Any token is as good as none while no key exists.
+        let any_token = auth
+            .authenticate(&mut bearer(LOOPBACK, "sk-whatever"))
+            .await
+            .unwrap();
+        assert_eq!(any_token, AuthedKey::anonymous());
+        let outside = auth
+            .authenticate(&mut request(OUTSIDE, &[LOCAL_HOST]))
+            .await
+            .unwrap_err();
+        assert_eq!(outside.status, StatusCode::UNAUTHORIZED);
+
+        let app = ledger
+            .create_api_key("app", None, KeyScope::Standard)
+            .await
+            .unwrap();
+        let ops = ledger
+            .create_api_key("ops", None, KeyScope::Admin)
+            .await
+            .unwrap();
+        // A fresh Auth reads both (an unknown id would reload at most once a second).
+        let auth = Auth::start(ledger.clone(), config).await.unwrap();
+
+        let standard = auth
+            .authenticate(&mut bearer(OUTSIDE, &app.token))
+            .await
+            .unwrap();
+        assert_eq!(standard.id.as_deref(), Some(app.record.id.as_str()));
+        assert!(!standard.admin);
+        let refused = standard.require_admin("cache: refresh").unwrap_err();
+        assert_eq!(refused.status, StatusCode::FORBIDDEN);
+        assert_eq!(refused.code, "admin_required");
+        assert!(
+            refused.message.contains("cache: refresh"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.message.contains("--admin"), "{}", refused.message);
+
+        let admin = auth
+            .authenticate(&mut bearer(OUTSIDE, &ops.token))
+            .await
+            .unwrap();
+        assert_eq!(admin.id.as_deref(), Some(ops.record.id.as_str()));
+        assert!(admin.admin);
+        assert!(admin.require_admin("cache: refresh").is_ok());
+
+        // Now that keys exist, even loopback callers need one.
+        let anonymous = auth
+            .authenticate(&mut request(LOOPBACK, &[LOCAL_HOST]))
+            .await
+            .unwrap_err();
+        assert_eq!(anonymous.code, "missing_api_key");
+        let made_up = auth
+            .authenticate(&mut bearer(LOOPBACK, "sk-whatever"))
+            .await
+            .unwrap_err();
+        assert_eq!(made_up.code, "invalid_api_key");
+        ledger.close().await;
     }
 }

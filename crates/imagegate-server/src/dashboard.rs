@@ -62,6 +62,7 @@ pub(crate) async fn page() -> Response {
 pub(crate) struct DeliveryParams {
     since: Option<String>,
     until: Option<String>,
+    key: Option<String>,
 }
 
 #[utoipa::path(
@@ -69,13 +70,15 @@ pub(crate) struct DeliveryParams {
     path = "/v1/delivery",
     tag = "costs",
     params(
-        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`), an RFC 3339 time or a UTC day"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`), an RFC 3339 time or a UTC day; 30 days before `until` (or now) when absent"),
         ("until" = Option<String>, Query, description = "Exclusive end, in the same forms as `since`"),
+        ("key" = Option<String>, Query, description = "Only files stored for this API key id's requests; as for `/v1/costs`, a key sees its own only"),
     ),
     responses(
         (status = 200, description = "Stored bytes per width and format, the delivery projection and what-ifs", body = Object),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
         (status = 429, response = crate::openapi::RateLimited),
         (status = 503, response = crate::openapi::Unavailable),
         (status = 504, response = crate::openapi::GatewayTimeout),
@@ -83,6 +86,7 @@ pub(crate) struct DeliveryParams {
 )]
 pub(crate) async fn delivery(
     State(state): State<Arc<AppState>>,
+    caller: crate::auth::AuthedKey,
     params: Result<Query<DeliveryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params
@@ -90,17 +94,8 @@ pub(crate) async fn delivery(
     let bad_time = |e: imagegate_ledger::LedgerError| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string())
     };
-    let now = chrono::Utc::now();
-    let instant = |v: Option<String>| {
-        v.map(|v| imagegate_ledger::parse_instant(&v, now))
-            .transpose()
-            .map_err(bad_time)
-    };
-    let query = imagegate_ledger::ReportQuery {
-        group_by: Vec::new(),
-        since: instant(params.since)?,
-        until: instant(params.until)?,
-    };
+    let query =
+        crate::routes::report_query(&caller, Vec::new(), params.since, params.until, params.key)?;
     let rows = state
         .pipeline
         .ledger()

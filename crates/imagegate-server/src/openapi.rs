@@ -502,12 +502,12 @@ error_response!(
     "ErrorBody",
     "Over `max_cost_usd` (`cost_limit_exceeded`) or the key's budget (`budget_exhausted`)"
 );
-error_response!(NotFound, "ErrorBody", "No such image or file");
 error_response!(
     Forbidden,
     "ErrorBody",
-    "The key may not do this (`admin_required`)"
+    "The key's scope does not allow it (`admin_required`): another key's costs, or `cache: refresh`"
 );
+error_response!(NotFound, "ErrorBody", "No such image or file");
 error_response!(
     Gone,
     "ErrorBody",

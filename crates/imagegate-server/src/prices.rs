@@ -50,17 +50,9 @@ pub(crate) async fn prices(State(state): State<Arc<AppState>>) -> Response {
 )]
 pub(crate) async fn reload(
     State(state): State<Arc<AppState>>,
-    crate::routes::Caller(ctx): crate::routes::Caller,
+    caller: crate::auth::AuthedKey,
 ) -> Result<Response, ApiError> {
-    // Anonymous requests reach here only from loopback while no key exists, which is
-    // the operator on the machine. Keys carry no admin scope yet, so a key is refused.
-    if ctx.api_key.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "admin_required",
-            "reloading prices needs an admin key",
-        ));
-    }
+    caller.require_admin("reloading prices")?;
     let reloaded = state.pipeline.prices().reload_file().map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

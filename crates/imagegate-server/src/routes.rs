@@ -1,5 +1,6 @@
 //! Route handlers and the response shapes of API.md.
 
+use crate::auth::AuthedKey;
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{JsonRejection, PathRejection};
@@ -104,7 +105,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         let api_key = parts
             .extensions
             .get::<crate::auth::AuthedKey>()
-            .and_then(|k| k.0.clone());
+            .and_then(|k| k.id.clone());
         Ok(Caller(RequestContext {
             request_id,
             api_key,
@@ -179,6 +180,7 @@ pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 402, response = crate::openapi::PaymentRequired),
+        (status = 403, response = crate::openapi::Forbidden),
         (status = 410, response = crate::openapi::Gone),
         (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 415, response = crate::openapi::UnsupportedMediaType),
@@ -193,9 +195,14 @@ pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
 async fn create_image(
     State(state): State<Arc<AppState>>,
     Caller(ctx): Caller,
+    key: AuthedKey,
     body: Result<Json<ImageRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(json_rejection)?;
+    // Republishing replaces files every other key's answers point at.
+    if req.cache == imagegate_pipeline::CacheMode::Refresh {
+        key.require_admin("`\"cache\": \"refresh\"` (republishing an image)")?;
+    }
     let outcome = state.pipeline.generate(&req, &ctx).await?;
     Ok(answer(&state, &outcome))
 }
@@ -580,8 +587,8 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Files of the local directory store (only when that store is configured), with
-/// immutable caching and `ETag` revalidation.
+/// Image files of the local directory store (only when that store is configured),
+/// with immutable caching and `ETag` revalidation; never manifests or ledger data.
 #[utoipa::path(
     get,
     path = "/cdn/{path}",
@@ -597,8 +604,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
             (Vec<u8> = "image/webp"),
             (Vec<u8> = "image/jpeg"),
             (Vec<u8> = "image/png"),
-            (Object = "application/json"),
-            (Vec<u8> = "application/octet-stream"),
         )),
         (status = 304, description = "Not modified: the client's ETag matches"),
         (status = 404, response = crate::openapi::NotFound),
@@ -617,8 +622,12 @@ async fn cdn(
     let Ok(Path(path)) = path else {
         return Err(not_found());
     };
-    // Only published images are served: not manifests' temp files or anything else.
-    if path.starts_with('.') || imagegate_storage::validate_key(&path).is_err() {
+    // Image files only: never a manifest (costs, routing, provider errors), not even
+    // one an older release published beside the images, nor temp or private files.
+    if path.starts_with('.')
+        || imagegate_storage::validate_key(&path).is_err()
+        || !imagegate_storage::is_image_key(&path)
+    {
         return Err(not_found());
     }
     let object = state
@@ -665,6 +674,48 @@ struct CostsParams {
     group_by: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    key: Option<String>,
+}
+
+/// How far back a report without `since` reaches.
+pub(crate) const DEFAULT_WINDOW_DAYS: i64 = 30;
+
+/// The ledger query a caller may run: its own key's requests unless it is an admin
+/// (who may name one key, or see all), over the window asked for, which reaches
+/// [`DEFAULT_WINDOW_DAYS`] back from its end when it has no start.
+pub(crate) fn report_query(
+    caller: &AuthedKey,
+    group_by: Vec<imagegate_ledger::Dimension>,
+    since: Option<String>,
+    until: Option<String>,
+    key: Option<String>,
+) -> Result<imagegate_ledger::ReportQuery, ApiError> {
+    let now = chrono::Utc::now();
+    let instant = |v: Option<String>| {
+        v.map(|v| imagegate_ledger::parse_instant(&v, now))
+            .transpose()
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string()))
+    };
+    let until = instant(until)?;
+    let since = match instant(since)? {
+        Some(since) => since,
+        None => until.unwrap_or(now) - chrono::Duration::days(DEFAULT_WINDOW_DAYS),
+    };
+    let api_key = if caller.admin {
+        key
+    } else {
+        let own = caller.id.clone();
+        if key.is_some() && key != own {
+            caller.require_admin("reading another key's costs")?;
+        }
+        own
+    };
+    Ok(imagegate_ledger::ReportQuery {
+        group_by,
+        since: Some(since),
+        until,
+        api_key,
+    })
 }
 
 /// The cost report: totals grouped by any of stage, provider, model, key and day over
@@ -675,13 +726,15 @@ struct CostsParams {
     tag = "costs",
     params(
         ("group_by" = Option<String>, Query, description = "Comma-separated dimensions: `stage`, `provider`, `model`, `key`, `day`", example = "stage,day"),
-        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`, `12h`), an RFC 3339 time or a UTC day", example = "7d"),
+        ("since" = Option<String>, Query, description = "Inclusive start: a duration before now (`7d`, `12h`), an RFC 3339 time or a UTC day; 30 days before `until` (or now) when absent", example = "7d"),
         ("until" = Option<String>, Query, description = "Exclusive end, in the same forms as `since`"),
+        ("key" = Option<String>, Query, description = "Only this API key id's requests. A key sees its own requests only (naming another needs an admin key); an admin key sees every key's unless it names one"),
     ),
     responses(
         (status = 200, description = "The report", body = crate::openapi::CostReportBody),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
         (status = 429, response = crate::openapi::RateLimited),
         (status = 503, response = crate::openapi::Unavailable),
         (status = 504, response = crate::openapi::GatewayTimeout),
@@ -689,6 +742,7 @@ struct CostsParams {
 )]
 async fn costs(
     State(state): State<Arc<AppState>>,
+    caller: AuthedKey,
     params: Result<axum::extract::Query<CostsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let bad = |code: &'static str, e: imagegate_ledger::LedgerError| {
@@ -696,18 +750,10 @@ async fn costs(
     };
     let axum::extract::Query(params) = params
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let now = chrono::Utc::now();
-    let instant = |v: Option<String>| {
-        v.map(|v| imagegate_ledger::parse_instant(&v, now))
-            .transpose()
-            .map_err(|e| bad("invalid_time", e))
-    };
-    let query = imagegate_ledger::ReportQuery {
-        group_by: imagegate_ledger::Dimension::parse_list(params.group_by.as_deref().unwrap_or(""))
-            .map_err(|e| bad("invalid_group_by", e))?,
-        since: instant(params.since)?,
-        until: instant(params.until)?,
-    };
+    let group_by =
+        imagegate_ledger::Dimension::parse_list(params.group_by.as_deref().unwrap_or(""))
+            .map_err(|e| bad("invalid_group_by", e))?;
+    let query = report_query(&caller, group_by, params.since, params.until, params.key)?;
     let report = state
         .pipeline
         .ledger()

@@ -4,7 +4,8 @@
 //!
 //! It knows nothing about manifests or the order of uploads (the pipeline owns
 //! "variants first, manifest last"); it only promises that a `put` is atomic: a
-//! reader sees the whole old object, the whole new one, or nothing.
+//! reader sees the whole old object, the whole new one, or nothing, and that objects
+//! put with [`ObjectStore::put_private`] are kept where the CDN does not serve them.
 
 mod local;
 mod s3;
@@ -74,8 +75,23 @@ pub const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 pub trait ObjectStore: Send + Sync {
     /// Short name for logs and ledger details ("local", "s3").
     fn kind(&self) -> &'static str;
+    /// Publishes an object: the CDN serves it at [`ObjectStore::public_url`].
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError>;
     async fn get(&self, key: &str) -> Result<Option<Object>, StorageError>;
+    /// Stores an object only imagegate reads (a manifest carries costs, the routing
+    /// decision and provider error text) where the CDN does not serve it; atomic
+    /// like `put`. Its key space is separate from the published one.
+    async fn put_private(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError>;
+    /// Reads an object stored with `put_private`. One that a release before private
+    /// placement published with `put` under the same key is found too, so a store
+    /// upgraded in place keeps answering its keys (move such objects to end their
+    /// exposure: README, "Production").
+    async fn get_private(&self, key: &str) -> Result<Option<Object>, StorageError>;
     /// The URL a browser fetches the object from.
     fn public_url(&self, key: &str) -> String;
     /// Cheap check that the store can be written, for readiness probes.
@@ -103,6 +119,12 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
     } else {
         Err(StorageError::BadKey(key.chars().take(100).collect()))
     }
+}
+
+/// Is `key` an image file (by its extension)? The only kind of object a CDN route
+/// may serve.
+pub fn is_image_key(key: &str) -> bool {
+    content_type_for(key).starts_with("image/")
 }
 
 pub fn content_type_for(key: &str) -> &'static str {
@@ -136,5 +158,21 @@ mod tests {
             assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
         }
         validate_key("i/ab/0123/768.avif").unwrap();
+    }
+
+    #[test]
+    fn only_image_files_count_as_images() {
+        for image in [
+            "i/ab/k/768.avif",
+            "i/ab/k/1.webp",
+            "a.jpeg",
+            "a.jpg",
+            "a.png",
+        ] {
+            assert!(is_image_key(image), "{image}");
+        }
+        for other in ["i/ab/k/manifest.json", "ledger.db", "i/ab/k", "avif"] {
+            assert!(!is_image_key(other), "{other}");
+        }
     }
 }

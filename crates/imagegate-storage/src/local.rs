@@ -1,4 +1,7 @@
-//! A directory of files, served by imagegate itself under `/cdn/`.
+//! A directory of files, served by imagegate itself under `/cdn/`. Private objects
+//! live under `<root>/.private/`, which `/cdn/` never serves (it serves image files
+//! only, and no path starting with a dot); another web server put in front of the
+//! root must exclude dot-directories too.
 
 use crate::{content_type_for, etag_of, validate_key, Object, ObjectStore, StorageError};
 use async_trait::async_trait;
@@ -19,6 +22,9 @@ pub struct LocalStoreConfig {
 pub struct LocalStore {
     root: PathBuf,
     tmp: PathBuf,
+    /// `<root>/.private`: inside the root, so a rename from `tmp` stays on one
+    /// filesystem.
+    private: PathBuf,
     public_base_url: String,
 }
 
@@ -32,9 +38,11 @@ impl LocalStore {
         tokio::fs::create_dir_all(&tmp)
             .await
             .map_err(|e| io(&root, "create directory", e))?;
+        let private = root.join(".private");
         Ok(LocalStore {
             root,
             tmp,
+            private,
             public_base_url: public_base_url.trim_end_matches('/').to_string(),
         })
     }
@@ -43,24 +51,14 @@ impl LocalStore {
         validate_key(key)?;
         Ok(self.root.join(key))
     }
-}
 
-fn io(root: &Path, action: &str, source: std::io::Error) -> StorageError {
-    StorageError::Io {
-        root: root.display().to_string(),
-        action: action.to_string(),
-        source,
-    }
-}
-
-#[async_trait]
-impl ObjectStore for LocalStore {
-    fn kind(&self) -> &'static str {
-        "local"
+    fn private_path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        Ok(self.private.join(key))
     }
 
-    async fn put(&self, key: &str, bytes: Bytes, _content_type: &str) -> Result<(), StorageError> {
-        let dest = self.path_of(key)?;
+    /// Writes `bytes` to a temp file, fsyncs it and renames it to `dest`.
+    async fn write_atomically(&self, dest: PathBuf, bytes: Bytes) -> Result<(), StorageError> {
         let tmp = self.tmp.join(format!("{:016x}", rand::random::<u64>()));
         let root = self.root.clone();
         // Blocking file I/O with fsync: kept off the async workers.
@@ -94,9 +92,8 @@ impl ObjectStore for LocalStore {
         })?
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
-        let path = self.path_of(key)?;
-        match tokio::fs::read(&path).await {
+    async fn read(&self, path: &Path, key: &str) -> Result<Option<Object>, StorageError> {
+        match tokio::fs::read(path).await {
             Ok(data) => Ok(Some(Object {
                 etag: etag_of(&data),
                 content_type: content_type_for(key).to_string(),
@@ -106,6 +103,50 @@ impl ObjectStore for LocalStore {
             // A directory where a file was asked for is "no such object" too.
             Err(_) if path.is_dir() => Ok(None),
             Err(e) => Err(io(&self.root, "read", e)),
+        }
+    }
+}
+
+fn io(root: &Path, action: &str, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        root: root.display().to_string(),
+        action: action.to_string(),
+        source,
+    }
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes, _content_type: &str) -> Result<(), StorageError> {
+        let dest = self.path_of(key)?;
+        self.write_atomically(dest, bytes).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
+        let path = self.path_of(key)?;
+        self.read(&path, key).await
+    }
+
+    async fn put_private(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        _content_type: &str,
+    ) -> Result<(), StorageError> {
+        let dest = self.private_path_of(key)?;
+        self.write_atomically(dest, bytes).await
+    }
+
+    async fn get_private(&self, key: &str) -> Result<Option<Object>, StorageError> {
+        let path = self.private_path_of(key)?;
+        match self.read(&path, key).await? {
+            Some(object) => Ok(Some(object)),
+            // Where releases before private placement wrote it.
+            None => self.get(key).await,
         }
     }
 
@@ -173,6 +214,47 @@ mod tests {
             &s.get("a/b.json").await.unwrap().unwrap().bytes[..],
             b"newer"
         );
+    }
+
+    #[tokio::test]
+    async fn private_objects_live_apart_from_published_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        s.put_private(
+            "i/ab/k/manifest.json",
+            Bytes::from_static(b"{\"cost\":1}"),
+            "application/json",
+        )
+        .await
+        .unwrap();
+        assert!(dir.path().join(".private/i/ab/k/manifest.json").is_file());
+        assert!(!dir.path().join("i/ab/k/manifest.json").exists());
+        // Not published: `get` (what `/cdn/` serves) does not see it.
+        assert!(s.get("i/ab/k/manifest.json").await.unwrap().is_none());
+        let o = s
+            .get_private("i/ab/k/manifest.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&o.bytes[..], b"{\"cost\":1}");
+        assert_eq!(o.content_type, "application/json");
+        assert!(s.get_private("i/ab/k/none.json").await.unwrap().is_none());
+        assert!(matches!(
+            s.put_private("../x", Bytes::from_static(b"x"), "text/plain")
+                .await,
+            Err(StorageError::BadKey(_))
+        ));
+
+        // A manifest an older release published is still found.
+        s.put(
+            "i/cd/old/manifest.json",
+            Bytes::from_static(b"old"),
+            "application/json",
+        )
+        .await
+        .unwrap();
+        let legacy = s.get_private("i/cd/old/manifest.json").await.unwrap();
+        assert_eq!(&legacy.unwrap().bytes[..], b"old");
     }
 
     #[tokio::test]

@@ -1,6 +1,12 @@
 //! Any S3 endpoint (AWS, Garage, MinIO, R2), through `aws-sdk-s3`; a CDN in front of
 //! the bucket serves what we put.
 //!
+//! Private objects (manifests) go to `private_bucket` when one is configured: a
+//! bucket the CDN does not serve at all, the only placement that holds with an
+//! origin that serves a whole bucket (Garage's web endpoint, S3 website hosting).
+//! Without one they go to `private/` in the same bucket, which the CDN must then
+//! refuse (e.g. a CloudFront behaviour for `private/*` with no public origin access).
+//!
 //! Transient trouble (connection refused, timeouts, 5xx, throttling) is retried by the
 //! SDK with exponential backoff; whatever is left afterwards becomes
 //! [`StorageError::Unavailable`], everything else [`StorageError::Rejected`].
@@ -51,6 +57,15 @@ pub struct S3StoreConfig {
     /// CDN base the response URLs are built from: `public_url(key)` is
     /// `public_base_url/prefix/key`.
     pub public_base_url: String,
+    /// Bucket for private objects (manifests, which carry costs, the routing decision
+    /// and provider error text): one the CDN does not serve. Default: `bucket`, under
+    /// `private_prefix`.
+    #[serde(default)]
+    pub private_bucket: Option<String>,
+    /// Prefix of private objects' keys, outside `prefix`. Default: `private` in
+    /// `bucket` (the CDN must not serve it), none in a `private_bucket` of their own.
+    #[serde(default)]
+    pub private_prefix: Option<String>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// Bound on one attempt (request sent to response headers received).
@@ -79,7 +94,28 @@ fn default_max_attempts() -> u32 {
 
 const MAX_ATTEMPTS_LIMIT: u32 = 10;
 
+/// Private objects' prefix in the published bucket unless configured otherwise.
+const DEFAULT_PRIVATE_PREFIX: &str = "private";
+
+/// Private objects may be rewritten (a refresh republishes a manifest), and nobody
+/// but imagegate reads them.
+const PRIVATE_CACHE_CONTROL: &str = "private, no-cache";
+
 impl S3StoreConfig {
+    /// Where private objects go: (bucket, normalized prefix).
+    fn private_location(&self) -> (String, Option<String>) {
+        let bucket = self
+            .private_bucket
+            .clone()
+            .unwrap_or_else(|| self.bucket.clone());
+        let prefix = match &self.private_prefix {
+            Some(p) => normalize_prefix(p),
+            None if bucket == self.bucket => Some(DEFAULT_PRIVATE_PREFIX.to_string()),
+            None => Some(String::new()),
+        };
+        (bucket, prefix)
+    }
+
     /// Checks everything that can be checked without a request, including that the
     /// named credential variables are set. Errors name the field and the problem.
     pub fn validate(&self) -> Result<(), StorageError> {
@@ -115,6 +151,38 @@ impl S3StoreConfig {
         }
         if let Err(e) = parse_base_url(&self.public_base_url) {
             return bad(format!("public_base_url {:?} {e}", self.public_base_url));
+        }
+        if let Some(bucket) = &self.private_bucket {
+            if !is_valid_bucket_name(bucket) {
+                return bad(format!(
+                    "private_bucket {bucket:?} is not a valid bucket name (3-63 characters: lowercase letters, digits, '.', '-'; starting and ending with a letter or digit)"
+                ));
+            }
+        }
+        let (private_bucket, private_prefix) = self.private_location();
+        let Some(private_prefix) = private_prefix else {
+            return bad(format!(
+                "private_prefix {:?} must be like \"private\" or \"a/b\" (letters, digits, '-', '_', '.', '/' between segments; no leading '/', no '..')",
+                self.private_prefix.as_deref().unwrap_or_default()
+            ));
+        };
+        if private_bucket == self.bucket {
+            let public = self
+                .prefix
+                .as_deref()
+                .and_then(normalize_prefix)
+                .unwrap_or_default();
+            let inside = |inner: &str, outer: &str| {
+                inner == outer || inner.starts_with(&format!("{outer}/"))
+            };
+            if private_prefix.is_empty()
+                || (!public.is_empty()
+                    && (inside(&private_prefix, &public) || inside(&public, &private_prefix)))
+            {
+                return bad(format!(
+                    "private_prefix {private_prefix:?} must be a prefix of its own, apart from prefix {public:?}: manifests carry costs and provider errors, so they must live where the CDN can be told not to serve them (or set private_bucket)"
+                ));
+            }
         }
         match (&self.access_key_id_env, &self.secret_access_key_env) {
             (None, None) => {}
@@ -220,6 +288,10 @@ pub struct S3Store {
     bucket: String,
     /// Without trailing slash; empty for none.
     prefix: String,
+    /// Where `put_private` writes: `bucket` or a bucket of its own.
+    private_bucket: String,
+    /// Without trailing slash; empty for none (only in a bucket of its own).
+    private_prefix: String,
     public_base_url: String,
     /// Names the store in every error: bucket and endpoint, nothing secret.
     label: String,
@@ -304,9 +376,13 @@ impl S3Store {
             .force_path_style(config.path_style)
             .build();
 
+        let (private_bucket, private_prefix) = config.private_location();
+        let private_prefix = private_prefix.unwrap_or_default();
         tracing::info!(
             store = %label,
             prefix = config.prefix.as_deref().unwrap_or(""),
+            private_bucket = %private_bucket,
+            private_prefix = %private_prefix,
             credentials = if redact.is_empty() { "aws-chain" } else { "env" },
             "s3 store opened"
         );
@@ -318,6 +394,8 @@ impl S3Store {
                 .as_deref()
                 .and_then(normalize_prefix)
                 .unwrap_or_default(),
+            private_bucket,
+            private_prefix,
             public_base_url: parse_base_url(&config.public_base_url)
                 .map_err(StorageError::Config)?,
             label,
@@ -327,12 +405,82 @@ impl S3Store {
     }
 
     fn object_key(&self, key: &str) -> Result<String, StorageError> {
-        validate_key(key)?;
-        Ok(if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}/{key}", self.prefix)
-        })
+        joined(&self.prefix, key)
+    }
+
+    /// Sends a PUT of `object_key` to `bucket`.
+    async fn put_to(
+        &self,
+        bucket: &str,
+        object_key: &str,
+        bytes: Bytes,
+        content_type: &str,
+        cache_control: &str,
+    ) -> Result<(), StorageError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(object_key)
+            .content_type(content_type)
+            .cache_control(cache_control)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| self.error(&format!("put {bucket}/{object_key}"), e))?;
+        Ok(())
+    }
+
+    /// GETs `object_key` from `bucket`; `key` (unprefixed) names its content type
+    /// when the object has none.
+    async fn get_from(
+        &self,
+        bucket: &str,
+        object_key: &str,
+        key: &str,
+    ) -> Result<Option<Object>, StorageError> {
+        let action = || format!("get {bucket}/{object_key}");
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(object_key)
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) if is_no_such_key(&e) => return Ok(None),
+            Err(e) => return Err(self.error(&action(), e)),
+        };
+        let content_type = resp
+            .content_type()
+            .map(str::to_string)
+            .unwrap_or_else(|| content_type_for(key).to_string());
+        let body = match tokio::time::timeout(self.operation_timeout, resp.body.collect()).await {
+            Ok(Ok(body)) => body.into_bytes(),
+            Ok(Err(e)) => {
+                return Err(StorageError::Unavailable {
+                    store: self.label.clone(),
+                    action: action(),
+                    detail: self.scrub(format!("reading the body failed: {}", chain(&e))),
+                })
+            }
+            Err(_) => {
+                return Err(StorageError::Unavailable {
+                    store: self.label.clone(),
+                    action: action(),
+                    detail: format!(
+                        "reading the body took longer than {} ms",
+                        self.operation_timeout.as_millis()
+                    ),
+                })
+            }
+        };
+        Ok(Some(Object {
+            // Same validator as the local store: ETags do not change with the backend.
+            etag: etag_of(&body),
+            content_type,
+            bytes: body,
+        }))
     }
 
     fn scrub(&self, mut text: String) -> String {
@@ -451,64 +599,48 @@ impl ObjectStore for S3Store {
 
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {
         let object_key = self.object_key(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .content_type(content_type)
-            .cache_control(IMMUTABLE_CACHE_CONTROL)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| self.error(&format!("put {object_key:?}"), e))?;
-        Ok(())
+        self.put_to(
+            &self.bucket,
+            &object_key,
+            bytes,
+            content_type,
+            IMMUTABLE_CACHE_CONTROL,
+        )
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Object>, StorageError> {
         let object_key = self.object_key(key)?;
-        let action = || format!("get {object_key:?}");
-        let resp = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&object_key)
-            .send()
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) if is_no_such_key(&e) => return Ok(None),
-            Err(e) => return Err(self.error(&action(), e)),
-        };
-        let content_type = resp
-            .content_type()
-            .map(str::to_string)
-            .unwrap_or_else(|| content_type_for(key).to_string());
-        let body = match tokio::time::timeout(self.operation_timeout, resp.body.collect()).await {
-            Ok(Ok(body)) => body.into_bytes(),
-            Ok(Err(e)) => {
-                return Err(StorageError::Unavailable {
-                    store: self.label.clone(),
-                    action: action(),
-                    detail: self.scrub(format!("reading the body failed: {}", chain(&e))),
-                })
-            }
-            Err(_) => {
-                return Err(StorageError::Unavailable {
-                    store: self.label.clone(),
-                    action: action(),
-                    detail: format!(
-                        "reading the body took longer than {} ms",
-                        self.operation_timeout.as_millis()
-                    ),
-                })
-            }
-        };
-        Ok(Some(Object {
-            // Same validator as the local store: ETags do not change with the backend.
-            etag: etag_of(&body),
+        self.get_from(&self.bucket, &object_key, key).await
+    }
+
+    async fn put_private(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        let object_key = joined(&self.private_prefix, key)?;
+        self.put_to(
+            &self.private_bucket,
+            &object_key,
+            bytes,
             content_type,
-            bytes: body,
-        }))
+            PRIVATE_CACHE_CONTROL,
+        )
+        .await
+    }
+
+    async fn get_private(&self, key: &str) -> Result<Option<Object>, StorageError> {
+        let object_key = joined(&self.private_prefix, key)?;
+        match self
+            .get_from(&self.private_bucket, &object_key, key)
+            .await?
+        {
+            Some(object) => Ok(Some(object)),
+            // Where releases before private placement wrote it.
+            None => self.get(key).await,
+        }
     }
 
     fn public_url(&self, key: &str) -> String {
@@ -520,14 +652,29 @@ impl ObjectStore for S3Store {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| self.error("head bucket", e))?;
+        for bucket in [&self.bucket, &self.private_bucket] {
+            self.client
+                .head_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .map_err(|e| self.error(&format!("head bucket {bucket:?}"), e))?;
+            if self.private_bucket == self.bucket {
+                break;
+            }
+        }
         Ok(())
     }
+}
+
+/// `prefix/key` (just `key` without a prefix), for a valid `key`.
+fn joined(prefix: &str, key: &str) -> Result<String, StorageError> {
+    validate_key(key)?;
+    Ok(if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}/{key}")
+    })
 }
 
 /// NoSuchKey, or a bare 404 that is not about the bucket.
@@ -623,6 +770,33 @@ mod tests {
                 "must not exceed operation_timeout_ms",
             ),
             (|c| c.max_attempts = 0, "max_attempts (0)"),
+            (
+                |c| c.private_bucket = Some("Private".into()),
+                "private_bucket \"Private\" is not a valid bucket name",
+            ),
+            (
+                |c| c.private_prefix = Some("../up".into()),
+                "private_prefix \"../up\" must be like",
+            ),
+            // In the published bucket, private objects need a prefix of their own.
+            (
+                |c| c.private_prefix = Some(String::new()),
+                "private_prefix \"\" must be a prefix of its own",
+            ),
+            (
+                |c| {
+                    c.prefix = Some("img".into());
+                    c.private_prefix = Some("img/private".into());
+                },
+                "apart from prefix \"img\"",
+            ),
+            (
+                |c| {
+                    c.prefix = Some("a/b".into());
+                    c.private_prefix = Some("a".into());
+                },
+                "apart from prefix \"a/b\"",
+            ),
         ];
         for (change, expected) in cases {
             let mut c = config();
@@ -689,6 +863,32 @@ mod tests {
             let store = S3Store::open(&c).await.unwrap();
             assert_eq!(store.public_url("i/ab/k/768.avif"), expected);
         }
+    }
+
+    #[test]
+    fn private_objects_default_to_their_own_prefix_or_bucket() {
+        let mut c = config();
+        assert_eq!(
+            c.private_location(),
+            ("images".to_string(), Some("private".to_string()))
+        );
+        c.private_bucket = Some("images-private".into());
+        c.validate().unwrap();
+        assert_eq!(
+            c.private_location(),
+            ("images-private".to_string(), Some(String::new()))
+        );
+        c.private_prefix = Some("m/".into());
+        assert_eq!(
+            c.private_location(),
+            ("images-private".to_string(), Some("m".to_string()))
+        );
+        // The same bucket named explicitly is the same bucket.
+        c.private_bucket = Some("images".into());
+        c.private_prefix = None;
+        c.prefix = Some("img".into());
+        c.validate().unwrap();
+        assert_eq!(c.private_location().1.as_deref(), Some("private"));
     }
 
     #[test]

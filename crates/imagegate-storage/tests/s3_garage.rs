@@ -23,6 +23,8 @@ fn config_for(garage: &Garage) -> S3StoreConfig {
         access_key_id_env: Some(id_var),
         secret_access_key_env: Some(secret_var),
         public_base_url: s3.web_base_url,
+        private_bucket: None,
+        private_prefix: None,
         connect_timeout_ms: 1_000,
         attempt_timeout_ms: 2_000,
         operation_timeout_ms: OPERATION_TIMEOUT.as_millis() as u64,
@@ -148,6 +150,123 @@ async fn a_prefix_lands_in_object_keys_and_public_urls() {
     let resp = reqwest::get(&url).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.bytes().await.unwrap(), bytes);
+}
+
+/// A second bucket the test key may write, which (unlike the first) the web
+/// endpoint does not serve.
+fn private_bucket(garage: &Garage, name: &str) {
+    garage.cli(&["bucket", "create", name]);
+    garage.cli(&[
+        "bucket",
+        "allow",
+        "--read",
+        "--write",
+        "--key",
+        garage.access_key_id(),
+        name,
+    ]);
+}
+
+/// A GET of `url` on Garage's web endpoint, optionally naming the bucket by Host.
+async fn web_get(url: &str, host: Option<&str>) -> (u16, bytes::Bytes) {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let resp = request.send().await.unwrap();
+    (resp.status().as_u16(), resp.bytes().await.unwrap())
+}
+
+#[tokio::test]
+async fn private_objects_in_a_bucket_of_their_own_are_not_on_the_cdn() {
+    let garage = Garage::start();
+    private_bucket(&garage, "imagegate-private");
+    let mut config = config_for(&garage);
+    config.prefix = Some("imagegate".into());
+    config.private_bucket = Some("imagegate-private".into());
+    let store = S3Store::open(&config).await.unwrap();
+    store.check().await.unwrap();
+
+    let manifest = Bytes::from_static(br#"{"cost_micros":42000,"stages":[]}"#);
+    let key = "i/ab/k/manifest.json";
+    store
+        .put_private(key, manifest.clone(), "application/json")
+        .await
+        .unwrap();
+    let got = store.get_private(key).await.unwrap().unwrap();
+    assert_eq!(got.bytes, manifest);
+    assert_eq!(got.content_type, "application/json");
+    // Not among the published objects, at the prefix or anywhere else.
+    assert!(store.get(key).await.unwrap().is_none());
+    let plain = store_for(&garage).await;
+    assert!(plain
+        .get("imagegate/i/ab/k/manifest.json")
+        .await
+        .unwrap()
+        .is_none());
+
+    // The CDN (Garage's web endpoint) has no way to it: not at its public URL, not
+    // under the private bucket's own name, not at the key's raw path.
+    for (url, host) in [
+        (store.public_url(key), None),
+        (format!("{}/{key}", garage.web_base_url()), None),
+        (
+            format!("{}/{key}", garage.web_base_url()),
+            Some("imagegate-private"),
+        ),
+    ] {
+        let (status, body) = web_get(&url, host).await;
+        assert_eq!(status, 404, "GET {url} (Host {host:?}) answered {status}");
+        assert_ne!(body, manifest);
+    }
+    // Published files stay served, so the 404s above are about placement.
+    store
+        .put("i/ab/k/256.avif", sample(1_000, 9), "image/avif")
+        .await
+        .unwrap();
+    let (status, _) = web_get(&store.public_url("i/ab/k/256.avif"), None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn private_objects_default_to_a_prefix_of_their_own_and_old_manifests_are_read() {
+    let garage = Garage::start();
+    let mut config = config_for(&garage);
+    config.prefix = Some("imagegate".into());
+    let store = S3Store::open(&config).await.unwrap();
+    let plain = store_for(&garage).await;
+    let key = "i/cd/k/manifest.json";
+    store
+        .put_private(key, Bytes::from_static(b"new"), "application/json")
+        .await
+        .unwrap();
+    // `private/<key>`, outside `imagegate/`: what a CDN path rule must refuse.
+    assert_eq!(
+        &plain
+            .get(&format!("private/{key}"))
+            .await
+            .unwrap()
+            .unwrap()
+            .bytes[..],
+        b"new"
+    );
+    assert!(store.get(key).await.unwrap().is_none());
+
+    // A manifest published by a release before private placement is still read.
+    let old = "i/ef/k/manifest.json";
+    store
+        .put(old, Bytes::from_static(b"old"), "application/json")
+        .await
+        .unwrap();
+    assert_eq!(
+        &store.get_private(old).await.unwrap().unwrap().bytes[..],
+        b"old"
+    );
+    assert!(store
+        .get_private("i/ef/none/manifest.json")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]

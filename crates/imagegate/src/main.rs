@@ -156,8 +156,12 @@ enum KeysAction {
         /// This key's sustained limit; [server.auth] requests_per_minute by default.
         #[arg(long)]
         requests_per_minute: Option<u32>,
+        /// An admin key: sees every key's costs and deliveries (others see their
+        /// own) and may republish (`cache: refresh`).
+        #[arg(long)]
+        admin: bool,
     },
-    /// List keys (ids, names, limits; never secrets).
+    /// List keys (ids, names, limits, scopes; never secrets).
     List,
     /// Revoke a key by id; it stops working within [server.auth] reload_secs.
     Revoke { id: String },
@@ -362,27 +366,36 @@ async fn keys(
         KeysAction::Create {
             name,
             requests_per_minute,
+            admin,
         } => {
-            let key = ledger.create_api_key(&name, requests_per_minute).await?;
+            let scope = if admin {
+                imagegate_ledger::KeyScope::Admin
+            } else {
+                imagegate_ledger::KeyScope::Standard
+            };
+            let key = ledger
+                .create_api_key(&name, requests_per_minute, scope)
+                .await?;
             eprintln!(
-                "created key {} ({}); it is shown once, store it now:",
-                key.record.id, key.record.name
+                "created {} key {} ({}); it is shown once, store it now:",
+                key.record.scope, key.record.id, key.record.name
             );
             println!("{}", key.token);
             std::process::ExitCode::SUCCESS
         }
         KeysAction::List => {
             println!(
-                "{:<16}  {:<24}  {:>8}  {:<24}  revoked",
-                "id", "name", "rpm", "created"
+                "{:<16}  {:<24}  {:>8}  {:<8}  {:<24}  revoked",
+                "id", "name", "rpm", "scope", "created"
             );
             for k in ledger.api_keys().await? {
                 println!(
-                    "{:<16}  {:<24}  {:>8}  {:<24}  {}",
+                    "{:<16}  {:<24}  {:>8}  {:<8}  {:<24}  {}",
                     k.id,
                     k.name,
                     k.requests_per_minute
                         .map_or("default".to_string(), |r| r.to_string()),
+                    k.scope,
                     k.created_at,
                     k.revoked_at.as_deref().unwrap_or("-")
                 );

@@ -48,6 +48,8 @@ pub async fn run(
         group_by: imagegate_ledger::Dimension::parse_list(&args.by).context("--by")?,
         since: instant(args.since, "since")?,
         until: instant(args.until, "until")?,
+        // The operator's tool: every key's spending.
+        api_key: None,
     };
     // CSV is one table per output; the other formats hold every section.
     let wanted = |s: Section| match (args.only, args.format) {

@@ -1,0 +1,11 @@
+//! imagegate's end-to-end tests, one binary (one link) with a module per surface:
+//! each starts the real `imagegate` binary on a config written for the test.
+
+mod api;
+mod dashboard;
+mod e2e;
+mod fleet;
+mod openapi;
+mod prices;
+mod support;
+mod warm;
