@@ -19,14 +19,27 @@ PYTHON="${PYTHON:-python3}"
 REQUIREMENTS="$(grep -v '^\s*#' "$REQUIREMENTS_FILE" | sed '/^\s*$/d')"
 STAMP="$VENV/.imagegate-requirements"
 
-if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]]; then
+up_to_date() {
+  [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$REQUIREMENTS" ]]
+}
+
+if up_to_date; then
+  echo "$VENV/bin/python"
+  exit 0
+fi
+
+# Tests running in parallel ask for the same venv at once: one creates it while the
+# others wait on the lock, then find it up to date.
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
+if up_to_date; then
   echo "$VENV/bin/python"
   exit 0
 fi
 
 echo "python-venv: creating $VENV" >&2
 rm -rf "$VENV"
-mkdir -p "$(dirname "$VENV")"
 "$PYTHON" -m venv "$VENV" >&2
 printf '%s\n' "$REQUIREMENTS" >"$VENV/requirements.txt"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
