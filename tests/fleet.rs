@@ -380,7 +380,7 @@ async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
 /// nothing more, and once it is back the paid work is published, not paid again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the_work() {
-    let mut garage = Garage::start();
+    let mut garage = start_garage();
     let replica = Replica::new(ReplicaOptions {
         garage: &garage,
         ledger_url: None,
@@ -400,7 +400,10 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
         .json()
         .await
         .unwrap();
-    let id = estimate["id"].as_str().unwrap().to_string();
+    let id = estimate["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("estimate without id: {estimate}"))
+        .to_string();
     let key: imagegate_core::ContentKey = id.parse().unwrap();
     let url = replica.url("/v1/images");
     let first = tokio::spawn({
