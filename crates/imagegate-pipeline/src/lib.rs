@@ -498,7 +498,12 @@ impl Pipeline {
         &self,
         key: ContentKey,
     ) -> Result<Option<Manifest>, PipelineError> {
-        let Some(obj) = self.inner.store.get_private(&Manifest::object_key(key)).await? else {
+        let Some(obj) = self
+            .inner
+            .store
+            .get_private(&Manifest::object_key(key))
+            .await?
+        else {
             return Ok(None);
         };
         let manifest: Manifest = serde_json::from_slice(&obj.bytes)
