@@ -104,11 +104,15 @@ impl fmt::Debug for LedgerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the cache answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheOutcome {
+    /// This request ran the generation.
     Miss,
+    /// Served from the cache; the cost is that of the hit.
     Hit,
+    /// Generated without the cache (`"cache": "bypass"`).
     Bypass,
 }
 

@@ -1,27 +1,59 @@
-//! The JSON shapes of API.md that image answers are serialized from.
+//! The JSON shapes the handlers answer with. Each type here is both what a handler
+//! serializes and, through its `ToSchema` derive, what `/openapi.json` documents, so
+//! the document cannot drift from the answers.
 
-use imagegate_core::{ContentKey, ImageFormat, Manifest, ManifestStatus, StageCost};
+use crate::error::ErrorDetail;
+use imagegate_core::{
+    ContentKey, ImageFormat, Manifest, ManifestStatus, SafetyAction, Stage, StageCost,
+};
+use imagegate_ledger::CacheOutcome;
 use imagegate_pipeline::Pipeline;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
-// The views below spell the JSON of API.md. Fields are in alphabetical order, the
-// order these bodies had when they were built as `serde_json::Value` maps.
+// Fields are in alphabetical order, the order these bodies had when they were built
+// as `serde_json::Value` maps.
 
-/// A published image with what this request cost.
-#[derive(serde::Serialize)]
+/// An image: its files, `srcset` strings per format, the safety verdict, what it
+/// cost and (`POST /v1/images`) how the cache answered.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = ImageView)]
 pub(crate) struct ImageView<'a> {
+    /// How the cache answered (`POST /v1/images` only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) cache: Option<&'static str>,
+    pub(crate) cache: Option<CacheOutcome>,
+    /// `GET /v1/images/{id}`: what the first generation cost; `POST /v1/images`:
+    /// what this request cost.
     pub(crate) cost: CostView<'a>,
     #[serde(flatten)]
     pub(crate) manifest: ManifestView<'a>,
 }
 
+/// A `422` of `POST /v1/images`. A blocked generated image (`content_blocked`) also
+/// names its key, the verdict and what the request cost; a refused prompt
+/// (`prompt_blocked`) has only the error.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = BlockedView)]
+pub(crate) struct BlockedView<'a> {
+    #[schema(value_type = Option<CacheOutcome>)]
+    pub(crate) cache: CacheOutcome,
+    #[schema(value_type = Option<CostView>)]
+    pub(crate) cost: CostView<'a>,
+    pub(crate) error: ErrorDetail,
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{64}$")]
+    pub(crate) id: ContentKey,
+    #[schema(value_type = Option<SafetyView>)]
+    pub(crate) safety: SafetyView,
+}
+
 /// A verdict as the API shows it.
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ToSchema)]
 pub(crate) struct SafetyView {
+    #[schema(value_type = SafetyAction)]
     pub(crate) action: &'static str,
-    /// Widened as the `Value` maps did, so the digits stay the same.
+    /// The classifier's score in 0..=1; null when no classifier ran. Widened as the
+    /// `Value` maps did, so the digits stay the same.
+    #[schema(required = true)]
     pub(crate) nsfw_score: Option<f64>,
 }
 
@@ -34,7 +66,8 @@ impl From<&imagegate_core::SafetyVerdict> for SafetyView {
     }
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = CostView)]
 pub(crate) struct CostView<'a> {
     pub(crate) stages: Vec<StageView<'a>>,
     pub(crate) total_usd: f64,
@@ -59,29 +92,46 @@ impl<'a> CostView<'a> {
     }
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = StageView)]
 pub(crate) struct StageView<'a> {
+    /// CPU time in milliseconds.
     pub(crate) cpu_ms: f64,
+    /// Stage-specific facts (provider usage, widths, bytes).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub(crate) detail: Option<&'a serde_json::Value>,
+    /// Wall time in milliseconds.
     pub(crate) ms: f64,
+    #[schema(value_type = Stage)]
     pub(crate) stage: &'static str,
     pub(crate) usd: f64,
 }
 
-#[derive(serde::Serialize)]
+/// The manifest's part of an image answer.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = ManifestView)]
 pub(crate) struct ManifestView<'a> {
+    /// RFC 3339 UTC.
+    #[schema(value_type = String)]
     pub(crate) created_at: &'a str,
+    /// The content key.
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub(crate) id: ContentKey,
     pub(crate) images: Vec<VariantView>,
+    #[schema(value_type = String)]
     pub(crate) model: &'a str,
+    #[schema(value_type = String)]
     pub(crate) provider: &'a str,
     pub(crate) safety: SafetyView,
+    /// Format extension to a `srcset` value (`<url> 256w, <url> 512w`).
+    #[schema(value_type = BTreeMap<String, String>)]
     pub(crate) srcset: BTreeMap<&'static str, String>,
     pub(crate) status: ManifestStatus,
 }
 
-#[derive(serde::Serialize)]
+/// One stored file of an image.
+#[derive(serde::Serialize, ToSchema)]
 pub(crate) struct VariantView {
     pub(crate) bytes: u64,
     pub(crate) format: ImageFormat,
@@ -129,4 +179,11 @@ impl<'a> ManifestView<'a> {
             images,
         }
     }
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct StatusView {
+    /// `ok` (`/healthz`) or `ready` (`/readyz`).
+    pub(crate) status: &'static str,
 }

@@ -27,7 +27,7 @@ use std::sync::Arc;
         (status = 402, response = crate::openapi::PaymentRequired),
         (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 415, response = crate::openapi::UnsupportedMediaType),
-        (status = 422, description = "The prompt was refused (`prompt_blocked`)", body = crate::openapi::ErrorBody),
+        (status = 422, description = "The prompt was refused (`prompt_blocked`)", body = crate::error::ErrorBody),
         (status = 429, response = crate::openapi::RateLimited),
         (status = 503, response = crate::openapi::Unavailable),
         (status = 504, response = crate::openapi::GatewayTimeout),

@@ -1,5 +1,6 @@
 //! Probes and metrics: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
+use crate::views::StatusView;
 use crate::{ApiError, AppState};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,13 +16,13 @@ use std::time::Duration;
     tag = "operations",
     security(()),
     responses(
-        (status = 200, description = "Alive", body = crate::openapi::StatusBody),
+        (status = 200, description = "Alive", body = StatusView),
         (status = 503, response = crate::openapi::Unavailable),
         (status = 504, response = crate::openapi::GatewayTimeout),
     ),
 )]
-pub(crate) async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+pub(crate) async fn healthz() -> Json<StatusView> {
+    Json(StatusView { status: "ok" })
 }
 
 /// Readiness: the store and the ledger answer.
@@ -31,14 +32,14 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     tag = "operations",
     security(()),
     responses(
-        (status = 200, description = "Ready for traffic", body = crate::openapi::StatusBody),
+        (status = 200, description = "Ready for traffic", body = StatusView),
         (status = 503, response = crate::openapi::Unavailable),
         (status = 504, response = crate::openapi::GatewayTimeout),
     ),
 )]
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.pipeline.ready().await {
-        Ok(()) => Json(serde_json::json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(StatusView { status: "ready" }).into_response(),
         Err(e) => {
             let mut err =
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string());

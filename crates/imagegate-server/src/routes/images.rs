@@ -1,9 +1,10 @@
 //! `POST /v1/images` and `GET /v1/images/{id}`: generate (or fetch) and deliver.
 
 use crate::auth::AuthedKey;
+use crate::error::ErrorDetail;
 use crate::error::JsonBody;
 use crate::middleware::Caller;
-use crate::views::{CostView, ImageView, ManifestView, SafetyView};
+use crate::views::{BlockedView, CostView, ImageView, ManifestView, SafetyView};
 use crate::{ApiError, AppState};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -27,7 +28,7 @@ use std::sync::Arc;
         example = json!({"prompt": "a lighthouse at dusk, watercolor", "size": "1024x1024", "seed": 42, "variants": [256, 512], "formats": ["avif", "jpeg"], "policy": "cheapest", "cache": "use"})
     ),
     responses(
-        (status = 200, description = "The image's files, verdict and what this request cost", body = crate::openapi::ImageBody),
+        (status = 200, description = "The image's files, verdict and what this request cost", body = ImageView),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 402, response = crate::openapi::PaymentRequired),
@@ -35,7 +36,7 @@ use std::sync::Arc;
         (status = 410, response = crate::openapi::Gone),
         (status = 413, response = crate::openapi::PayloadTooLarge),
         (status = 415, response = crate::openapi::UnsupportedMediaType),
-        (status = 422, description = "The prompt (`prompt_blocked`) or the generated image (`content_blocked`) was refused", body = crate::openapi::BlockedBody),
+        (status = 422, description = "The prompt (`prompt_blocked`) or the generated image (`content_blocked`) was refused", body = BlockedView),
         (status = 429, response = crate::openapi::RateLimited),
         (status = 500, response = crate::openapi::Internal),
         (status = 502, response = crate::openapi::BadGateway),
@@ -66,7 +67,7 @@ pub(crate) fn answer(state: &AppState, outcome: &Outcome) -> Response {
     // A cache hit's whole answer is this body. The manifest's part is rendered once
     // per published manifest; only the cache outcome and this request's cost are
     // written per request (building the URLs each time cost more than the rest of a hit).
-    image_response(state, Some(outcome.cache.as_str()), &outcome.stages, m)
+    image_response(state, Some(outcome.cache), &outcome.stages, m)
 }
 
 /// `ImageView` as an `application/json` 200, from the manifest's part as rendered
@@ -75,7 +76,7 @@ pub(crate) fn answer(state: &AppState, outcome: &Outcome) -> Response {
 /// bytes are the ones serializing `ImageView` whole gives.
 pub(crate) fn image_response(
     state: &AppState,
-    cache: Option<&'static str>,
+    cache: Option<imagegate_ledger::CacheOutcome>,
     stages: &[StageCost],
     manifest: &Arc<Manifest>,
 ) -> Response {
@@ -89,7 +90,7 @@ pub(crate) fn image_response(
             body.push(b'{');
             if let Some(cache) = cache {
                 body.extend_from_slice(b"\"cache\":");
-                serde_json::to_writer(&mut body, cache)?;
+                serde_json::to_writer(&mut body, &cache)?;
                 body.push(b',');
             }
             body.extend_from_slice(b"\"cost\":");
@@ -138,17 +139,21 @@ pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serd
     let m = &outcome.manifest;
     let cost = CostView::new(&outcome.stages);
     if m.status == ManifestStatus::Blocked {
-        let body = serde_json::json!({
-            "error": {"code": "content_blocked", "message": "the generated image was blocked by the safety policy"},
-            "id": m.id,
-            "cache": outcome.cache.as_str(),
-            "safety": SafetyView::from(&m.safety),
-            "cost": cost,
-        });
+        let body = BlockedView {
+            cache: outcome.cache,
+            cost,
+            error: ErrorDetail {
+                code: "content_blocked".into(),
+                message: "the generated image was blocked by the safety policy".into(),
+            },
+            id: m.id,
+            safety: SafetyView::from(&m.safety),
+        };
+        let body = serde_json::to_value(&body).expect("the blocked view serializes");
         return (StatusCode::UNPROCESSABLE_ENTITY, body);
     }
     let body = ImageView {
-        cache: Some(outcome.cache.as_str()),
+        cache: Some(outcome.cache),
         cost,
         manifest: ManifestView::new(pipeline, m),
     };
@@ -165,7 +170,7 @@ pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serd
     tag = "images",
     params(("id" = String, Path, description = "The content key: 64 lowercase hex digits", pattern = "^[0-9a-f]{64}$")),
     responses(
-        (status = 200, description = "The image as first generated, with that generation's cost", body = crate::openapi::ManifestBody),
+        (status = 200, description = "The image as first generated, with that generation's cost", body = ImageView),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 404, response = crate::openapi::NotFound),

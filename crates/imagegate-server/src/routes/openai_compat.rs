@@ -25,7 +25,7 @@ use axum::Json;
 use base64::Engine;
 use imagegate_core::{ImageFormat, Manifest, ManifestStatus, Stage, VariantRef};
 use imagegate_pipeline::{ImageRequest, Outcome, PipelineError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The request as OpenAI documents it. Unknown fields are refused, as OpenAI does.
@@ -88,7 +88,7 @@ fn invalid(param: &'static str, message: impl Into<String>) -> OpenAiError {
         example = json!({"prompt": "a lighthouse at dusk, watercolor", "n": 2, "size": "512x512", "model": "dall-e-3", "quality": "hd", "response_format": "b64_json"})
     ),
     responses(
-        (status = 200, description = "The images, and what each cost", body = crate::openapi::OpenAiImagesBody),
+        (status = 200, description = "The images, and what each cost", body = OpenAiImagesBody),
         (status = 400, response = crate::openapi::OpenAiBadRequest),
         (status = 401, response = crate::openapi::OpenAiUnauthorized),
         (status = 402, response = crate::openapi::OpenAiPaymentRequired),
@@ -133,7 +133,9 @@ pub(crate) async fn generations(
             )))
         })?;
         data.push(match format {
-            ResponseFormat::Url => serde_json::json!({"url": pipeline.url_of(variant)}),
+            ResponseFormat::Url => OpenAiImageData::Url {
+                url: pipeline.url_of(variant),
+            },
             ResponseFormat::B64Json => {
                 let object = pipeline
                     .store()
@@ -143,28 +145,32 @@ pub(crate) async fn generations(
                     .ok_or_else(|| {
                         PipelineError::Storage(format!("{} is missing", variant.object))
                     })?;
-                serde_json::json!({
-                    "b64_json": base64::engine::general_purpose::STANDARD.encode(&object.bytes)
-                })
+                OpenAiImageData::B64Json {
+                    b64_json: base64::engine::general_purpose::STANDARD.encode(&object.bytes),
+                }
             }
         });
     }
-    let mut body = serde_json::json!({
-        "created": chrono::Utc::now().timestamp(),
-        "data": data,
-        // Beyond OpenAI's shape (its clients ignore unknown fields): what each image
-        // is and what this request cost.
-        "imagegate": {
-            "images": outcomes.iter().map(|o| serde_json::json!({
-                "id": o.manifest.id,
-                "cache": o.cache.as_str(),
-                "cost_usd": o.stages.iter().map(|s| s.micros).sum::<imagegate_core::Micros>().as_usd(),
-            })).collect::<Vec<_>>(),
+    let body = OpenAiImagesBody {
+        created: chrono::Utc::now().timestamp(),
+        data,
+        imagegate: OpenAiExtras {
+            images: outcomes
+                .iter()
+                .map(|o| OpenAiImageFacts {
+                    cache: o.cache,
+                    cost_usd: o
+                        .stages
+                        .iter()
+                        .map(|s| s.micros)
+                        .sum::<imagegate_core::Micros>()
+                        .as_usd(),
+                    id: o.manifest.id,
+                })
+                .collect(),
         },
-    });
-    if let Some(usage) = token_usage(&outcomes) {
-        body["usage"] = usage;
-    }
+        usage: token_usage(&outcomes),
+    };
     Ok(Json(body).into_response())
 }
 
@@ -349,7 +355,7 @@ fn served_variant(m: &Manifest, format: Option<ImageFormat>) -> Option<&VariantR
 
 /// OpenAI's `usage` object, when every generation run by this request reported
 /// tokens (GPT image models); hits used none.
-fn token_usage(outcomes: &[Outcome]) -> Option<serde_json::Value> {
+fn token_usage(outcomes: &[Outcome]) -> Option<OpenAiUsage> {
     let mut input_text = 0u64;
     let mut input_image = 0u64;
     let mut output = 0u64;
@@ -365,14 +371,72 @@ fn token_usage(outcomes: &[Outcome]) -> Option<serde_json::Value> {
             any = true;
         }
     }
-    any.then(|| {
-        serde_json::json!({
-            "total_tokens": input_text + input_image + output,
-            "input_tokens": input_text + input_image,
-            "output_tokens": output,
-            "input_tokens_details": {"text_tokens": input_text, "image_tokens": input_image},
-        })
+    any.then_some(OpenAiUsage {
+        input_tokens: input_text + input_image,
+        input_tokens_details: OpenAiInputTokens {
+            image_tokens: input_image,
+            text_tokens: input_text,
+        },
+        output_tokens: output,
+        total_tokens: input_text + input_image + output,
     })
+}
+
+// The answer's shapes, as serialized and as documented. Fields in alphabetical order,
+// the order these bodies had when they were built as `serde_json::Value` maps.
+
+/// `POST /v1/images/generations`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OpenAiImagesBody {
+    /// Unix seconds.
+    created: i64,
+    data: Vec<OpenAiImageData>,
+    /// Beyond OpenAI's shape (its clients ignore unknown fields): what each image is
+    /// and what this request cost.
+    imagegate: OpenAiExtras,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenAiUsage>,
+}
+
+/// One image of an OpenAI answer, as `response_format` asked.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum OpenAiImageData {
+    Url {
+        /// The CDN URL of the profile's widest variant in its first format.
+        url: String,
+    },
+    B64Json {
+        b64_json: String,
+    },
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct OpenAiExtras {
+    images: Vec<OpenAiImageFacts>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct OpenAiImageFacts {
+    cache: imagegate_ledger::CacheOutcome,
+    cost_usd: f64,
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+    id: imagegate_core::ContentKey,
+}
+
+/// Present when every generation of the request reported tokens.
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
+struct OpenAiUsage {
+    input_tokens: u64,
+    input_tokens_details: OpenAiInputTokens,
+    output_tokens: u64,
+    total_tokens: u64,
+}
+
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
+struct OpenAiInputTokens {
+    image_tokens: u64,
+    text_tokens: u64,
 }
 
 #[cfg(test)]
