@@ -279,6 +279,21 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// Query parameters, refused as `invalid_query` in the service's own error shape.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct QueryParams<T>(pub T);
+
 /// A JSON request body, refused in the service's own error shape (as axum's
 /// `error-handling` example does), so handlers never see a `JsonRejection`. The
 /// OpenAI route maps the refusal into its flavour with `?` like any other error.

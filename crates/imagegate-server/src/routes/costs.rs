@@ -2,6 +2,7 @@
 //! query a caller runs is held to ([`report_query`]).
 
 use crate::auth::AuthedKey;
+use crate::error::QueryParams;
 use crate::{ApiError, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -86,25 +87,29 @@ pub(crate) fn report_query(
 pub(crate) async fn costs(
     State(state): State<Arc<AppState>>,
     caller: AuthedKey,
-    params: Result<axum::extract::Query<CostsParams>, axum::extract::rejection::QueryRejection>,
+    QueryParams(params): QueryParams<CostsParams>,
 ) -> Result<Response, ApiError> {
-    let bad = |code: &'static str, e: imagegate_ledger::LedgerError| {
-        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-    };
-    let axum::extract::Query(params) = params
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let group_by =
-        imagegate_ledger::Dimension::parse_list(params.group_by.as_deref().unwrap_or(""))
-            .map_err(|e| bad("invalid_group_by", e))?;
+    let group_by = imagegate_ledger::Dimension::parse_list(
+        params.group_by.as_deref().unwrap_or(""),
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_group_by", e.to_string()))?;
     let query = report_query(&caller, group_by, params.since, params.until, params.key)?;
     let report = state
         .pipeline
         .ledger()
         .report(&query)
         .await
-        .map_err(|e| match e {
-            imagegate_ledger::LedgerError::BadReport(_) => bad("invalid_time", e),
-            e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
-        })?;
+        .map_err(report_error)?;
     Ok(Json(report).into_response())
+}
+
+/// A ledger report's failure: a window the ledger refuses is the caller's
+/// (`invalid_time`), anything else the ledger's.
+pub(crate) fn report_error(e: imagegate_ledger::LedgerError) -> ApiError {
+    match e {
+        imagegate_ledger::LedgerError::BadReport(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string())
+        }
+        e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
+    }
 }

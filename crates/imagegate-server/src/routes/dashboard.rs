@@ -7,10 +7,10 @@
 //! in session storage, once the server asks for one), so it works unchanged behind
 //! authentication.
 
+use crate::error::QueryParams;
 use crate::{ApiError, AppState};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use imagegate_ledger::DeliveryAssumptions;
@@ -96,13 +96,8 @@ pub(crate) struct DeliveryParams {
 pub(crate) async fn delivery(
     State(state): State<Arc<AppState>>,
     caller: crate::auth::AuthedKey,
-    params: Result<Query<DeliveryParams>, QueryRejection>,
+    QueryParams(params): QueryParams<DeliveryParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let bad_time = |e: imagegate_ledger::LedgerError| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string())
-    };
     let query = crate::routes::costs::report_query(
         &caller,
         Vec::new(),
@@ -115,10 +110,7 @@ pub(crate) async fn delivery(
         .ledger()
         .delivery(&query)
         .await
-        .map_err(|e| match e {
-            imagegate_ledger::LedgerError::BadReport(_) => bad_time(e),
-            e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
-        })?;
+        .map_err(crate::routes::costs::report_error)?;
     let projection =
         imagegate_ledger::project_delivery(&rows, &delivery_assumptions(state.pipeline.config()));
     let mut body = serde_json::to_value(&projection).unwrap_or_default();
