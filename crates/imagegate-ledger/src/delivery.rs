@@ -3,7 +3,7 @@
 //! caller's; this only sums what the upload stages recorded.
 
 use crate::backend::with_pool;
-use crate::report::{check_window, rfc3339, WINDOW_ON_STAGES};
+use crate::cost_report::{check_window, rfc3339, WINDOW_ON_STAGES};
 use crate::{Ledger, LedgerError, ReportQuery};
 use futures::TryStreamExt;
 use imagegate_core::{ImageFormat, Stage};

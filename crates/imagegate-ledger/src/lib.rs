@@ -7,16 +7,18 @@
 //!
 //! It records and sums; it does not decide prices (the pipeline does) and does not
 //! format reports for people (the binary does); [`Ledger::report`] and
-//! [`Ledger::delivery`] sum rows for it. Entry point: [`Ledger::open`].
+//! [`Ledger::delivery`] sum rows for it, and [`project_delivery`] prices the stored
+//! bytes' delivery (the money logic the server and the binary share). Entry point: [`Ledger::open`].
 
 mod backend;
 mod charges;
+mod cost_report;
 mod delivery;
+mod delivery_projection;
 mod keys;
 mod lease;
 mod price_books;
 mod rate_limit;
-mod report;
 mod reservations;
 mod sqlite_writer;
 mod status;
@@ -26,12 +28,16 @@ mod write_tx;
 mod writer;
 
 pub use charges::{ChargeId, ChargeRow};
-pub use delivery::DeliveryRow;
-pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
-pub use price_books::PublishedBook;
-pub use report::{
+pub use cost_report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
 };
+pub use delivery::DeliveryRow;
+pub use delivery_projection::{
+    project_delivery, DeliveryAssumptions, DeliveryProjection, Side, VariantProjection, WhatIf,
+    WhatIfKind,
+};
+pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
+pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
 pub use status::RequestStatus;
 
@@ -98,11 +104,15 @@ impl fmt::Debug for LedgerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How the cache answered a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheOutcome {
+    /// This request ran the generation.
     Miss,
+    /// Served from the cache; the cost is that of the hit.
     Hit,
+    /// Generated without the cache (`"cache": "bypass"`).
     Bypass,
 }
 

@@ -386,7 +386,7 @@ pub(crate) async fn refusal(
     let openai_shape = path == "/v1/images/generations";
     let fail = |e: ApiError| -> Option<Response> {
         Some(if openai_shape {
-            crate::openai::OpenAiError::from(e).into_response()
+            crate::error::OpenAiError(e).into_response()
         } else {
             e.into_response()
         })

@@ -1,21 +1,25 @@
 //! The HTTP surface: axum routes for `/v1/images`, the local CDN, health, readiness,
 //! metrics and the cost dashboard; JSON errors mapped from pipeline errors in one place ([`ApiError`]).
+//! `api_server` mounts every route, each group's handlers live in a file of their own
+//! under `routes/`, the shapes they answer in `views`, what every request passes
+//! through in `middleware`.
 //!
 //! It parses and answers; every decision about images and money is the pipeline's.
 //! Entry points: [`router`] and [`serve`].
 
+mod api_server;
 pub mod auth;
-mod dashboard;
-pub mod delivery;
 mod error;
-pub mod openai;
+mod middleware;
 pub mod openapi;
-mod prices;
 mod rendered;
 mod routes;
+mod views;
 
 pub use error::ApiError;
-pub use routes::{estimate_body, outcome_body};
+pub use routes::dashboard::delivery_assumptions;
+pub use routes::estimate::estimate_body;
+pub use routes::images::outcome_body;
 
 use imagegate_pipeline::Pipeline;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -58,7 +62,7 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 pub fn router(state: Arc<AppState>) -> axum::Router {
-    routes::router(state)
+    api_server::router(state)
 }
 
 /// Serves until `shutdown` resolves, then finishes in-flight requests.

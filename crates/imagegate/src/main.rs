@@ -4,8 +4,8 @@
 
 mod alloc;
 mod config;
-mod prices;
-mod report;
+mod prices_cli;
+mod report_cli;
 mod template;
 mod warm;
 
@@ -114,19 +114,19 @@ enum Command {
         /// Comma-separated dimensions: stage, provider, model, key, day.
         #[arg(long, default_value = "")]
         by: String,
-        #[arg(long, value_enum, default_value_t = report::Format::Table)]
-        format: report::Format,
+        #[arg(long, value_enum, default_value_t = report_cli::Format::Table)]
+        format: report_cli::Format,
         /// One section: the cost table, the delivery projection, or the what-ifs.
         /// Tables and JSON show all three by default; CSV holds one table, the costs
         /// unless this picks another.
         #[arg(long, value_enum)]
-        only: Option<report::Section>,
+        only: Option<report_cli::Section>,
     },
     /// The price book: `check` it against the configured providers (stale prices,
     /// missing entries, retired models), or `list` what it charges now.
     Prices {
         #[command(subcommand)]
-        action: prices::Action,
+        action: prices_cli::Action,
     },
     /// API keys for the HTTP service (stored as hashes in the ledger database).
     Keys {
@@ -294,17 +294,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
             format,
             only,
         } => {
-            let args = report::Args {
+            let args = report_cli::Args {
                 since,
                 until,
                 by,
                 format,
                 only,
             };
-            report::run(config, args).await
+            report_cli::run(config, args).await
         }
         Command::Keys { action } => keys(config, action).await,
-        Command::Prices { action } => prices::run(config, action),
+        Command::Prices { action } => prices_cli::run(config, action),
         Command::Classify {
             files,
             json,

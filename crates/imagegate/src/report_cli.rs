@@ -1,12 +1,12 @@
 //! `imagegate report`: what the ledger says was spent (grouped totals and cache
 //! economics), and what delivering the stored variants would cost, with what-ifs
-//! computed from the bytes actually stored ([`imagegate_server::delivery`]).
+//! computed from the bytes actually stored ([`imagegate_ledger::project_delivery`]).
 //! Printed as aligned tables, CSV or JSON; the JSON is `GET /v1/costs`'s plus a
 //! `delivery` object shaped like `GET /v1/delivery`.
 
 use crate::usd6;
 use anyhow::{Context, Result};
-use imagegate_server::delivery::{DeliveryProjection, WhatIf};
+use imagegate_ledger::{DeliveryProjection, WhatIf};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -71,7 +71,8 @@ pub async fn run(
     .await;
     ledger.close().await;
     let (report, delivery) = sums?;
-    let projection = delivery.map(|rows| imagegate_server::delivery::project(&rows, &config));
+    let assume = imagegate_server::delivery_assumptions(&config);
+    let projection = delivery.map(|rows| imagegate_ledger::project_delivery(&rows, &assume));
     let mut out = String::new();
     match args.format {
         Format::Json => {

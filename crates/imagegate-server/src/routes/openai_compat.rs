@@ -16,16 +16,16 @@
 //!   no provider we route to takes a style, `user` is not stored (it may identify a
 //!   person), and imagegate's own safety policy and encoder settings apply.
 
+use crate::error::{JsonBody, OpenAiError};
 use crate::{ApiError, AppState};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use imagegate_core::{ImageFormat, Manifest, ManifestStatus, Stage, VariantRef};
 use imagegate_pipeline::{ImageRequest, Outcome, PipelineError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// The request as OpenAI documents it. Unknown fields are refused, as OpenAI does.
@@ -71,76 +71,9 @@ enum ResponseFormat {
     B64Json,
 }
 
-/// An [`ApiError`] answered in OpenAI's error shape:
-/// `{"error": {"message", "type", "param", "code"}}`.
-#[derive(Debug)]
-pub struct OpenAiError {
-    inner: ApiError,
-    param: Option<&'static str>,
-}
-
-impl OpenAiError {
-    fn invalid(param: &'static str, message: impl Into<String>) -> OpenAiError {
-        OpenAiError {
-            inner: ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message),
-            param: Some(param),
-        }
-    }
-
-    /// OpenAI's `type` for a status: what its client libraries switch on.
-    fn kind(&self) -> &'static str {
-        match self.inner.status.as_u16() {
-            401 | 403 => "invalid_request_error",
-            402 => "insufficient_quota",
-            429 => "requests",
-            500.. => "server_error",
-            _ => "invalid_request_error",
-        }
-    }
-}
-
-impl From<ApiError> for OpenAiError {
-    fn from(inner: ApiError) -> OpenAiError {
-        OpenAiError { inner, param: None }
-    }
-}
-
-impl From<PipelineError> for OpenAiError {
-    fn from(e: PipelineError) -> OpenAiError {
-        let param = match &e {
-            PipelineError::BadRequest(m) if m.contains("prompt") => Some("prompt"),
-            PipelineError::BadRequest(m) if m.contains("size") => Some("size"),
-            PipelineError::NoProvider(_) | PipelineError::ModelRetired { .. } => Some("model"),
-            _ => None,
-        };
-        let mut inner = ApiError::from(e);
-        // OpenAI answers a refused prompt with 400 content_policy_violation.
-        if matches!(inner.code, "prompt_blocked" | "content_blocked") {
-            inner.status = StatusCode::BAD_REQUEST;
-            inner.code = "content_policy_violation";
-        }
-        OpenAiError { inner, param }
-    }
-}
-
-impl IntoResponse for OpenAiError {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {
-            "message": self.inner.message,
-            "type": self.kind(),
-            "param": self.param,
-            "code": self.inner.code,
-        }});
-        let mut response = (self.inner.status, Json(body)).into_response();
-        if let Some(after) = self.inner.retry_after {
-            let secs = after.as_secs().max(1).to_string();
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_str(&secs).expect("digits are a valid header"),
-            );
-        }
-        response
-    }
+/// A 400 blaming the request field `param`.
+fn invalid(param: &'static str, message: impl Into<String>) -> OpenAiError {
+    OpenAiError(ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", message).with_param(param))
 }
 
 /// The OpenAI Images API: code written for OpenAI's clients works by changing its
@@ -155,7 +88,7 @@ impl IntoResponse for OpenAiError {
         example = json!({"prompt": "a lighthouse at dusk, watercolor", "n": 2, "size": "512x512", "model": "dall-e-3", "quality": "hd", "response_format": "b64_json"})
     ),
     responses(
-        (status = 200, description = "The images, and what each cost", body = crate::openapi::OpenAiImagesBody),
+        (status = 200, description = "The images, and what each cost", body = OpenAiImagesBody),
         (status = 400, response = crate::openapi::OpenAiBadRequest),
         (status = 401, response = crate::openapi::OpenAiUnauthorized),
         (status = 402, response = crate::openapi::OpenAiPaymentRequired),
@@ -170,10 +103,10 @@ impl IntoResponse for OpenAiError {
 )]
 pub(crate) async fn generations(
     State(state): State<Arc<AppState>>,
-    crate::routes::Caller(ctx): crate::routes::Caller,
-    body: Result<Json<OpenAiImageRequest>, JsonRejection>,
+    crate::middleware::Caller(ctx): crate::middleware::Caller,
+    body: Result<JsonBody<OpenAiImageRequest>, ApiError>,
 ) -> Result<Response, OpenAiError> {
-    let Json(req) = body.map_err(|r| OpenAiError::from(crate::routes::json_rejection(r)))?;
+    let JsonBody(req) = body?;
     let pipeline = &state.pipeline;
     let (requests, format, file_format) = translate(&req, pipeline.config())?;
     let runs = requests.iter().map(|r| pipeline.generate(r, &ctx));
@@ -182,13 +115,14 @@ pub(crate) async fn generations(
         .iter()
         .any(|o| o.manifest.status == ManifestStatus::Blocked)
     {
-        let mut err = OpenAiError::from(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "content_policy_violation",
-            "the generated image was blocked by the safety policy",
+        return Err(OpenAiError(
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "content_policy_violation",
+                "the generated image was blocked by the safety policy",
+            )
+            .with_param("prompt"),
         ));
-        err.param = Some("prompt");
-        return Err(err);
     }
     let mut data = Vec::with_capacity(outcomes.len());
     for outcome in &outcomes {
@@ -199,7 +133,9 @@ pub(crate) async fn generations(
             )))
         })?;
         data.push(match format {
-            ResponseFormat::Url => serde_json::json!({"url": pipeline.url_of(variant)}),
+            ResponseFormat::Url => OpenAiImageData::Url {
+                url: pipeline.url_of(variant),
+            },
             ResponseFormat::B64Json => {
                 let object = pipeline
                     .store()
@@ -209,28 +145,32 @@ pub(crate) async fn generations(
                     .ok_or_else(|| {
                         PipelineError::Storage(format!("{} is missing", variant.object))
                     })?;
-                serde_json::json!({
-                    "b64_json": base64::engine::general_purpose::STANDARD.encode(&object.bytes)
-                })
+                OpenAiImageData::B64Json {
+                    b64_json: base64::engine::general_purpose::STANDARD.encode(&object.bytes),
+                }
             }
         });
     }
-    let mut body = serde_json::json!({
-        "created": chrono::Utc::now().timestamp(),
-        "data": data,
-        // Beyond OpenAI's shape (its clients ignore unknown fields): what each image
-        // is and what this request cost.
-        "imagegate": {
-            "images": outcomes.iter().map(|o| serde_json::json!({
-                "id": o.manifest.id,
-                "cache": o.cache.as_str(),
-                "cost_usd": o.stages.iter().map(|s| s.micros).sum::<imagegate_core::Micros>().as_usd(),
-            })).collect::<Vec<_>>(),
+    let body = OpenAiImagesBody {
+        created: chrono::Utc::now().timestamp(),
+        data,
+        imagegate: OpenAiExtras {
+            images: outcomes
+                .iter()
+                .map(|o| OpenAiImageFacts {
+                    cache: o.cache,
+                    cost_usd: o
+                        .stages
+                        .iter()
+                        .map(|s| s.micros)
+                        .sum::<imagegate_core::Micros>()
+                        .as_usd(),
+                    id: o.manifest.id,
+                })
+                .collect(),
         },
-    });
-    if let Some(usage) = token_usage(&outcomes) {
-        body["usage"] = usage;
-    }
+        usage: token_usage(&outcomes),
+    };
     Ok(Json(body).into_response())
 }
 
@@ -243,7 +183,7 @@ fn translate(
     let compat = &config.server.openai;
     let n = req.n.unwrap_or(1);
     if n == 0 || n > compat.max_n {
-        return Err(OpenAiError::invalid(
+        return Err(invalid(
             "n",
             format!("n must be between 1 and {}", compat.max_n),
         ));
@@ -252,7 +192,7 @@ fn translate(
         None | Some("url") => ResponseFormat::Url,
         Some("b64_json") => ResponseFormat::B64Json,
         Some(other) => {
-            return Err(OpenAiError::invalid(
+            return Err(invalid(
                 "response_format",
                 format!("response_format {other:?} is not one of 'url', 'b64_json'"),
             ))
@@ -261,14 +201,14 @@ fn translate(
     match req.style.as_deref() {
         None | Some("vivid") | Some("natural") => {}
         Some(other) => {
-            return Err(OpenAiError::invalid(
+            return Err(invalid(
                 "style",
                 format!("style {other:?} is not one of 'vivid', 'natural'"),
             ))
         }
     }
     if req.stream == Some(true) {
-        return Err(OpenAiError::invalid(
+        return Err(invalid(
             "stream",
             "streaming partial images is not supported; omit stream or set it to false",
         ));
@@ -276,7 +216,7 @@ fn translate(
     match req.background.as_deref() {
         None | Some("auto") | Some("opaque") => {}
         Some(other) => {
-            return Err(OpenAiError::invalid(
+            return Err(invalid(
                 "background",
                 format!("background {other:?} is not supported; use 'auto' or 'opaque'"),
             ))
@@ -285,14 +225,14 @@ fn translate(
     match req.moderation.as_deref() {
         None | Some("auto") | Some("low") => {}
         Some(other) => {
-            return Err(OpenAiError::invalid(
+            return Err(invalid(
                 "moderation",
                 format!("moderation {other:?} is not one of 'auto', 'low'"),
             ))
         }
     }
     if req.output_compression.is_some_and(|c| c > 100) {
-        return Err(OpenAiError::invalid(
+        return Err(invalid(
             "output_compression",
             "output_compression must be 0 to 100",
         ));
@@ -315,7 +255,7 @@ fn translate(
                 Some(f) if profile.contains(&f) => Some(f),
                 _ => {
                     let stored: Vec<&str> = profile.iter().map(|f| f.extension()).collect();
-                    return Err(OpenAiError::invalid(
+                    return Err(invalid(
                         "output_format",
                         format!(
                             "output_format {name:?} is not stored; this service stores {}",
@@ -327,14 +267,35 @@ fn translate(
         }
     };
     if req.user.as_ref().is_some_and(|u| u.chars().count() > 256) {
-        return Err(OpenAiError::invalid(
-            "user",
-            "user is longer than 256 characters",
+        return Err(invalid("user", "user is longer than 256 characters"));
+    }
+    // The pipeline checks these too; checked here first so OpenAI's `param` names
+    // the field, as its clients expect.
+    let bad_request = |param: &'static str, message: String| {
+        OpenAiError(
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message).with_param(param),
+        )
+    };
+    if imagegate_core::key::normalize_text(&req.prompt).is_empty() {
+        return Err(bad_request("prompt", "prompt is empty".into()));
+    }
+    let chars = req.prompt.chars().count();
+    if chars > config.limits.max_prompt_chars {
+        return Err(bad_request(
+            "prompt",
+            format!(
+                "prompt has {chars} characters; the limit is {}",
+                config.limits.max_prompt_chars
+            ),
         ));
     }
     let size = match req.size.as_deref() {
         None | Some("auto") => None,
-        Some(s) => Some(s.to_string()),
+        Some(s) => {
+            s.parse::<imagegate_core::Size>()
+                .map_err(|e| bad_request("size", e.to_string()))?;
+            Some(s.to_string())
+        }
     };
     let model = req
         .model
@@ -355,7 +316,7 @@ fn translate(
         }
         Some("low") | Some("hd") | Some("high") | Some("xhigh") | Some("max") => model,
         Some(other) => {
-            return Err(OpenAiError::invalid(
+            return Err(invalid(
                 "quality",
                 format!(
                 "quality {other:?} is not one of 'auto', 'low', 'medium', 'high', 'standard', 'hd'"
@@ -394,7 +355,7 @@ fn served_variant(m: &Manifest, format: Option<ImageFormat>) -> Option<&VariantR
 
 /// OpenAI's `usage` object, when every generation run by this request reported
 /// tokens (GPT image models); hits used none.
-fn token_usage(outcomes: &[Outcome]) -> Option<serde_json::Value> {
+fn token_usage(outcomes: &[Outcome]) -> Option<OpenAiUsage> {
     let mut input_text = 0u64;
     let mut input_image = 0u64;
     let mut output = 0u64;
@@ -410,14 +371,72 @@ fn token_usage(outcomes: &[Outcome]) -> Option<serde_json::Value> {
             any = true;
         }
     }
-    any.then(|| {
-        serde_json::json!({
-            "total_tokens": input_text + input_image + output,
-            "input_tokens": input_text + input_image,
-            "output_tokens": output,
-            "input_tokens_details": {"text_tokens": input_text, "image_tokens": input_image},
-        })
+    any.then_some(OpenAiUsage {
+        input_tokens: input_text + input_image,
+        input_tokens_details: OpenAiInputTokens {
+            image_tokens: input_image,
+            text_tokens: input_text,
+        },
+        output_tokens: output,
+        total_tokens: input_text + input_image + output,
     })
+}
+
+// The answer's shapes, as serialized and as documented. Fields in alphabetical order,
+// the order these bodies had when they were built as `serde_json::Value` maps.
+
+/// `POST /v1/images/generations`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct OpenAiImagesBody {
+    /// Unix seconds.
+    created: i64,
+    data: Vec<OpenAiImageData>,
+    /// Beyond OpenAI's shape (its clients ignore unknown fields): what each image is
+    /// and what this request cost.
+    imagegate: OpenAiExtras,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenAiUsage>,
+}
+
+/// One image of an OpenAI answer, as `response_format` asked.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum OpenAiImageData {
+    Url {
+        /// The CDN URL of the profile's widest variant in its first format.
+        url: String,
+    },
+    B64Json {
+        b64_json: String,
+    },
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct OpenAiExtras {
+    images: Vec<OpenAiImageFacts>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct OpenAiImageFacts {
+    cache: imagegate_ledger::CacheOutcome,
+    cost_usd: f64,
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+    id: imagegate_core::ContentKey,
+}
+
+/// Present when every generation of the request reported tokens.
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
+struct OpenAiUsage {
+    input_tokens: u64,
+    input_tokens_details: OpenAiInputTokens,
+    output_tokens: u64,
+    total_tokens: u64,
+}
+
+#[derive(Debug, PartialEq, Serialize, utoipa::ToSchema)]
+struct OpenAiInputTokens {
+    image_tokens: u64,
+    text_tokens: u64,
 }
 
 #[cfg(test)]
@@ -483,10 +502,13 @@ mod tests {
                 serde_json::json!({"prompt": "x", "user": "u".repeat(300)}),
                 "user",
             ),
+            (serde_json::json!({"prompt": "  "}), "prompt"),
+            (serde_json::json!({"prompt": "x".repeat(100_000)}), "prompt"),
+            (serde_json::json!({"prompt": "x", "size": "big"}), "size"),
         ] {
             let err = translate(&request(body.clone()), &config()).err().unwrap();
-            assert_eq!(err.param, Some(param), "{body}");
-            assert_eq!(err.inner.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.0.param, Some(param), "{body}");
+            assert_eq!(err.0.status, StatusCode::BAD_REQUEST);
         }
     }
 

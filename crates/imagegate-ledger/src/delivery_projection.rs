@@ -1,15 +1,14 @@
-//! The delivery projection: what serving the stored variants would cost in egress,
-//! and what-if comparisons between variants, computed only from the bytes the ledger
-//! says were stored. `GET /v1/delivery`, the dashboard and `imagegate report` all show
-//! this one shape.
+//! The delivery projection: what serving the stored variants would cost in egress
+//! (bytes × views × egress price), and what-if comparisons between variants, computed
+//! only from the bytes the ledger says were stored ([`crate::DeliveryRow`]).
+//! `GET /v1/delivery`, the dashboard and `imagegate report` all show this one shape.
 //!
-//! These are projections, not charges: they use `costs.egress_usd_per_gb` and
-//! `costs.expected_views_per_image`, and are kept in fractional USD because one view
-//! of a small AVIF costs far less than a micro-dollar.
+//! These are projections, not charges: they use the configured egress price and
+//! expected views per image, and are kept in fractional USD because one view of a
+//! small AVIF costs far less than a micro-dollar.
 
+use crate::DeliveryRow;
 use imagegate_core::ImageFormat;
-use imagegate_ledger::DeliveryRow;
-use imagegate_pipeline::PipelineConfig;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -120,14 +119,28 @@ fn format_name(f: ImageFormat) -> &'static str {
     }
 }
 
-/// Projects `rows` (from [`imagegate_ledger::Ledger::delivery`]) with the configured
-/// prices. What-ifs cover every width and format that the data or a configured
-/// profile has: each format's adjacent widths (narrower instead of wider), and each
-/// width's older format against a newer one. A pair with one side the window never
-/// stored is listed without numbers, never estimated; a pair with neither is left out.
-pub fn project(rows: &[DeliveryRow], config: &PipelineConfig) -> DeliveryProjection {
-    let price = config.costs.egress_usd_per_gb;
-    let views = config.costs.expected_views_per_image;
+/// What a projection assumes: the configured prices, and the widths and formats the
+/// configured profiles store (what-ifs name them even when the window stored none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryAssumptions {
+    /// `costs.egress_usd_per_gb`.
+    pub egress_usd_per_gb: f64,
+    /// `costs.expected_views_per_image`.
+    pub expected_views_per_image: f64,
+    /// Every width a configured profile stores.
+    pub widths: BTreeSet<u32>,
+    /// Every format a configured profile stores.
+    pub formats: BTreeSet<ImageFormat>,
+}
+
+/// Projects `rows` (from [`crate::Ledger::delivery`]) at the assumed prices.
+/// What-ifs cover every width and format that the data or a configured profile has:
+/// each format's adjacent widths (narrower instead of wider), and each width's older
+/// format against a newer one. A pair with one side the window never stored is
+/// listed without numbers, never estimated; a pair with neither is left out.
+pub fn project_delivery(rows: &[DeliveryRow], assume: &DeliveryAssumptions) -> DeliveryProjection {
+    let price = assume.egress_usd_per_gb;
+    let views = assume.expected_views_per_image;
     let per_view = |bytes: f64| bytes * price / BYTES_PER_GB;
     let mut avg: BTreeMap<(u32, ImageFormat), f64> = BTreeMap::new();
     let variants = rows
@@ -152,10 +165,8 @@ pub fn project(rows: &[DeliveryRow], config: &PipelineConfig) -> DeliveryProject
 
     let mut widths: BTreeSet<u32> = avg.keys().map(|(w, _)| *w).collect();
     let mut formats: BTreeSet<ImageFormat> = avg.keys().map(|(_, f)| *f).collect();
-    for p in config.profiles.values() {
-        widths.extend(&p.variants);
-        formats.extend(&p.formats);
-    }
+    widths.extend(&assume.widths);
+    formats.extend(&assume.formats);
     let mut formats: Vec<ImageFormat> = formats.into_iter().collect();
     formats.sort_by_key(|f| codec_rank(*f));
 
@@ -242,33 +253,14 @@ pub fn project(rows: &[DeliveryRow], config: &PipelineConfig) -> DeliveryProject
 mod tests {
     use super::*;
 
-    fn config(profiles: &str) -> PipelineConfig {
-        let text = format!(
-            r#"
-[costs]
-egress_usd_per_gb = 0.1
-expected_views_per_image = 1000.0
-
-[[providers]]
-kind = "local"
-
-[storage]
-kind = "local"
-root = "x"
-public_base_url = "http://x/cdn"
-
-[ledger]
-url = "sqlite://x.db"
-
-[safety]
-classifier = false
-model = "m"
-runtime_library = "r"
-
-{profiles}
-"#
-        );
-        toml::from_str(&text).unwrap()
+    /// $0.1 per GB, 1000 views per image, profiles storing `widths` in `formats`.
+    fn assume(widths: &[u32], formats: &[ImageFormat]) -> DeliveryAssumptions {
+        DeliveryAssumptions {
+            egress_usd_per_gb: 0.1,
+            expected_views_per_image: 1000.0,
+            widths: widths.iter().copied().collect(),
+            formats: formats.iter().copied().collect(),
+        }
     }
 
     fn row(width: u32, format: ImageFormat, files: u64, bytes: u64) -> DeliveryRow {
@@ -282,8 +274,8 @@ runtime_library = "r"
 
     #[test]
     fn projects_average_bytes_times_views_times_price() {
-        let c = config("[profiles.default]\nvariants = [1024]\nformats = [\"jpeg\"]\n");
-        let p = project(&[row(1024, ImageFormat::Jpeg, 4, 400_000)], &c);
+        let c = assume(&[1024], &[ImageFormat::Jpeg]);
+        let p = project_delivery(&[row(1024, ImageFormat::Jpeg, 4, 400_000)], &c);
         let v = &p.variants[0];
         assert_eq!(v.avg_bytes, 100_000.0);
         // 10^5 bytes at $0.1 per 10^9 bytes: $10^-5 a view.
@@ -296,15 +288,13 @@ runtime_library = "r"
 
     #[test]
     fn what_ifs_use_stored_bytes_and_say_when_a_side_has_none() {
-        let c = config(
-            "[profiles.default]\nvariants = [512, 768, 1024]\nformats = [\"avif\", \"jpeg\"]\n",
-        );
+        let c = assume(&[512, 768, 1024], &[ImageFormat::Avif, ImageFormat::Jpeg]);
         let rows = [
             row(768, ImageFormat::Avif, 2, 60_000),
             row(768, ImageFormat::Jpeg, 2, 120_000),
             row(1024, ImageFormat::Avif, 2, 100_000),
         ];
-        let p = project(&rows, &c);
+        let p = project_delivery(&rows, &c);
         let labels: Vec<&str> = p.what_if.iter().map(|w| w.label.as_str()).collect();
         assert_eq!(
             labels,
@@ -333,7 +323,7 @@ runtime_library = "r"
             Some("no data: no 1024-wide jpeg files stored in the window")
         );
         // Neither 512 file was stored: that pair says nothing and is left out.
-        assert!(project(&[], &c).what_if.is_empty());
+        assert!(project_delivery(&[], &c).what_if.is_empty());
     }
 
     #[test]

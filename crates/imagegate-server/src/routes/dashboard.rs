@@ -1,37 +1,30 @@
 //! What operators look at: `GET /dashboard` (one static page that draws its charts
-//! from the JSON routes in the browser), `GET /v1/delivery` (the delivery projection
-//! and what-ifs of [`crate::delivery`]), and the HTTP request metrics.
+//! from the JSON routes in the browser) and `GET /v1/delivery` (the delivery
+//! projection and what-ifs of [`imagegate_ledger::project_delivery`]).
 //!
 //! The page carries no data and no keys: it fetches `/v1/costs` and `/v1/delivery`
 //! with the browser's same-origin credentials (plus a bearer key the user types, kept
 //! in session storage, once the server asks for one), so it works unchanged behind
 //! authentication.
 
+use crate::error::QueryParams;
 use crate::{ApiError, AppState};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{MatchedPath, Query, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::extract::State;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use imagegate_ledger::DeliveryAssumptions;
+use imagegate_pipeline::PipelineConfig;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The page: HTML, CSS and script in one file, no build step, nothing fetched from
 /// another origin.
-const PAGE: &str = include_str!("../assets/dashboard.html");
+const PAGE: &str = include_str!("../../assets/dashboard.html");
 
 /// Only this origin's JSON routes may be reached from the page.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
-
-/// The dashboard's routes, merged into the main router.
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/dashboard", get(page))
-        .route("/v1/delivery", get(delivery))
-}
 
 #[utoipa::path(
     get,
@@ -54,6 +47,22 @@ pub(crate) async fn page() -> Response {
         PAGE,
     )
         .into_response()
+}
+
+/// What the delivery projection assumes under `config`: its egress price and views
+/// per image, and the widths and formats its profiles store. `imagegate report`
+/// projects with the same.
+pub fn delivery_assumptions(config: &PipelineConfig) -> DeliveryAssumptions {
+    let mut assume = DeliveryAssumptions {
+        egress_usd_per_gb: config.costs.egress_usd_per_gb,
+        expected_views_per_image: config.costs.expected_views_per_image,
+        ..DeliveryAssumptions::default()
+    };
+    for p in config.profiles.values() {
+        assume.widths.extend(&p.variants);
+        assume.formats.extend(&p.formats);
+    }
+    assume
 }
 
 /// `GET /v1/delivery` parameters; unknown ones are refused, as for `/v1/costs`.
@@ -87,83 +96,29 @@ pub(crate) struct DeliveryParams {
 pub(crate) async fn delivery(
     State(state): State<Arc<AppState>>,
     caller: crate::auth::AuthedKey,
-    params: Result<Query<DeliveryParams>, QueryRejection>,
+    QueryParams(params): QueryParams<DeliveryParams>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let bad_time = |e: imagegate_ledger::LedgerError| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_time", e.to_string())
-    };
-    let query =
-        crate::routes::report_query(&caller, Vec::new(), params.since, params.until, params.key)?;
+    let query = crate::routes::costs::report_query(
+        &caller,
+        Vec::new(),
+        params.since,
+        params.until,
+        params.key,
+    )?;
     let rows = state
         .pipeline
         .ledger()
         .delivery(&query)
         .await
-        .map_err(|e| match e {
-            imagegate_ledger::LedgerError::BadReport(_) => bad_time(e),
-            e => ApiError::from(imagegate_pipeline::PipelineError::from(e)),
-        })?;
-    let projection = crate::delivery::project(&rows, state.pipeline.config());
+        .map_err(crate::routes::costs::report_error)?;
+    let projection =
+        imagegate_ledger::project_delivery(&rows, &delivery_assumptions(state.pipeline.config()));
     let mut body = serde_json::to_value(&projection).unwrap_or_default();
     let time =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     body["since"] = query.since.map(time).into();
     body["until"] = query.until.map(time).into();
     Ok(Json(body).into_response())
-}
-
-/// Counts every answer by route template (never the raw path, which holds ids),
-/// method and status, and times it: `imagegate_http_requests_total` and
-/// `imagegate_http_request_duration_seconds`.
-pub(crate) struct RequestCount {
-    route: String,
-    method: &'static str,
-    started: Instant,
-}
-
-impl RequestCount {
-    pub(crate) fn start(req: &Request) -> RequestCount {
-        RequestCount {
-            route: req
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "unmatched".to_string()),
-            method: method_label(req.method()),
-            started: Instant::now(),
-        }
-    }
-
-    pub(crate) fn finish(self, response: &Response) {
-        let RequestCount {
-            route,
-            method,
-            started,
-        } = self;
-        let status = response.status().as_u16().to_string();
-        metrics::counter!("imagegate_http_requests_total",
-            "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-        metrics::histogram!("imagegate_http_request_duration_seconds",
-            "route" => route, "method" => method)
-        .record(started.elapsed().as_secs_f64());
-    }
-}
-
-/// A closed set, so a client inventing methods cannot grow the label space.
-fn method_label(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "other",
-    }
 }
 
 #[cfg(test)]
@@ -186,11 +141,5 @@ mod tests {
             assert!(PAGE.contains(&format!("id=\"{id}\"")), "no #{id}");
         }
         assert!(PAGE.contains("credentials: \"same-origin\""));
-    }
-
-    #[test]
-    fn unknown_methods_share_one_label() {
-        assert_eq!(method_label(&Method::GET), "GET");
-        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "other");
     }
 }
