@@ -25,6 +25,7 @@ mod testing;
 mod write_tx;
 mod writer;
 
+pub use backend::Backend;
 pub use charges::{ChargeId, ChargeRow};
 pub use delivery::DeliveryRow;
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
@@ -176,8 +177,8 @@ impl Ledger {
         Ok(Ledger { pool, writer, url })
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
+    /// Which database holds this ledger.
+    pub fn backend(&self) -> Backend {
         self.pool.kind()
     }
 

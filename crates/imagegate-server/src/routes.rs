@@ -32,7 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(crate::openapi::openapi_json))
         .merge(crate::dashboard::routes());
-    if server.serve_cdn && state.pipeline.store().kind() == "local" {
+    if server.serve_cdn && state.pipeline.store().kind() == imagegate_storage::StoreKind::Local {
         app = app.route("/cdn/{*path}", get(cdn));
     }
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
