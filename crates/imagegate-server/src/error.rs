@@ -34,7 +34,9 @@ impl From<PipelineError> for ApiError {
         use PipelineError as P;
         let message = e.to_string();
         let (status, code, retry_after) = match &e {
-            P::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            P::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            // Found at start-up, before anything serves: never a caller's fault.
+            P::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             P::UnknownProfile(_) => (StatusCode::BAD_REQUEST, "unknown_profile", None),
             P::PromptBlocked { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_blocked", None),
             P::CostLimit { .. } => (StatusCode::PAYMENT_REQUIRED, "cost_limit_exceeded", None),

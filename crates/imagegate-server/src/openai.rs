@@ -108,8 +108,13 @@ impl From<ApiError> for OpenAiError {
 impl From<PipelineError> for OpenAiError {
     fn from(e: PipelineError) -> OpenAiError {
         let param = match &e {
-            PipelineError::BadRequest(m) if m.contains("prompt") => Some("prompt"),
-            PipelineError::BadRequest(m) if m.contains("size") => Some("size"),
+            PipelineError::Invalid(fault) => match fault.field() {
+                // The native body's names that OpenAI's request shares.
+                "prompt" | "negative_prompt" => Some("prompt"),
+                "size" => Some("size"),
+                "model" => Some("model"),
+                _ => None,
+            },
             PipelineError::NoProvider(_) | PipelineError::ModelRetired { .. } => Some("model"),
             _ => None,
         };
