@@ -142,10 +142,7 @@ pub fn source_key(source: &[u8], profile: &RenderProfile) -> ContentKey {
     let placeholder = GenerationRequest {
         prompt: String::new(),
         negative_prompt: None,
-        model: ModelChoice::Pinned {
-            provider: "source".into(),
-            model: "upload".into(),
-        },
+        model: ModelChoice::upload(),
         size: crate::request::Size {
             width: 0,
             height: 0,

@@ -6,6 +6,7 @@
 //! [`key::content_key`], which turns a [`request::GenerationRequest`] and a
 //! [`profile::RenderProfile`] into the [`key::ContentKey`] that names every artefact.
 
+pub mod config_error;
 pub mod cost;
 pub mod key;
 pub mod manifest;
@@ -13,6 +14,7 @@ pub mod money;
 pub mod profile;
 pub mod request;
 
+pub use config_error::ConfigError;
 pub use cost::{Stage, StageCost};
 pub use key::{content_key, source_key, ContentKey, PIPELINE_VERSION};
 pub use manifest::{Manifest, ManifestStatus, SafetyAction, SafetyVerdict, VariantRef};

@@ -1,6 +1,7 @@
 //! Render profiles: how a generated image becomes the files an app serves.
 //! Every field here changes output bytes, so every field is part of the content key.
 
+use crate::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -262,60 +263,61 @@ pub struct RenderProfile {
 
 impl RenderProfile {
     /// Checks the invariants a configuration file could break.
-    pub fn validate(&self) -> Result<(), String> {
-        let name = &self.name;
+    /// Checks value ranges, naming fields relative to the profile (`avif.quality`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fault = |path: &str, problem: String| Err(ConfigError::new(path, problem));
         if self.variants.is_empty() {
-            return Err(format!("profile {name:?}: variants is empty"));
+            return fault("variants", "is empty".into());
         }
         if let Some(w) = self.variants.iter().find(|w| !(16..=8192).contains(*w)) {
-            return Err(format!(
-                "profile {name:?}: variant width {w} is outside 16..=8192"
-            ));
+            return fault("variants", format!("width {w} is outside 16..=8192"));
         }
         if self.formats.is_empty() {
-            return Err(format!("profile {name:?}: formats is empty"));
+            return fault("formats", "is empty".into());
         }
         if !(1.0..=100.0).contains(&self.avif.quality) {
-            return Err(format!("profile {name:?}: avif.quality must be 1..=100"));
+            return fault("avif.quality", "must be 1..=100".into());
         }
         let speeds = self.avif.encoder.speeds();
         if !speeds.contains(&self.avif.speed) {
-            return Err(format!(
-                "profile {name:?}: avif.speed must be {}..={} for the {} encoder",
-                speeds.start(),
-                speeds.end(),
-                self.avif.encoder
-            ));
+            return fault(
+                "avif.speed",
+                format!(
+                    "must be {}..={} for the {} encoder",
+                    speeds.start(),
+                    speeds.end(),
+                    self.avif.encoder
+                ),
+            );
         }
         if !matches!(self.avif.bit_depth, 8 | 10) {
-            return Err(format!("profile {name:?}: avif.bit_depth must be 8 or 10"));
+            return fault("avif.bit_depth", "must be 8 or 10".into());
         }
         if !(1..=100).contains(&self.jpeg.quality) {
-            return Err(format!("profile {name:?}: jpeg.quality must be 1..=100"));
+            return fault("jpeg.quality", "must be 1..=100".into());
         }
         if let Some(wm) = &self.watermark {
             if !(0.0..=1.0).contains(&wm.opacity) {
-                return Err(format!("profile {name:?}: watermark.opacity must be 0..=1"));
+                return fault("watermark.opacity", "must be 0..=1".into());
             }
             if !(0.01..=1.0).contains(&wm.scale) {
-                return Err(format!(
-                    "profile {name:?}: watermark.scale must be 0.01..=1"
-                ));
+                return fault("watermark.scale", "must be 0.01..=1".into());
             }
             if !(0.0..=0.25).contains(&wm.margin) {
-                return Err(format!(
-                    "profile {name:?}: watermark.margin must be 0..=0.25"
-                ));
+                return fault("watermark.margin", "must be 0..=0.25".into());
             }
             if let WatermarkMark::Text { text, .. } = &wm.mark {
                 if text.trim().is_empty() {
-                    return Err(format!("profile {name:?}: watermark text is empty"));
+                    return fault("watermark.text", "is empty".into());
                 }
             }
         }
         let s = self.safety;
-        if !(0.0..=1.0).contains(&s.blur_at) || !(0.0..=1.0).contains(&s.block_at) {
-            return Err(format!("profile {name:?}: safety thresholds must be 0..=1"));
+        if !(0.0..=1.0).contains(&s.blur_at) {
+            return fault("safety.blur_at", "must be 0..=1".into());
+        }
+        if !(0.0..=1.0).contains(&s.block_at) {
+            return fault("safety.block_at", "must be 0..=1".into());
         }
         Ok(())
     }

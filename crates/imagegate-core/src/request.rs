@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A request that does not make sense, whatever the configuration.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("size {0:?} is not WIDTHxHEIGHT (for example \"1024x1024\")")]
     BadSize(String),
@@ -16,6 +16,17 @@ pub enum RequestError {
     BadModel(String),
     #[error("prompt is empty")]
     EmptyPrompt,
+}
+
+impl RequestError {
+    /// The request field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            RequestError::BadSize(_) | RequestError::SizeOutOfRange { .. } => "size",
+            RequestError::BadModel(_) => "model",
+            RequestError::EmptyPrompt => "prompt",
+        }
+    }
 }
 
 /// Image dimensions in pixels.
@@ -89,6 +100,22 @@ impl ModelClass {
 pub enum ModelChoice {
     Class(ModelClass),
     Pinned { provider: String, model: String },
+}
+
+impl ModelChoice {
+    /// The provider name that stands for "no provider drew this, the caller supplied
+    /// it" (`imagegate process`), in the content key, the manifest and the ledger.
+    pub const UPLOAD_PROVIDER: &'static str = "source";
+    /// The model name that goes with [`ModelChoice::UPLOAD_PROVIDER`].
+    pub const UPLOAD_MODEL: &'static str = "upload";
+
+    /// The pinned model an uploaded image is keyed and recorded under.
+    pub fn upload() -> ModelChoice {
+        ModelChoice::Pinned {
+            provider: Self::UPLOAD_PROVIDER.into(),
+            model: Self::UPLOAD_MODEL.into(),
+        }
+    }
 }
 
 impl FromStr for ModelChoice {
@@ -171,6 +198,17 @@ impl GenerationRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Uploaded images are keyed and recorded as `source/upload`: changing either
+    /// name would change every uploaded image's content key and ledger rows.
+    #[test]
+    fn an_upload_is_recorded_as_source_upload() {
+        assert_eq!(ModelChoice::upload().to_string(), "source/upload");
+        assert_eq!(
+            "source/upload".parse::<ModelChoice>().unwrap(),
+            ModelChoice::upload()
+        );
+    }
 
     #[test]
     fn sizes_parse_and_refuse() {

@@ -116,10 +116,10 @@ impl Pool {
         }
     }
 
-    pub(crate) fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> Backend {
         match self {
-            Pool::Sqlite(_) => "sqlite",
-            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
         }
     }
 
@@ -215,5 +215,35 @@ mod tests {
         // A password containing '@' or ':' is still hidden whole.
         assert_eq!(redact("postgres://u:a:b@c@h/d"), "postgres://u:***@h/d");
         assert_eq!(redact("postgres://u:a/b@h/d"), "postgres://u:***@h/d");
+    }
+}
+
+/// The closed set of ledger databases. A PostgreSQL ledger may be shared by a fleet
+/// of replicas; a SQLite one belongs to one process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Whether other replicas may share this ledger (and with it budgets and rate
+    /// limits).
+    pub fn is_shared(self) -> bool {
+        self == Backend::Postgres
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }

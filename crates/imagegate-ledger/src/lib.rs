@@ -27,6 +27,7 @@ mod testing;
 mod write_tx;
 mod writer;
 
+pub use backend::Backend;
 pub use charges::{ChargeId, ChargeRow};
 pub use cost_report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
@@ -186,8 +187,8 @@ impl Ledger {
         Ok(Ledger { pool, writer, url })
     }
 
-    /// `sqlite` or `postgres`.
-    pub fn backend(&self) -> &'static str {
+    /// Which database holds this ledger.
+    pub fn backend(&self) -> Backend {
         self.pool.kind()
     }
 

@@ -5,7 +5,7 @@
 
 use crate::error::PipelineError;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use imagegate_core::Micros;
+use imagegate_core::{ConfigError, Micros};
 use imagegate_ledger::{BudgetWindow, Ledger, ReservationId, Reserve, SpendLimit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -35,19 +35,23 @@ pub struct BudgetsConfig {
 }
 
 impl BudgetsConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks value ranges, naming fields relative to the `[budgets]` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let ok = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
         if !(self.processing_reserve_usd.is_finite() && self.processing_reserve_usd >= 0.0) {
-            return Err("budgets.processing_reserve_usd must be a non-negative number".into());
+            return Err(ConfigError::new(
+                "processing_reserve_usd",
+                "must be a non-negative number",
+            ));
         }
-        for (name, l) in self
+        for (path, l) in self
             .default
             .iter()
-            .map(|l| ("default", l))
-            .chain(self.keys.iter().map(|(k, l)| (k.as_str(), l)))
+            .map(|l| ("default".to_string(), l))
+            .chain(self.keys.iter().map(|(k, l)| (format!("keys.{k}"), l)))
         {
             if !ok(l.daily_usd) || !ok(l.monthly_usd) {
-                return Err(format!("budgets for {name:?} must be non-negative numbers"));
+                return Err(ConfigError::new(path, "must be non-negative numbers"));
             }
         }
         Ok(())

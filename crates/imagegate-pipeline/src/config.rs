@@ -2,7 +2,7 @@
 //! lives beside the component (providers, storage, ledger, safety); this module
 //! composes them and validates what spans several.
 
-use imagegate_core::{ModelChoice, RenderProfile, Size};
+use imagegate_core::{ConfigError, ModelChoice, RenderProfile, Size};
 use imagegate_ledger::LedgerConfig;
 use imagegate_providers::ProviderConfig;
 use imagegate_storage::{LocalStoreConfig, S3StoreConfig};
@@ -284,9 +284,12 @@ impl Default for FleetConfig {
 /// The base of the URLs a local store hands out when `public_base_url` is unset:
 /// the `/cdn/` of the address imagegate listens on. A wildcard address (0.0.0.0, ::)
 /// names no host a client could use, so loopback stands in for it.
-pub fn local_cdn_base_url(listen: &str) -> Result<String, String> {
+pub fn local_cdn_base_url(listen: &str) -> Result<String, ConfigError> {
     let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
-        format!("server.listen {listen:?} is not an address like 127.0.0.1:8080: {e}")
+        ConfigError::new(
+            "server.listen",
+            format!("{listen:?} is not an address like 127.0.0.1:8080: {e}"),
+        )
     })?;
     let ip = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -381,47 +384,58 @@ impl SafetyConfig {
 }
 
 impl PipelineConfig {
-    /// Checks what serde cannot: cross-field rules and value ranges.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what serde cannot: cross-field rules and value ranges, each fault named
+    /// by its path in the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fault = |path: &str, problem: String| Err(ConfigError::new(path, problem));
         if self.providers.is_empty() {
-            return Err("[[providers]] is empty: configure at least one provider".into());
+            return fault(
+                "providers",
+                "is empty: configure at least one provider".into(),
+            );
         }
         if self.profiles.is_empty() {
-            return Err("[profiles] is empty: configure at least one render profile".into());
+            return fault(
+                "profiles",
+                "is empty: configure at least one render profile".into(),
+            );
         }
         for (name, profile) in &self.profiles {
+            let section = format!("profiles.{name}");
             let mut p = profile.clone();
             p.name = name.clone();
-            p.validate()?;
+            p.validate().map_err(|e| e.under(&section))?;
             if p.formats.contains(&imagegate_core::ImageFormat::Avif)
                 && !imagegate_imaging::avif_encoder_available(p.avif.encoder)
             {
-                return Err(format!(
-                    "profile {name:?}: avif.encoder {:?} is not in this build (built without \
-                     imagegate-imaging's `aom` feature); use \"rav1e\" or rebuild with it",
-                    p.avif.encoder.as_str()
-                ));
+                return fault(
+                    &format!("{section}.avif.encoder"),
+                    format!(
+                        "{:?} is not in this build (built without imagegate-imaging's `aom` \
+                         feature); use \"rav1e\" or rebuild with it",
+                        p.avif.encoder.as_str()
+                    ),
+                );
             }
             if p.variants.len() > self.limits.max_variants {
-                return Err(format!(
-                    "profile {name:?} has more variants than limits.max_variants"
-                ));
+                return fault(
+                    &format!("{section}.variants"),
+                    "lists more widths than limits.max_variants".into(),
+                );
             }
         }
         if !self.profiles.contains_key(&self.defaults.profile) {
-            return Err(format!(
-                "defaults.profile {:?} is not a configured profile",
-                self.defaults.profile
-            ));
+            return fault(
+                "defaults.profile",
+                format!("{:?} is not a configured profile", self.defaults.profile),
+            );
         }
-        self.defaults
-            .size
-            .parse::<Size>()
-            .map_err(|e| format!("defaults.size: {e}"))?;
-        self.defaults
-            .model
-            .parse::<ModelChoice>()
-            .map_err(|e| format!("defaults.model: {e}"))?;
+        if let Err(e) = self.defaults.size.parse::<Size>() {
+            return fault("defaults.size", e.to_string());
+        }
+        if let Err(e) = self.defaults.model.parse::<ModelChoice>() {
+            return fault("defaults.model", e.to_string());
+        }
         let c = &self.costs;
         for (name, v) in [
             ("usd_per_core_hour", c.usd_per_core_hour),
@@ -432,32 +446,40 @@ impl PipelineConfig {
             ("expected_views_per_image", c.expected_views_per_image),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return Err(format!("costs.{name} must be a non-negative number"));
+                return fault(
+                    &format!("costs.{name}"),
+                    "must be a non-negative number".into(),
+                );
             }
         }
-        if self.limits.max_pixels == 0
-            || self.limits.max_side == 0
-            || self.limits.max_prompt_chars == 0
-        {
-            return Err("limits must be positive".into());
+        for (name, v) in [
+            ("max_pixels", self.limits.max_pixels),
+            ("max_side", u64::from(self.limits.max_side)),
+            ("max_prompt_chars", self.limits.max_prompt_chars as u64),
+        ] {
+            if v == 0 {
+                return fault(&format!("limits.{name}"), "must be positive".into());
+            }
         }
         if self.server.auth.burst == 0 {
-            return Err("server.auth.burst must be at least 1".into());
+            return fault("server.auth.burst", "must be at least 1".into());
         }
         if !(1..=10).contains(&self.server.openai.max_n) {
-            return Err("server.openai.max_n must be 1 to 10".into());
+            return fault("server.openai.max_n", "must be 1 to 10".into());
         }
         for (alias, model) in &self.server.openai.models {
-            model
-                .parse::<ModelChoice>()
-                .map_err(|e| format!("server.openai.models.{alias}: {e}"))?;
+            if let Err(e) = model.parse::<ModelChoice>() {
+                return fault(&format!("server.openai.models.{alias}"), e.to_string());
+            }
         }
-        self.budgets.validate()?;
+        self.router.validate().map_err(|e| e.under("router"))?;
+        self.budgets.validate().map_err(|e| e.under("budgets"))?;
         if let StorageConfig::Local(local) = &self.storage {
             if local.public_base_url.is_none() && !self.server.serve_cdn {
-                return Err(
-                    "storage.public_base_url is unset and server.serve_cdn is off: \
-                            set the URL the store's files are served at"
+                return fault(
+                    "storage.public_base_url",
+                    "is unset and server.serve_cdn is off: set the URL the store's files \
+                     are served at"
                         .into(),
                 );
             }
@@ -467,7 +489,7 @@ impl PipelineConfig {
 
     /// The URL base of the local store's files: `storage.public_base_url`, or the
     /// `/cdn/` of `server.listen`. None for other stores.
-    pub fn local_public_base_url(&self) -> Result<Option<String>, String> {
+    pub fn local_public_base_url(&self) -> Result<Option<String>, ConfigError> {
         match &self.storage {
             StorageConfig::Local(local) => match &local.public_base_url {
                 Some(url) => Ok(Some(url.clone())),
@@ -479,7 +501,7 @@ impl PipelineConfig {
 
     /// Profiles with their names filled in and logo digests computed, so the content
     /// key follows the logo's bytes.
-    pub fn resolved_profiles(&self) -> Result<BTreeMap<String, RenderProfile>, String> {
+    pub fn resolved_profiles(&self) -> Result<BTreeMap<String, RenderProfile>, ConfigError> {
         let mut out = BTreeMap::new();
         for (name, profile) in &self.profiles {
             let mut p = profile.clone();
@@ -487,7 +509,10 @@ impl PipelineConfig {
             if let Some(wm) = &mut p.watermark {
                 if let imagegate_core::WatermarkMark::Logo { path, digest } = &mut wm.mark {
                     let bytes = std::fs::read(&*path).map_err(|e| {
-                        format!("profile {name:?}: watermark logo {}: {e}", path.display())
+                        ConfigError::new(
+                            format!("profiles.{name}.watermark.logo"),
+                            format!("{}: {e}", path.display()),
+                        )
                     })?;
                     *digest = blake3::hash(&bytes).to_hex().to_string();
                 }
@@ -501,6 +526,43 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped configuration, which every test below breaks in one place.
+    fn shipped() -> PipelineConfig {
+        toml::from_str(include_str!("../../../config/imagegate.toml"))
+            .expect("config/imagegate.toml parses")
+    }
+
+    #[test]
+    fn a_fault_names_its_field_from_the_root_of_the_tree() {
+        shipped()
+            .validate()
+            .expect("the shipped configuration is valid");
+        let fault = |edit: &dyn Fn(&mut PipelineConfig)| {
+            let mut c = shipped();
+            edit(&mut c);
+            c.validate().expect_err("the edit breaks the configuration")
+        };
+        let e = fault(&|c| c.router.breaker.failure_threshold = 0);
+        assert_eq!(e.path, "router.breaker.failure_threshold");
+        assert_eq!(
+            e.to_string(),
+            "router.breaker.failure_threshold: must be positive"
+        );
+        let e = fault(&|c| {
+            let name = c.defaults.profile.clone();
+            c.profiles.get_mut(&name).unwrap().avif.quality = 0.0;
+        });
+        let default = shipped().defaults.profile;
+        assert_eq!(e.path, format!("profiles.{default}.avif.quality"));
+        let e = fault(&|c| c.budgets.processing_reserve_usd = -1.0);
+        assert_eq!(e.path, "budgets.processing_reserve_usd");
+        let e = fault(&|c| c.limits.max_side = 0);
+        assert_eq!(e.path, "limits.max_side");
+        let e = fault(&|c| c.defaults.size = "big".into());
+        assert_eq!(e.path, "defaults.size");
+        assert!(e.problem.contains("\"big\""), "{e}");
+    }
 
     fn safety(sessions: Option<usize>) -> SafetyConfig {
         let mut fields = serde_json::json!({

@@ -1,12 +1,18 @@
 //! One error type for the whole request path. Variants carry a message a person can
 //! act on; `Clone` because one failed generation answers every caller waiting on it.
 
+use imagegate_core::{ConfigError, ImageFormat, RequestError};
+use imagegate_providers::router::BadPolicy;
 use std::time::Duration;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PipelineError {
+    /// The caller's request cannot be served as asked (400).
     #[error("{0}")]
-    BadRequest(String),
+    Invalid(#[from] RequestFault),
+    /// The configuration cannot work: found at start-up, never by a request.
+    #[error("configuration {0}")]
+    Config(#[from] ConfigError),
     #[error("profile {0:?} is not configured")]
     UnknownProfile(String),
     #[error("prompt blocked by rule {rule:?}")]
@@ -59,6 +65,51 @@ pub enum PipelineError {
     Safety(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What is wrong with a caller's request: one variant per fault, each able to name
+/// the request field it is about ([`RequestFault::field`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RequestFault {
+    /// Size, model or prompt that make no sense whatever the configuration.
+    #[error("{0}")]
+    Request(#[from] RequestError),
+    #[error("{field} has {chars} characters; the limit is {limit}")]
+    TooLong {
+        field: &'static str,
+        chars: usize,
+        limit: usize,
+    },
+    #[error("variants must list 1 to {max} widths")]
+    VariantCount { max: usize },
+    #[error("variants lists width {0} twice")]
+    RepeatedVariant(u32),
+    #[error("formats is empty")]
+    NoFormats,
+    #[error("formats lists {0} twice")]
+    RepeatedFormat(ImageFormat),
+    /// The profile with the caller's overrides (variants, formats) does not work.
+    #[error("profile {profile:?}: {fault}")]
+    Profile { profile: String, fault: ConfigError },
+    #[error("max_cost_usd must be a non-negative number")]
+    MaxCost,
+    #[error("{0}")]
+    Policy(#[from] BadPolicy),
+}
+
+impl RequestFault {
+    /// The request field at fault, as the native and OpenAI bodies name it.
+    pub fn field(&self) -> &str {
+        match self {
+            RequestFault::Request(e) => e.field(),
+            RequestFault::TooLong { field, .. } => field,
+            RequestFault::VariantCount { .. } | RequestFault::RepeatedVariant(_) => "variants",
+            RequestFault::NoFormats | RequestFault::RepeatedFormat(_) => "formats",
+            RequestFault::Profile { fault, .. } => fault.field(),
+            RequestFault::MaxCost => "max_cost_usd",
+            RequestFault::Policy(_) => "policy",
+        }
+    }
 }
 
 impl From<imagegate_providers::ProviderError> for PipelineError {

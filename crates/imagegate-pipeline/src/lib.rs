@@ -29,7 +29,7 @@ mod single_flight;
 mod tab;
 
 pub use config::PipelineConfig;
-pub use error::PipelineError;
+pub use error::{PipelineError, RequestFault};
 pub use imagegate_ledger::CacheOutcome;
 pub use request::{resolve_request, CacheMode, ImageRequest, RequestContext};
 
@@ -37,8 +37,8 @@ use bytes::Bytes;
 use cpu::CpuPool;
 use fleet::Produced;
 use imagegate_core::{
-    content_key, source_key, ContentKey, GenerationRequest, Manifest, Micros, RenderProfile,
-    StageCost, VariantRef,
+    content_key, source_key, ConfigError, ContentKey, GenerationRequest, Manifest, Micros,
+    RenderProfile, StageCost, VariantRef,
 };
 use imagegate_imaging::Watermarker;
 use imagegate_ledger::Ledger;
@@ -120,32 +120,34 @@ impl Pipeline {
     /// Builds every component and fails here, not at the first request, when one
     /// cannot start (missing model, unwritable store, bad profile...).
     pub async fn start(config: PipelineConfig) -> Result<Pipeline, PipelineError> {
-        config.validate().map_err(PipelineError::BadRequest)?;
-        let profiles = config
-            .resolved_profiles()
-            .map_err(PipelineError::BadRequest)?;
+        config.validate()?;
+        let profiles = config.resolved_profiles()?;
         let mut watermarkers = HashMap::new();
         for (name, p) in &profiles {
             if let Some(spec) = &p.watermark {
                 let wm = Watermarker::new(spec).map_err(|e| {
-                    PipelineError::BadRequest(format!("profile {name:?} watermark: {e}"))
+                    ConfigError::new(format!("profiles.{name}.watermark"), e.to_string())
                 })?;
                 watermarkers.insert(name.clone(), Arc::new(wm));
             }
         }
         let providers = ProviderSet::from_config(&config.providers)?.into_providers();
-        let price_book = PriceBook::load(&config.pricing).map_err(|e| {
-            PipelineError::BadRequest(format!("price book {}: {e}", config.pricing.display()))
-        })?;
+        // A price book error names its file already.
+        let price_book = PriceBook::load(&config.pricing)
+            .map_err(|e| ConfigError::new("pricing", e.to_string()))?;
         // Every offered model priced, or marked unpriced: refused here, not at $0 later.
         let prices = LivePrices::new(
             price_book,
             Some(config.pricing.clone()),
             imagegate_providers::router::offered(&providers),
         )
-        .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
-        let router = Router::new(providers, Arc::new(prices), config.router.clone())
-            .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+        .map_err(|e| ConfigError::new("pricing", e.to_string()))?;
+        let router = Router::new(providers, Arc::new(prices), config.router.clone()).map_err(
+            |e| match e {
+                imagegate_providers::RouteError::Config(m) => ConfigError::new("router", m),
+                other => ConfigError::new("router", other.to_string()),
+            },
+        )?;
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
         let classifier = if config.safety.classifier {
@@ -164,8 +166,7 @@ impl Pipeline {
         let store: Arc<dyn ObjectStore> = match &config.storage {
             config::StorageConfig::Local(lc) => {
                 let base = config
-                    .local_public_base_url()
-                    .map_err(PipelineError::BadRequest)?
+                    .local_public_base_url()?
                     .expect("a local store has a base URL");
                 Arc::new(LocalStore::open(&lc.root, &base).await?)
             }

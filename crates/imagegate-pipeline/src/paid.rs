@@ -22,6 +22,16 @@ pub(crate) struct Origin {
     pub model: String,
 }
 
+impl Origin {
+    /// The caller's own image (`imagegate process`): no provider drew it.
+    pub fn upload() -> Origin {
+        Origin {
+            provider: imagegate_core::ModelChoice::UPLOAD_PROVIDER.into(),
+            model: imagegate_core::ModelChoice::UPLOAD_MODEL.into(),
+        }
+    }
+}
+
 /// Files rendered for a key, not yet stored.
 #[derive(Clone)]
 pub(crate) struct RenderedFiles {

@@ -132,13 +132,7 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
                     reused(&mut tab, &origin, "provider output");
                     (origin, bytes, None)
                 }
-                (_, Source::Upload(bytes)) => {
-                    let origin = Origin {
-                        provider: "source".into(),
-                        model: "upload".into(),
-                    };
-                    (origin, bytes, None)
-                }
+                (_, Source::Upload(bytes)) => (Origin::upload(), bytes, None),
                 (
                     _,
                     Source::Provider {

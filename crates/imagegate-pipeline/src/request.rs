@@ -3,8 +3,10 @@
 //! against the configuration into what decides the output bytes.
 
 use crate::config::PipelineConfig;
-use crate::error::PipelineError;
-use imagegate_core::{GenerationRequest, ImageFormat, ModelChoice, RenderProfile, Size};
+use crate::error::{PipelineError, RequestFault};
+use imagegate_core::{
+    GenerationRequest, ImageFormat, ModelChoice, RenderProfile, RequestError, Size,
+};
 use imagegate_providers::Policy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -71,7 +73,7 @@ pub fn resolve_request(
     let defaults = &config.defaults;
     let normalized = imagegate_core::key::normalize_text(&req.prompt);
     if normalized.is_empty() {
-        return Err(PipelineError::BadRequest("prompt is empty".into()));
+        return Err(RequestFault::from(RequestError::EmptyPrompt).into());
     }
     for (field, text) in [
         ("prompt", Some(&req.prompt)),
@@ -80,10 +82,12 @@ pub fn resolve_request(
         if let Some(t) = text {
             let n = t.chars().count();
             if n > limits.max_prompt_chars {
-                return Err(PipelineError::BadRequest(format!(
-                    "{field} has {n} characters; the limit is {}",
-                    limits.max_prompt_chars
-                )));
+                return Err(RequestFault::TooLong {
+                    field,
+                    chars: n,
+                    limit: limits.max_prompt_chars,
+                }
+                .into());
             }
         }
     }
@@ -94,57 +98,50 @@ pub fn resolve_request(
         .ok_or_else(|| PipelineError::UnknownProfile(profile_name.into()))?;
     if let Some(v) = &req.variants {
         if v.is_empty() || v.len() > limits.max_variants {
-            return Err(PipelineError::BadRequest(format!(
-                "variants must list 1 to {} widths",
-                limits.max_variants
-            )));
+            return Err(RequestFault::VariantCount {
+                max: limits.max_variants,
+            }
+            .into());
         }
         if let Some(w) = first_repeat(v) {
-            return Err(PipelineError::BadRequest(format!(
-                "variants lists width {w} twice"
-            )));
+            return Err(RequestFault::RepeatedVariant(w).into());
         }
         profile.variants = v.clone();
     }
     if let Some(f) = &req.formats {
         if f.is_empty() {
-            return Err(PipelineError::BadRequest("formats is empty".into()));
+            return Err(RequestFault::NoFormats.into());
         }
         // A format listed twice would make the same files twice, and weigh in the
         // key memo as often as it is repeated.
         if let Some(format) = first_repeat(f) {
-            return Err(PipelineError::BadRequest(format!(
-                "formats lists {format} twice"
-            )));
+            return Err(RequestFault::RepeatedFormat(format).into());
         }
         profile.formats = f.clone();
     }
-    profile.validate().map_err(PipelineError::BadRequest)?;
+    profile.validate().map_err(|fault| RequestFault::Profile {
+        profile: profile_name.to_string(),
+        fault,
+    })?;
     let size: Size = req
         .size
         .as_deref()
         .unwrap_or(&defaults.size)
         .parse()
-        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+        .map_err(RequestFault::from)?;
     let model: ModelChoice = req
         .model
         .as_deref()
         .unwrap_or(&defaults.model)
         .parse()
-        .map_err(|e: imagegate_core::RequestError| PipelineError::BadRequest(e.to_string()))?;
+        .map_err(RequestFault::from)?;
     if let Some(max) = req.max_cost_usd {
         if !(max.is_finite() && max >= 0.0) {
-            return Err(PipelineError::BadRequest(
-                "max_cost_usd must be a non-negative number".into(),
-            ));
+            return Err(RequestFault::MaxCost.into());
         }
     }
     let policy = match &req.policy {
-        Some(p) => p
-            .parse()
-            .map_err(|e: imagegate_providers::router::BadPolicy| {
-                PipelineError::BadRequest(e.to_string())
-            })?,
+        Some(p) => p.parse().map_err(RequestFault::from)?,
         None => config.router.policy,
     };
     let gen = GenerationRequest::new(
@@ -154,7 +151,7 @@ pub fn resolve_request(
         size,
         req.seed.unwrap_or(defaults.seed),
     )
-    .map_err(|e| PipelineError::BadRequest(e.to_string()))?;
+    .map_err(RequestFault::from)?;
     Ok((gen, profile, policy))
 }
 
@@ -164,4 +161,85 @@ fn first_repeat<T: PartialEq + Copy>(items: &[T]) -> Option<T> {
         .enumerate()
         .find(|(i, x)| items[..*i].contains(x))
         .map(|(_, x)| *x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(req: serde_json::Value) -> RequestFault {
+        let config: PipelineConfig = toml::from_str(include_str!("../../../config/imagegate.toml"))
+            .expect("config/imagegate.toml parses");
+        let profiles = config
+            .resolved_profiles()
+            .expect("the shipped profiles resolve");
+        let req: ImageRequest = serde_json::from_value(req).expect("a request body");
+        match resolve_request(&config, &profiles, &req) {
+            Err(PipelineError::Invalid(f)) => f,
+            other => panic!("expected a request fault, got {other:?}"),
+        }
+    }
+
+    /// Each fault names the request field it is about: the OpenAI surface answers it
+    /// as `param`, and the message says the same as it did as a bare string.
+    #[test]
+    fn each_fault_names_its_field() {
+        let cases = [
+            (
+                serde_json::json!({"prompt": " \t "}),
+                "prompt",
+                "prompt is empty",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "negative_prompt": "a".repeat(100_000)}),
+                "negative_prompt",
+                "negative_prompt has 100000 characters",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "size": "big"}),
+                "size",
+                "size \"big\"",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "model": "ultra"}),
+                "model",
+                "model \"ultra\"",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "variants": []}),
+                "variants",
+                "variants must list",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "variants": [256, 256]}),
+                "variants",
+                "variants lists width 256 twice",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "variants": [4]}),
+                "variants",
+                "width 4 is outside",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "formats": []}),
+                "formats",
+                "formats is empty",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "max_cost_usd": -1.0}),
+                "max_cost_usd",
+                "max_cost_usd must be a non-negative number",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "policy": "random"}),
+                "policy",
+                "policy \"random\"",
+            ),
+        ];
+        for (req, field, words) in cases {
+            let f = fault(req.clone());
+            assert_eq!(f.field(), field, "{req}: {f}");
+            assert!(f.to_string().contains(words), "{req}: {f}");
+        }
+    }
 }

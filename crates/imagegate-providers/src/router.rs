@@ -30,7 +30,7 @@ use crate::price_book::{ModelStatus, Offered, PriceBook};
 use crate::{AttemptOutcome, Generation, Provider, ProviderError, ProviderRequest};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, NaiveDate, Utc};
-use imagegate_core::{GenerationRequest, Micros, ModelChoice, Size};
+use imagegate_core::{ConfigError, GenerationRequest, Micros, ModelChoice, Size};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -172,35 +172,40 @@ impl Default for RouterConfig {
 }
 
 impl RouterConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks value ranges, naming fields relative to the `[router]` section.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fault = |path: &str, problem: String| Err(ConfigError::new(path, problem));
         if !(self.latency_ewma_alpha > 0.0 && self.latency_ewma_alpha <= 1.0) {
-            return Err(format!(
-                "latency_ewma_alpha must be in (0, 1], not {}",
-                self.latency_ewma_alpha
-            ));
+            return fault(
+                "latency_ewma_alpha",
+                format!("must be in (0, 1], not {}", self.latency_ewma_alpha),
+            );
         }
         if !(0.0..=1.0).contains(&self.balanced_cost_weight) {
-            return Err(format!(
-                "balanced_cost_weight must be in [0, 1], not {}",
-                self.balanced_cost_weight
-            ));
+            return fault(
+                "balanced_cost_weight",
+                format!("must be in [0, 1], not {}", self.balanced_cost_weight),
+            );
         }
         if self.attempt_timeout_ms == Some(0) {
-            return Err("attempt_timeout_ms must be positive".into());
+            return fault("attempt_timeout_ms", "must be positive".into());
         }
         if self.backoff_min_ms > self.backoff_max_ms {
-            return Err("backoff_min_ms exceeds backoff_max_ms".into());
+            return fault("backoff_min_ms", "exceeds backoff_max_ms".into());
         }
         if self.breaker.failure_threshold == 0 {
-            return Err("breaker.failure_threshold must be positive".into());
+            return fault("breaker.failure_threshold", "must be positive".into());
         }
         if !(self.reported_cost_tolerance_pct.is_finite()
             && self.reported_cost_tolerance_pct >= 0.0)
         {
-            return Err(format!(
-                "reported_cost_tolerance_pct must be a non-negative number, not {}",
-                self.reported_cost_tolerance_pct
-            ));
+            return fault(
+                "reported_cost_tolerance_pct",
+                format!(
+                    "must be a non-negative number, not {}",
+                    self.reported_cost_tolerance_pct
+                ),
+            );
         }
         Ok(())
     }
@@ -552,7 +557,9 @@ impl Router {
         prices: Arc<LivePrices>,
         config: RouterConfig,
     ) -> Result<Router, RouteError> {
-        config.validate().map_err(RouteError::Config)?;
+        config
+            .validate()
+            .map_err(|e| RouteError::Config(e.to_string()))?;
         let mut breakers = HashMap::new();
         let mut attempt_timeouts = HashMap::new();
         for p in &providers {

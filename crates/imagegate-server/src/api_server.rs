@@ -29,7 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(crate::openapi::openapi_json));
-    if server.serve_cdn && state.pipeline.store().kind() == "local" {
+    if server.serve_cdn && state.pipeline.store().kind() == imagegate_storage::StoreKind::Local {
         app = app.route("/cdn/{*path}", get(cdn::cdn));
     }
     app.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })

@@ -100,7 +100,7 @@ impl Auth {
         config: imagegate_pipeline::config::AuthConfig,
     ) -> Result<Arc<Auth>, imagegate_ledger::LedgerError> {
         let every = Duration::from_secs(config.reload_secs.max(1));
-        let rates = if ledger.backend() == "postgres" {
+        let rates = if ledger.backend().is_shared() {
             RateState::Fleet
         } else {
             RateState::Process

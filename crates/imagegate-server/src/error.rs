@@ -206,6 +206,13 @@ impl IntoResponse for OpenAiError {
 /// The request field a pipeline error blames, from the error's own variant.
 fn param_of(e: &PipelineError) -> Option<&'static str> {
     match e {
+        PipelineError::Invalid(fault) => match fault.field() {
+            // The native body's names that OpenAI's request shares.
+            "prompt" | "negative_prompt" => Some("prompt"),
+            "size" => Some("size"),
+            "model" => Some("model"),
+            _ => None,
+        },
         PipelineError::NoProvider(_) | PipelineError::ModelRetired { .. } => Some("model"),
         _ => None,
     }
@@ -216,7 +223,9 @@ impl From<PipelineError> for ApiError {
         use PipelineError as P;
         let message = e.to_string();
         let (status, code, retry_after) = match &e {
-            P::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            P::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
+            // Found at start-up, before anything serves: never a caller's fault.
+            P::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
             P::UnknownProfile(_) => (StatusCode::BAD_REQUEST, "unknown_profile", None),
             P::PromptBlocked { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_blocked", None),
             P::CostLimit { .. } => (StatusCode::PAYMENT_REQUIRED, "cost_limit_exceeded", None),

@@ -135,8 +135,8 @@ pub fn document(serves_cdn: bool) -> openapi::OpenApi {
 )]
 pub(crate) async fn openapi_json(State(state): State<Arc<AppState>>) -> Response {
     // The same condition under which `api_server::router` registers `/cdn/{*path}`.
-    let serves_cdn =
-        state.pipeline.config().server.serve_cdn && state.pipeline.store().kind() == "local";
+    let serves_cdn = state.pipeline.config().server.serve_cdn
+        && state.pipeline.store().kind() == imagegate_storage::StoreKind::Local;
     Json(document(serves_cdn)).into_response()
 }
 

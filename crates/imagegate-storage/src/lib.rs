@@ -58,6 +58,31 @@ impl StorageError {
     }
 }
 
+/// The closed set of object stores. Serialized as in the configuration's
+/// `[storage] kind` and in ledger details (`"local"`, `"s3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// A directory on this machine (imagegate may serve it itself under `/cdn/`).
+    Local,
+    S3,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Local => "local",
+            StoreKind::S3 => "s3",
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stored object as read back.
 #[derive(Debug, Clone)]
 pub struct Object {
@@ -73,8 +98,8 @@ pub const IMMUTABLE_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
-    /// Short name for logs and ledger details ("local", "s3").
-    fn kind(&self) -> &'static str;
+    /// Which implementation this is, for logs and ledger details.
+    fn kind(&self) -> StoreKind;
     /// Publishes an object: the CDN serves it at [`ObjectStore::public_url`].
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError>;
     async fn get(&self, key: &str) -> Result<Option<Object>, StorageError>;

@@ -3,7 +3,9 @@
 //! only, and no path starting with a dot); another web server put in front of the
 //! root must exclude dot-directories too.
 
-use crate::{content_type_for, etag_of, validate_key, Object, ObjectStore, StorageError};
+use crate::{
+    content_type_for, etag_of, validate_key, Object, ObjectStore, StorageError, StoreKind,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -117,8 +119,8 @@ fn io(root: &Path, action: &str, source: std::io::Error) -> StorageError {
 
 #[async_trait]
 impl ObjectStore for LocalStore {
-    fn kind(&self) -> &'static str {
-        "local"
+    fn kind(&self) -> StoreKind {
+        StoreKind::Local
     }
 
     async fn put(&self, key: &str, bytes: Bytes, _content_type: &str) -> Result<(), StorageError> {

@@ -12,7 +12,7 @@
 //! [`StorageError::Unavailable`], everything else [`StorageError::Rejected`].
 
 use crate::{
-    content_type_for, etag_of, validate_key, Object, ObjectStore, StorageError,
+    content_type_for, etag_of, validate_key, Object, ObjectStore, StorageError, StoreKind,
     IMMUTABLE_CACHE_CONTROL,
 };
 use async_trait::async_trait;
@@ -593,8 +593,8 @@ fn is_throttling(code: Option<&str>) -> bool {
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    fn kind(&self) -> &'static str {
-        "s3"
+    fn kind(&self) -> StoreKind {
+        StoreKind::S3
     }
 
     async fn put(&self, key: &str, bytes: Bytes, content_type: &str) -> Result<(), StorageError> {

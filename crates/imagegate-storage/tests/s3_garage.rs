@@ -48,7 +48,7 @@ fn sample(len: usize, seed: u8) -> Bytes {
 async fn put_then_get_round_trips_and_a_missing_key_is_none() {
     let garage = Garage::start();
     let store = store_for(&garage).await;
-    assert_eq!(store.kind(), "s3");
+    assert_eq!(store.kind().as_str(), "s3");
     store.check().await.unwrap();
 
     let bytes = sample(30_000, 1);

@@ -13,10 +13,69 @@
 //! thread may not do so for a long time. Under 64 concurrent misses mimalloc's share
 //! of RSS kept growing for as long as the load lasted (by 100-200 MB in 30 s). From
 //! [`LARGE`] up, blocks come from glibc instead, whose arenas take a block back from
-//! any thread at once, and which `tune_allocators` (main.rs) sets to map
+//! any thread at once, and which [`tune`] sets to map
 //! picture-sized blocks with mmap and unmap them on free.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+
+/// mimalloc's `mi_option_purge_delay` and `mi_option_allow_thp`: their positions in
+/// the `mi_option_e` enum of the mimalloc v3 that libmimalloc-sys 0.1.49 builds
+/// (`c_src/mimalloc/v3/include/mimalloc.h`); libmimalloc-sys does not name them.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+
+/// Blocks glibc maps on their own rather than carving from an arena: 1 MiB, below
+/// a 1024² picture (3 MB) and above the many small blocks libaom makes per encode.
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+
+/// Allocator settings for peak memory, before any thread starts. Under 64 concurrent
+/// misses they halved peak RSS for no measurable throughput (BENCHMARKS.md):
+/// glibc malloc, which the C libraries (libaom, ONNX Runtime) use, kept one arena
+/// per thread that touched it, and mimalloc held freed pages for its default 10 ms
+/// purge delay while megabyte-sized pictures came and went. The usual environment
+/// variables (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MIMALLOC_PURGE_DELAY`,
+/// `MIMALLOC_ALLOW_THP`) still win when set.
+///
+/// Transparent huge pages are off for the process. mimalloc v3 asks for them on its
+/// arenas (`MADV_HUGEPAGE`), so a few live blocks kept a whole 2 MiB page resident:
+/// under 64 concurrent misses its arena held 50-100 MB where 27 MB do without them.
+/// That costs about 5% of the hit rate (BENCHMARKS.md, "Peak RSS, 2026-11-25"). The
+/// option alone is too late for the arena mimalloc reserved before `main`, so the
+/// process-wide switch (`PR_SET_THP_DISABLE`, which later page faults in every
+/// mapping obey) comes with it.
+///
+/// glibc's mmap threshold is fixed at [`MMAP_THRESHOLD`]: every picture-sized block
+/// (ours, and libaom's frame buffers) is mapped on allocation and unmapped on free.
+/// Left alone, glibc raises the threshold to the largest block freed so far (up to
+/// 32 MB), after which such blocks stay in its arenas once freed.
+pub fn tune() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only changes glibc's tunables; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: as above.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: mi_option_set stores an option value; it is safe to call at any time.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        }
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: as above; prctl(PR_SET_THP_DISABLE) only sets a flag on this
+        // process's memory map. Its failure (a kernel without it) leaves THP as it was.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
+    }
+}
 
 /// Blocks of at least this many bytes are served by glibc: mimalloc's largest
 /// "medium" size, above which it gives every block a page of its own.

@@ -29,7 +29,6 @@ pub fn load(path: Option<&Path>) -> Result<PipelineConfig> {
         .with_context(|| format!("configuration {}", path.display()))?;
     config
         .validate()
-        .map_err(anyhow::Error::msg)
         .with_context(|| format!("configuration {}", path.display()))?;
     Ok(config)
 }

@@ -15,11 +15,11 @@ use clap::{Parser, Subcommand};
 use imagegate_pipeline::{Pipeline, RequestContext};
 use imagegate_server::AppState;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// mimalloc for small blocks, glibc (mmap) for pictures: see alloc.rs.
 #[global_allocator]
 static ALLOCATOR: alloc::SplitAllocator = alloc::SplitAllocator;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -41,87 +41,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP service.
-    Serve {
-        /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
-        #[arg(long)]
-        listen: Option<String>,
-    },
+    Serve(ServeArgs),
     /// Fill the cache ahead of traffic from prompt templates (see
     /// config/templates.example.toml), through the same pipeline and ledger as `serve`.
     /// Exit status: 0 all published (images skipped for the budget are reported, not
     /// failures), 3 some failed, 130 interrupted, 1 could not start.
-    Warm {
-        /// The template file.
-        templates: PathBuf,
-        /// Images generated at once.
-        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-        concurrency: u16,
-        /// Start no image that could take the run's spending past this many USD
-        /// (spent plus in flight plus the next image's estimate).
-        #[arg(long)]
-        budget_usd: Option<f64>,
-        /// Count images, cached keys and the estimated cost; generate nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Refuse template files that expand to more images than this.
-        #[arg(long, default_value_t = 1000)]
-        max_images: u64,
-        /// The API key id the ledger books the run under (`imagegate report --by key`).
-        #[arg(long, default_value = "warm")]
-        key: String,
-        #[arg(long, value_enum, default_value_t = warm::Format::Table)]
-        format: warm::Format,
-    },
+    Warm(warm::Args),
     /// Run the post-generation stages (safety, variants, watermark, encode, store) on
     /// an image you already have, printing the same JSON as POST /v1/images.
-    Process {
-        file: PathBuf,
-        #[arg(long)]
-        profile: Option<String>,
-    },
+    Process(ProcessArgs),
     /// What the router would consider and choose for a request, with expected cost and
     /// latency per candidate; generates nothing.
-    Estimate {
-        #[arg(long)]
-        prompt: String,
-        #[arg(long)]
-        negative_prompt: Option<String>,
-        /// A class (draft, standard, premium) or provider/model.
-        #[arg(long)]
-        model: Option<String>,
-        #[arg(long)]
-        size: Option<String>,
-        #[arg(long)]
-        seed: Option<u64>,
-        #[arg(long)]
-        profile: Option<String>,
-        /// cheapest, fastest or balanced.
-        #[arg(long)]
-        policy: Option<String>,
-        #[arg(long)]
-        max_cost_usd: Option<f64>,
-    },
+    Estimate(EstimateArgs),
     /// What the ledger says was spent: totals grouped by stage, provider, model, API
     /// key and/or day, what the cache saved, and what delivering the stored variants
     /// would cost (with what-ifs: narrower widths, newer formats).
-    Report {
-        /// Start of the window: a duration ago (7d, 12h) or an RFC 3339 time.
-        #[arg(long)]
-        since: Option<String>,
-        /// End of the window (exclusive), in the same forms as --since.
-        #[arg(long)]
-        until: Option<String>,
-        /// Comma-separated dimensions: stage, provider, model, key, day.
-        #[arg(long, default_value = "")]
-        by: String,
-        #[arg(long, value_enum, default_value_t = report_cli::Format::Table)]
-        format: report_cli::Format,
-        /// One section: the cost table, the delivery projection, or the what-ifs.
-        /// Tables and JSON show all three by default; CSV holds one table, the costs
-        /// unless this picks another.
-        #[arg(long, value_enum)]
-        only: Option<report_cli::Section>,
-    },
+    Report(report_cli::Args),
     /// The price book: `check` it against the configured providers (stale prices,
     /// missing entries, retired models), or `list` what it charges now.
     Prices {
@@ -134,103 +69,103 @@ enum Command {
         action: KeysAction,
     },
     /// Score images with the NSFW classifier and print the action per file.
-    Classify {
-        #[arg(required = true)]
-        files: Vec<PathBuf>,
-        /// JSON lines instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Profile whose thresholds decide the action.
-        #[arg(long)]
-        profile: Option<String>,
-    },
+    Classify(ClassifyArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ProcessArgs {
+    file: PathBuf,
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+// The request fields of `POST /v1/images` a caller may set from the command line.
+#[derive(clap::Args)]
+struct EstimateArgs {
+    #[arg(long)]
+    prompt: String,
+    #[arg(long)]
+    negative_prompt: Option<String>,
+    /// A class (draft, standard, premium) or provider/model.
+    #[arg(long)]
+    model: Option<String>,
+    #[arg(long)]
+    size: Option<String>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    profile: Option<String>,
+    /// cheapest, fastest or balanced.
+    #[arg(long)]
+    policy: Option<String>,
+    #[arg(long)]
+    max_cost_usd: Option<f64>,
+}
+
+impl From<EstimateArgs> for imagegate_pipeline::ImageRequest {
+    fn from(a: EstimateArgs) -> Self {
+        imagegate_pipeline::ImageRequest {
+            prompt: a.prompt,
+            negative_prompt: a.negative_prompt,
+            model: a.model,
+            size: a.size,
+            seed: a.seed,
+            profile: a.profile,
+            policy: a.policy,
+            max_cost_usd: a.max_cost_usd,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Profile whose thresholds decide the action.
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum KeysAction {
     /// Create a key and print it once; only its hash is stored.
-    Create {
-        /// A label for people (e.g. the app that uses it).
-        #[arg(long)]
-        name: String,
-        /// This key's sustained limit; [server.auth] requests_per_minute by default.
-        #[arg(long)]
-        requests_per_minute: Option<u32>,
-        /// An admin key: sees every key's costs and deliveries (others see their
-        /// own) and may republish (`cache: refresh`).
-        #[arg(long)]
-        admin: bool,
-    },
+    Create(CreateKeyArgs),
     /// List keys (ids, names, limits, scopes; never secrets).
     List,
     /// Revoke a key by id; it stops working within [server.auth] reload_secs.
     Revoke { id: String },
 }
 
-/// mimalloc's `mi_option_purge_delay` and `mi_option_allow_thp`: their positions in
-/// the `mi_option_e` enum of the mimalloc v3 that libmimalloc-sys 0.1.49 builds
-/// (`c_src/mimalloc/v3/include/mimalloc.h`); libmimalloc-sys does not name them.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
-
-/// Blocks glibc maps on their own rather than carving from an arena: 1 MiB, below
-/// a 1024² picture (3 MB) and above the many small blocks libaom makes per encode.
-const MMAP_THRESHOLD: libc::c_int = 1 << 20;
-
-/// Allocator settings for peak memory, before any thread starts. Under 64 concurrent
-/// misses they halved peak RSS for no measurable throughput (BENCHMARKS.md):
-/// glibc malloc, which the C libraries (libaom, ONNX Runtime) use, kept one arena
-/// per thread that touched it, and mimalloc held freed pages for its default 10 ms
-/// purge delay while megabyte-sized pictures came and went. The usual environment
-/// variables (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`, `MIMALLOC_PURGE_DELAY`,
-/// `MIMALLOC_ALLOW_THP`) still win when set.
-///
-/// Transparent huge pages are off for the process. mimalloc v3 asks for them on its
-/// arenas (`MADV_HUGEPAGE`), so a few live blocks kept a whole 2 MiB page resident:
-/// under 64 concurrent misses its arena held 50-100 MB where 27 MB do without them.
-/// That costs about 5% of the hit rate (BENCHMARKS.md, "Peak RSS, 2026-11-25"). The
-/// option alone is too late for the arena mimalloc reserved before `main`, so the
-/// process-wide switch (`PR_SET_THP_DISABLE`, which later page faults in every
-/// mapping obey) comes with it.
-///
-/// glibc's mmap threshold is fixed at [`MMAP_THRESHOLD`]: every picture-sized block
-/// (ours, and libaom's frame buffers) is mapped on allocation and unmapped on free.
-/// Left alone, glibc raises the threshold to the largest block freed so far (up to
-/// 32 MB), after which such blocks stay in its arenas once freed.
-fn tune_allocators() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes glibc's tunables; no other thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-        // SAFETY: as above.
-        unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
-        }
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: mi_option_set stores an option value; it is safe to call at any time.
-        unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
-        }
-    }
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: as above; prctl(PR_SET_THP_DISABLE) only sets a flag on this
-        // process's memory map. Its failure (a kernel without it) leaves THP as it was.
-        unsafe {
-            libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
+#[derive(clap::Args)]
+struct CreateKeyArgs {
+    /// A label for people (e.g. the app that uses it).
+    #[arg(long)]
+    name: String,
+    /// This key's sustained limit; [server.auth] requests_per_minute by default.
+    #[arg(long)]
+    requests_per_minute: Option<u32>,
+    /// An admin key: sees every key's costs and deliveries (others see their
+    /// own) and may republish (`cache: refresh`).
+    #[arg(long)]
+    admin: bool,
 }
 
 fn main() -> std::process::ExitCode {
-    tune_allocators();
+    alloc::tune();
     let cli = Cli::parse();
     // warm draws a progress bar on stderr; routine info lines would tear it.
-    let quiet = matches!(cli.command, Command::Warm { .. });
+    let quiet = matches!(cli.command, Command::Warm(_));
     init_logging(cli.log_json, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -265,74 +200,14 @@ fn init_logging(json: bool, quiet: bool) {
 async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let config = config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { listen } => serve(config, listen).await,
-        Command::Process { file, profile } => process(config, file, profile).await,
-        Command::Warm {
-            templates,
-            concurrency,
-            budget_usd,
-            dry_run,
-            max_images,
-            key,
-            format,
-        } => {
-            let args = warm::Args {
-                templates,
-                concurrency: usize::from(concurrency),
-                budget_usd,
-                dry_run,
-                max_images,
-                key,
-                format,
-            };
-            warm::run(config, args).await
-        }
-        Command::Report {
-            since,
-            until,
-            by,
-            format,
-            only,
-        } => {
-            let args = report_cli::Args {
-                since,
-                until,
-                by,
-                format,
-                only,
-            };
-            report_cli::run(config, args).await
-        }
+        Command::Serve(a) => serve(config, a.listen).await,
+        Command::Process(a) => process(config, a.file, a.profile).await,
+        Command::Warm(args) => warm::run(config, args).await,
+        Command::Report(args) => report_cli::run(config, args).await,
         Command::Keys { action } => keys(config, action).await,
         Command::Prices { action } => prices_cli::run(config, action),
-        Command::Classify {
-            files,
-            json,
-            profile,
-        } => classify(config, files, json, profile).await,
-        Command::Estimate {
-            prompt,
-            negative_prompt,
-            model,
-            size,
-            seed,
-            profile,
-            policy,
-            max_cost_usd,
-        } => {
-            let request = imagegate_pipeline::ImageRequest {
-                prompt,
-                negative_prompt,
-                model,
-                size,
-                seed,
-                profile,
-                policy,
-                max_cost_usd,
-                ..Default::default()
-            };
-            estimate(config, request).await
-        }
+        Command::Classify(a) => classify(config, a.files, a.json, a.profile).await,
+        Command::Estimate(a) => estimate(config, a.into()).await,
     }
 }
 
@@ -363,11 +238,11 @@ async fn keys(
         .await
         .context("opening the ledger")?;
     let code = match action {
-        KeysAction::Create {
+        KeysAction::Create(CreateKeyArgs {
             name,
             requests_per_minute,
             admin,
-        } => {
+        }) => {
             let scope = if admin {
                 imagegate_ledger::KeyScope::Admin
             } else {

@@ -26,11 +26,23 @@ pub enum Section {
     WhatIf,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// Start of the window: a duration ago (7d, 12h) or an RFC 3339 time.
+    #[arg(long)]
     pub since: Option<String>,
+    /// End of the window (exclusive), in the same forms as --since.
+    #[arg(long)]
     pub until: Option<String>,
+    /// Comma-separated dimensions: stage, provider, model, key, day.
+    #[arg(long, default_value = "")]
     pub by: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// One section: the cost table, the delivery projection, or the what-ifs.
+    /// Tables and JSON show all three by default; CSV holds one table, the costs
+    /// unless this picks another.
+    #[arg(long, value_enum)]
     pub only: Option<Section>,
 }
 

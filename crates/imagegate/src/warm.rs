@@ -35,14 +35,27 @@ pub enum Format {
     Json,
 }
 
+#[derive(clap::Args)]
 pub struct Args {
+    /// The template file.
     pub templates: PathBuf,
-    pub concurrency: usize,
+    /// Images generated at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// Start no image that could take the run's spending past this many USD
+    /// (spent plus in flight plus the next image's estimate).
+    #[arg(long)]
     pub budget_usd: Option<f64>,
+    /// Count images, cached keys and the estimated cost; generate nothing.
+    #[arg(long)]
     pub dry_run: bool,
+    /// Refuse template files that expand to more images than this.
+    #[arg(long, default_value_t = 1000)]
     pub max_images: u64,
-    /// The API key id the ledger books this run under.
+    /// The API key id the ledger books the run under (`imagegate report --by key`).
+    #[arg(long, default_value = "warm")]
     pub key: String,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
 
@@ -105,7 +118,7 @@ pub async fn run(mut config: PipelineConfig, args: Args) -> Result<ExitCode> {
     let pipeline = Pipeline::start(config)
         .await
         .context("starting the pipeline")?;
-    let plans = plan(&pipeline, &items, args.concurrency).await;
+    let plans = plan(&pipeline, &items, usize::from(args.concurrency)).await;
     let result = if args.dry_run {
         Ok(dry_run(&path, &args, &items, &plans, allowance))
     } else {
@@ -292,7 +305,7 @@ async fn execute(
     let mut pending = queue.into_iter();
     loop {
         // Start what may start: in order, while there is a slot and the budget holds.
-        while stop.is_none() && in_flight.len() < args.concurrency {
+        while stop.is_none() && in_flight.len() < usize::from(args.concurrency) {
             let Some(&(i, expected)) = pending.as_slice().first() else {
                 break;
             };
