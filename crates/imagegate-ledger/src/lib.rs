@@ -457,6 +457,20 @@ mod tests {
 
     const KILL_9_URL: &str = "IMAGEGATE_LEDGER_KILL_9_URL";
 
+    /// The backend is a closed set whose names are what the configuration and logs say;
+    /// only PostgreSQL is shared by a fleet (fleet-wide rate limits follow from it).
+    #[tokio::test]
+    async fn each_backend_names_itself_and_only_postgres_is_shared() {
+        let sqlite = TestDb::sqlite().await.open().await;
+        assert_eq!(sqlite.backend(), Backend::Sqlite);
+        assert_eq!(sqlite.backend().as_str(), "sqlite");
+        assert!(!sqlite.backend().is_shared());
+        let postgres = TestDb::postgres().await.open().await;
+        assert_eq!(postgres.backend(), Backend::Postgres);
+        assert_eq!(postgres.backend().as_str(), "postgres");
+        assert!(postgres.backend().is_shared());
+    }
+
     /// What `records_survive_kill_9` runs in a child process: records forever, saying
     /// "committed" after each `record` returns, until it is killed.
     #[tokio::test]

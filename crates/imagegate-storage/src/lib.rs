@@ -167,6 +167,16 @@ pub fn content_type_for(key: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// Ledger details carry the kind as JSON; its names must stay those of `as_str`.
+    #[test]
+    fn store_kinds_serialize_as_their_names() {
+        for kind in [StoreKind::Local, StoreKind::S3] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        assert_eq!(StoreKind::Local.to_string(), "local");
+        assert_eq!(StoreKind::S3.to_string(), "s3");
+    }
+
     #[test]
     fn keys_that_escape_are_refused() {
         for bad in [
