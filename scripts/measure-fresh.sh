@@ -11,7 +11,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHAT="${1:?usage: measure-fresh.sh serve|test}"
-CLONE="$(mktemp -d /tmp/imagegate-fresh.XXXXXX)"
+# Beside this checkout, as CI's clone is: tests read the benchmark corpus at ../shared.
+CLONE="$(mktemp -d "$(dirname "$ROOT")/imagegate-fresh.XXXXXX")"
 git clone --quiet "$ROOT" "$CLONE"
 cd "$CLONE"
 LOG="$CLONE/measure.log"

@@ -54,6 +54,21 @@ struct ReplicaOptions<'a> {
     rate: Option<(u32, u32)>,
 }
 
+impl<'a> ReplicaOptions<'a> {
+    /// A replica on `garage` with no budget or rate limit, a 300 ms provider and a
+    /// 30 s lease.
+    fn new(garage: &'a Garage, ledger_url: Option<&'a str>) -> ReplicaOptions<'a> {
+        ReplicaOptions {
+            garage,
+            ledger_url,
+            latency_ms: 300,
+            lease_ttl_secs: 30,
+            daily_budget_usd: None,
+            rate: None,
+        }
+    }
+}
+
 impl Replica {
     fn new(opts: ReplicaOptions<'_>) -> Replica {
         let dir = tempfile::tempdir().unwrap();
@@ -231,12 +246,8 @@ async fn generations(ledger_url: &str, id: &str) -> i64 {
 async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
     let garage = start_garage();
     let mut a = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: None,
         latency_ms: 20,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, None)
     });
     let (status, _, body) = post(&a, serde_json::json!({"prompt": "a harbour at dawn"})).await;
     assert_eq!(status, 200, "{body}");
@@ -297,12 +308,8 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
     // ledger answers from the store tier without generating.
     a.crash();
     let b = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: None,
         latency_ms: 20,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, None)
     });
     let (status, _, again) = post(&b, serde_json::json!({"prompt": "a harbour at  dawn"})).await;
     assert_eq!(status, 200, "{again}");
@@ -320,12 +327,8 @@ async fn s3_publishes_to_the_cdn_and_any_process_serves_the_store_tier() {
 async fn an_s3_outage_answers_503_publishes_nothing_and_recovers_by_itself() {
     let mut garage = start_garage();
     let replica = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: None,
         latency_ms: 20,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, None)
     });
     let ready = client().get(replica.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -383,12 +386,8 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
     const REQUEST_ID: &str = "paid-then-store-down";
     let mut garage = start_garage();
     let replica = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: None,
         latency_ms: 2_000,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, None)
     });
     let ledger_url = format!("sqlite://{}/data/ledger.db", replica.dir.path().display());
     let request = serde_json::json!({"prompt": "a lighthouse in a storm, paid for"});
@@ -492,14 +491,7 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
 async fn two_replicas_on_one_store_and_ledger_act_as_one() {
     let garage = start_garage();
     let schema = TestSchema::create().await;
-    let options = || ReplicaOptions {
-        garage: &garage,
-        ledger_url: Some(schema.url()),
-        latency_ms: 300,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
-        rate: None,
-    };
+    let options = || ReplicaOptions::new(&garage, Some(schema.url()));
     let a = Replica::new(options());
     let b = Replica::new(options());
 
@@ -559,20 +551,14 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
     let schema = TestSchema::create().await;
     // A generates slowly and dies holding the lease; B takes over once it expires.
     let mut a = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: Some(schema.url()),
         latency_ms: 30_000,
         lease_ttl_secs: 2,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, Some(schema.url()))
     });
     let b = Replica::new(ReplicaOptions {
-        garage: &garage,
-        ledger_url: Some(schema.url()),
         latency_ms: 20,
         lease_ttl_secs: 2,
-        daily_budget_usd: None,
-        rate: None,
+        ..ReplicaOptions::new(&garage, Some(schema.url()))
     });
     let body = serde_json::json!({"prompt": "an abandoned mill"});
     let a_url = a.url("/v1/images");
@@ -631,12 +617,8 @@ async fn two_replicas_never_spend_past_one_budget() {
     let schema = TestSchema::create().await;
     let budget = 0.0065;
     let options = || ReplicaOptions {
-        garage: &garage,
-        ledger_url: Some(schema.url()),
-        latency_ms: 300,
-        lease_ttl_secs: 30,
         daily_budget_usd: Some(budget),
-        rate: None,
+        ..ReplicaOptions::new(&garage, Some(schema.url()))
     };
     let a = Replica::new(options());
     let b = Replica::new(options());
@@ -681,12 +663,9 @@ async fn two_replicas_hold_one_rate_limit() {
     let garage = start_garage();
     let schema = TestSchema::create().await;
     let options = || ReplicaOptions {
-        garage: &garage,
-        ledger_url: Some(schema.url()),
         latency_ms: 0,
-        lease_ttl_secs: 30,
-        daily_budget_usd: None,
         rate: Some((6, 3)),
+        ..ReplicaOptions::new(&garage, Some(schema.url()))
     };
     let a = Replica::new(options());
     let b = Replica::new(options());
