@@ -6,6 +6,7 @@ mod alloc;
 mod config;
 mod prices_cli;
 mod report_cli;
+mod table;
 mod template;
 mod warm;
 

@@ -167,35 +167,7 @@ fn report_table(report: &imagegate_ledger::Report) -> String {
         &report.total.totals,
         usd6(report.total.totals.micros),
     ));
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| {
-            lines
-                .iter()
-                .chain(std::iter::once(&total))
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let render = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, v)| {
-                if c < dims {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
-            .collect();
-        line.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out: String = lines.iter().map(|l| render(l)).collect();
-    let rule: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
-    out.push_str(&"-".repeat(rule));
-    out.push('\n');
-    out.push_str(&render(&total));
+    let mut out = crate::table::with_total(&lines, &total, dims);
     let c = &report.cache;
     let ratio = c
         .hit_ratio

@@ -669,7 +669,7 @@ impl<'a> Summary<'a> {
         };
         rows.extend(self.by_template.iter().map(|(n, t)| cells(n, t)));
         let total = cells("TOTAL", &self.total);
-        let mut out = columns(&rows, &total, 1);
+        let mut out = crate::table::with_total(&rows, &total, 1);
         let t = &self.total;
         if t.duplicates > 0 {
             out.push_str(&format!(
@@ -707,39 +707,6 @@ impl<'a> Summary<'a> {
         }
         out
     }
-}
-
-/// Aligned columns: the first `text` columns left, numbers right; a rule; the total.
-fn columns(rows: &[Vec<String>], total: &[String], text: usize) -> String {
-    let widths: Vec<usize> = (0..total.len())
-        .map(|c| {
-            rows.iter()
-                .map(|r| &r[c])
-                .chain([&total[c]])
-                .map(|v| v.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let render = |cells: &[String]| {
-        let line: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(c, v)| {
-                if c < text {
-                    format!("{v:<w$}", w = widths[c])
-                } else {
-                    format!("{v:>w$}", w = widths[c])
-                }
-            })
-            .collect();
-        line.join("  ").trim_end().to_string() + "\n"
-    };
-    let mut out: String = rows.iter().map(|r| render(r)).collect();
-    out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-    out.push('\n');
-    out.push_str(&render(total));
-    out
 }
 
 /// `--dry-run`: counts and the provider cost of the misses; nothing generated, nothing
@@ -839,7 +806,7 @@ fn dry_run(path: &str, args: &Args, items: &[Item], plans: &[Plan], allowance: M
             misses.to_string(),
             usd6(estimated),
         ];
-        out.push_str(&columns(&rows, &total, 2));
+        out.push_str(&crate::table::with_total(&rows, &total, 2));
         out.push_str(&format!(
             "(provider fees; processing and storage add about {} USD per image)\n",
             usd6(allowance)
