@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support;
-use support::{free_port, models_dir, repo_root};
+use support::{client, free_port, models_dir, repo_root};
 
 struct Options {
     latency_ms: u64,
@@ -198,13 +198,6 @@ impl Drop for Server {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
-}
-
 async fn post(server: &Server, body: serde_json::Value) -> (u16, serde_json::Value) {
     let r = client()
         .post(server.url("/v1/images"))
@@ -347,14 +340,7 @@ async fn full_request_then_hit_then_hit_after_restart() {
     assert!(hit["cost"]["total_usd"].as_f64().unwrap() < 0.00001);
 
     // The original cost stays readable.
-    let manifest: serde_json::Value = client()
-        .get(server.url(&format!("/v1/images/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let manifest = support::get_json(server.url(&format!("/v1/images/{id}"))).await;
     assert_eq!(manifest["cost"]["total_usd"], miss["cost"]["total_usd"]);
     assert_eq!(manifest["images"], miss["images"]);
 
@@ -401,15 +387,7 @@ async fn concurrent_identical_requests_cause_one_generation() {
 
 /// The key id of a request body, from `/v1/estimate` (which spends nothing).
 async fn key_of(server: &Server, body: &serde_json::Value) -> String {
-    let estimate: serde_json::Value = client()
-        .post(server.url("/v1/estimate"))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let estimate = support::post_json(server.url("/v1/estimate"), body).await;
     estimate["id"].as_str().unwrap().to_string()
 }
 

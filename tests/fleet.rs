@@ -391,15 +391,7 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
     });
     let ledger_url = format!("sqlite://{}/data/ledger.db", replica.dir.path().display());
     let request = serde_json::json!({"prompt": "a lighthouse in a storm, paid for"});
-    let estimate: serde_json::Value = client()
-        .post(replica.url("/v1/estimate"))
-        .json(&request)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let estimate = support::post_json(replica.url("/v1/estimate"), &request).await;
     let id = estimate["id"]
         .as_str()
         .unwrap_or_else(|| panic!("estimate without id: {estimate}"))
@@ -439,14 +431,7 @@ async fn a_store_that_fails_after_the_provider_answered_keeps_the_charge_and_the
     assert_eq!(body["error"]["code"], "storage_unavailable");
 
     assert_eq!(ledger.paid_generations(key).await.unwrap(), 1);
-    let costs: serde_json::Value = client()
-        .get(replica.url("/v1/costs?group_by=status,stage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let costs = support::get_json(replica.url("/v1/costs?group_by=status,stage")).await;
     let failed_generate = costs["rows"]
         .as_array()
         .unwrap()
@@ -531,14 +516,7 @@ async fn two_replicas_on_one_store_and_ledger_act_as_one() {
 
     // Either replica's cost report covers both: 2 + 16 requests.
     for replica in [&a, &b] {
-        let report: serde_json::Value = client()
-            .get(replica.url("/v1/costs"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let report = support::get_json(replica.url("/v1/costs")).await;
         assert_eq!(report["total"]["requests"], 18, "{report}");
     }
     drop((a, b));
@@ -572,15 +550,7 @@ async fn a_crashed_lease_holder_does_not_block_its_key() {
     })
     .await
     .unwrap();
-    let estimate: serde_json::Value = client()
-        .post(b.url("/v1/estimate"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let estimate = support::post_json(b.url("/v1/estimate"), &body).await;
     let key: imagegate_core::ContentKey = estimate["id"].as_str().unwrap().parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while ledger

@@ -94,14 +94,7 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     let server = site.serve(&[]);
     let base = server.base.clone();
     assert_eq!(quote(&base).await, 0.002);
-    let prices: serde_json::Value = client()
-        .get(server.url("/v1/prices"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prices = support::get_json(server.url("/v1/prices")).await;
     let first_version = prices["version"].as_str().unwrap().to_string();
     let local = prices["models"]
         .as_array()
@@ -120,14 +113,7 @@ async fn edits_apply_without_a_restart_and_broken_ones_are_refused() {
     );
     let took = wait_for_quote(&base, 0.004).await;
     assert!(took < Duration::from_secs(5), "{took:?}");
-    let prices: serde_json::Value = client()
-        .get(server.url("/v1/prices"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prices = support::get_json(server.url("/v1/prices")).await;
     assert_ne!(prices["version"], first_version.as_str());
 
     // A broken edit is refused with its line and column; the old prices keep serving.
@@ -306,26 +292,10 @@ async fn max_cost_bounds_the_model_called_even_for_fastest() {
         body
     };
     // Uncapped, fastest picks the dear one.
-    let est: serde_json::Value = client()
-        .post(server.url("/v1/estimate"))
-        .json(&request(None))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let est = support::post_json(server.url("/v1/estimate"), &request(None)).await;
     assert_eq!(est["chosen"]["provider"], "fastdear");
     // Capped at $0.01: the estimate and the call both use the cheap one.
-    let est: serde_json::Value = client()
-        .post(server.url("/v1/estimate"))
-        .json(&request(Some(0.01)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let est = support::post_json(server.url("/v1/estimate"), &request(Some(0.01))).await;
     assert_eq!(est["chosen"]["provider"], "slowcheap");
     let r = client()
         .post(server.url("/v1/images"))
@@ -334,14 +304,7 @@ async fn max_cost_bounds_the_model_called_even_for_fastest() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let costs: serde_json::Value = client()
-        .get(server.url("/v1/costs?group_by=provider"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let costs = support::get_json(server.url("/v1/costs?group_by=provider")).await;
     let text = costs.to_string();
     assert!(
         text.contains("slowcheap") && !text.contains("fastdear"),

@@ -259,3 +259,28 @@ pub fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// `GET url`'s JSON body, whatever the status.
+pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `POST url` with a JSON body; the answer's JSON body, whatever the status.
+pub async fn post_json(url: impl reqwest::IntoUrl, body: &serde_json::Value) -> serde_json::Value {
+    client()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

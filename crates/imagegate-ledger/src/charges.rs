@@ -23,6 +23,28 @@ const INSERT_STAGE: &str = "INSERT INTO stages (request, stage, micros, wall_ms,
      bytes_in, bytes_out, detail, created_at, unpriced) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// Inserts `stages` for request row `request` in transaction `tx` (a macro, as the
+/// transaction's type is one per database backend).
+macro_rules! insert_stages {
+    ($tx:ident, $request:expr, $stages:expr, $created_at:expr) => {
+        for s in $stages {
+            sqlx::query(INSERT_STAGE)
+                .bind($request)
+                .bind(s.stage.as_str())
+                .bind(s.micros.0)
+                .bind(s.wall_ms)
+                .bind(s.cpu_ms)
+                .bind(saturating_i64(s.bytes_in))
+                .bind(saturating_i64(s.bytes_out))
+                .bind(s.detail.to_string())
+                .bind($created_at)
+                .bind(i16::from(s.unpriced))
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+
 fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -63,21 +85,7 @@ impl Ledger {
                 .bind(&created_at)
                 .fetch_one(&mut *tx)
                 .await?;
-                for s in paid {
-                    sqlx::query(INSERT_STAGE)
-                        .bind(id)
-                        .bind(s.stage.as_str())
-                        .bind(s.micros.0)
-                        .bind(s.wall_ms)
-                        .bind(s.cpu_ms)
-                        .bind(saturating_i64(s.bytes_in))
-                        .bind(saturating_i64(s.bytes_out))
-                        .bind(s.detail.to_string())
-                        .bind(&created_at)
-                        .bind(i16::from(s.unpriced))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                insert_stages!(tx, id, paid, &created_at);
                 if let Some(r) = reservation {
                     sqlx::query(
                         "UPDATE reservations SET micros = CASE WHEN micros > $2 \
@@ -113,21 +121,7 @@ impl Ledger {
         with_pool!(&self.pool, p => {
             async {
                 let mut tx = p.begin_write().await?;
-                for s in stages {
-                    sqlx::query(INSERT_STAGE)
-                        .bind(charge.0)
-                        .bind(s.stage.as_str())
-                        .bind(s.micros.0)
-                        .bind(s.wall_ms)
-                        .bind(s.cpu_ms)
-                        .bind(saturating_i64(s.bytes_in))
-                        .bind(saturating_i64(s.bytes_out))
-                        .bind(s.detail.to_string())
-                        .bind(&created_at)
-                        .bind(i16::from(s.unpriced))
-                        .execute(&mut *tx)
-                        .await?;
-                }
+                insert_stages!(tx, charge.0, stages, &created_at);
                 // Saturating in SQL as in Rust: a total never wraps.
                 sqlx::query(
                     "UPDATE requests SET status = $2, wall_ms = $3, \
