@@ -262,25 +262,14 @@ pub fn client() -> reqwest::Client {
 
 /// `GET url`'s JSON body, whatever the status.
 pub async fn get_json(url: impl reqwest::IntoUrl) -> serde_json::Value {
-    client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_answer(client().get(url)).await
 }
 
 /// `POST url` with a JSON body; the answer's JSON body, whatever the status.
 pub async fn post_json(url: impl reqwest::IntoUrl, body: &serde_json::Value) -> serde_json::Value {
-    client()
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    json_answer(client().post(url).json(body)).await
+}
+
+async fn json_answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
