@@ -165,7 +165,11 @@ impl From<imagegate_providers::RouteError> for PipelineError {
     fn from(e: imagegate_providers::RouteError) -> Self {
         use imagegate_providers::RouteError as R;
         match e {
-            R::Config(m) => PipelineError::Internal(format!("router configuration: {m}")),
+            R::Config(e) => PipelineError::Config(e.under("router")),
+            R::DuplicateProvider(name) => PipelineError::Config(imagegate_core::ConfigError::new(
+                "providers",
+                format!("two providers are named {name:?}"),
+            )),
             R::NoCandidate { choice } => PipelineError::NoProvider(choice),
             R::Retired {
                 model,

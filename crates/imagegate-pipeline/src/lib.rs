@@ -142,12 +142,8 @@ impl Pipeline {
             imagegate_providers::router::offered(&providers),
         )
         .map_err(|e| ConfigError::new("pricing", e.to_string()))?;
-        let router = Router::new(providers, Arc::new(prices), config.router.clone()).map_err(
-            |e| match e {
-                imagegate_providers::RouteError::Config(m) => ConfigError::new("router", m),
-                other => ConfigError::new("router", other.to_string()),
-            },
-        )?;
+        // Router::new refuses configuration only; its faults name their field.
+        let router = Router::new(providers, Arc::new(prices), config.router.clone())?;
         let screen = PromptScreen::new(&config.safety.deny_words, &config.safety.deny_patterns)
             .map_err(|e| PipelineError::Safety(e.to_string()))?;
         let classifier = if config.safety.classifier {

@@ -35,12 +35,12 @@ pub enum PriceError {
     /// from the toml crate and names the line and column.
     #[error("price book {origin} does not parse: {message}")]
     Parse { origin: String, message: String },
-    #[error("price book {origin}, line {line} column {column}: {message}")]
+    #[error("price book {origin}, line {line} column {column}: {fault}")]
     Invalid {
         origin: String,
         line: usize,
         column: usize,
-        message: String,
+        fault: Box<BookFault>,
     },
     #[error("the price book has no entry for {provider}/{model}")]
     NoEntry { provider: String, model: String },
@@ -244,19 +244,21 @@ pub struct PriceEntry {
 }
 
 /// Where a model stands in its provider's lifecycle on a given day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "status")]
 pub enum ModelStatus {
     Current,
     /// Announced for retirement; still served.
     Deprecated {
         #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<String>, format = Date)]
         retires_on: Option<NaiveDate>,
         #[serde(skip_serializing_if = "Option::is_none")]
         replacement: Option<String>,
     },
     /// No longer served by the provider.
     Retired {
+        #[schema(value_type = String, format = Date)]
         on: NaiveDate,
         replacement: Option<String>,
     },
@@ -455,13 +457,13 @@ impl PriceBook {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        let invalid = |span: std::ops::Range<usize>, message: String| {
+        let invalid = |span: std::ops::Range<usize>, fault: BookFault| {
             let (line, column) = line_column(text, span.start);
             PriceError::Invalid {
                 origin: origin.to_string(),
                 line,
                 column,
-                message,
+                fault: Box::new(fault),
             }
         };
         let mut seen = BTreeSet::new();
@@ -469,16 +471,23 @@ impl PriceBook {
         for spanned in file.model {
             let span = spanned.span();
             let entry = spanned.into_inner();
-            validate_entry(&entry).map_err(|m| {
+            validate_entry(&entry).map_err(|fault| {
                 invalid(
                     span.clone(),
-                    format!("{}/{}: {m}", entry.provider, entry.model),
+                    BookFault::Entry {
+                        provider: entry.provider.clone(),
+                        model: entry.model.clone(),
+                        fault,
+                    },
                 )
             })?;
             if !seen.insert((entry.provider.clone(), entry.model.clone())) {
                 return Err(invalid(
                     span,
-                    format!("{}/{} is listed twice", entry.provider, entry.model),
+                    BookFault::ListedTwice {
+                        provider: entry.provider.clone(),
+                        model: entry.model.clone(),
+                    },
                 ));
             }
             entries.push(entry);
@@ -488,13 +497,7 @@ impl PriceBook {
             let span = spanned.span();
             let s = spanned.into_inner();
             if !(s.multiplier.is_finite() && s.multiplier >= 0.0) {
-                return Err(invalid(
-                    span,
-                    format!(
-                        "surge multiplier must be a non-negative number, not {}",
-                        s.multiplier
-                    ),
-                ));
+                return Err(invalid(span, BookFault::SurgeMultiplier(s.multiplier)));
             }
             surges.push(s);
         }
@@ -503,10 +506,7 @@ impl PriceBook {
             let span = spanned.span();
             let d = spanned.into_inner();
             if !(d.pct.is_finite() && (0.0..=100.0).contains(&d.pct)) {
-                return Err(invalid(
-                    span,
-                    format!("discount pct must be within 0..=100, not {}", d.pct),
-                ));
+                return Err(invalid(span, BookFault::DiscountPct(d.pct)));
             }
             discounts.push(d);
         }
@@ -954,136 +954,6 @@ fn pick<'a, R>(
         .or_else(|| matching().find(|r| key(r).0.is_none()))
 }
 
-fn validate_entry(e: &PriceEntry) -> Result<(), String> {
-    let price = |what: &str, v: f64| {
-        if v.is_finite() && v >= 0.0 {
-            Ok(())
-        } else {
-            Err(format!("{what} must be a non-negative number, not {v}"))
-        }
-    };
-    if e.provider.trim().is_empty() || e.model.trim().is_empty() {
-        return Err("provider and model must not be empty".into());
-    }
-    if e.model.contains('@') {
-        return Err("model must not contain '@' (it marks a fine-tuned adapter)".into());
-    }
-    if e.source.trim().is_empty() {
-        return Err("source must say where the price was published".into());
-    }
-    if let Some(p) = e.adapter_premium_pct {
-        price("adapter_premium_pct", p)?;
-    }
-    if let Some(p) = e.usd_per_reported_credit {
-        price("usd_per_reported_credit", p)?;
-    }
-    if e.retired.is_some() && e.replacement.as_deref().is_none_or(|r| r.trim().is_empty()) {
-        return Err("a retired model needs a replacement to point callers to".into());
-    }
-    if let (Some(d), Some(r)) = (e.deprecated, e.retired) {
-        if d.0 > r.0 {
-            return Err(format!("deprecated {} is after retired {}", d.0, r.0));
-        }
-    }
-    let qualities: Vec<Option<&str>> = match &e.pricing {
-        Pricing::PerImage(t) => {
-            if t.prices.is_empty() {
-                return Err("prices is empty".into());
-            }
-            for r in &t.prices {
-                price("usd", r.usd)?;
-            }
-            unique_rows(t.prices.iter().map(|r| (r.size, r.quality.as_deref())))?;
-            t.prices.iter().map(|r| r.quality.as_deref()).collect()
-        }
-        Pricing::PerToken(t) => {
-            price("usd_per_m_text_input", t.usd_per_m_text_input)?;
-            price("usd_per_m_image_input", t.usd_per_m_image_input)?;
-            price("usd_per_m_image_output", t.usd_per_m_image_output)?;
-            if t.image_output_tokens.is_empty() && t.image_prices.is_empty() {
-                return Err("a per_token entry needs image_output_tokens or image_prices".into());
-            }
-            unique_rows(
-                t.image_output_tokens
-                    .iter()
-                    .map(|r| (r.size, r.quality.as_deref())),
-            )?;
-            for r in &t.image_prices {
-                price("usd", r.usd)?;
-            }
-            unique_rows(
-                t.image_prices
-                    .iter()
-                    .map(|r| (r.size, r.quality.as_deref())),
-            )?;
-            t.image_output_tokens
-                .iter()
-                .map(|r| r.quality.as_deref())
-                .chain(t.image_prices.iter().map(|r| r.quality.as_deref()))
-                .collect()
-        }
-        Pricing::PerMegapixel(m) => {
-            price("usd_per_megapixel", m.usd_per_megapixel)?;
-            if let Some(first) = m.first_megapixel_usd {
-                price("first_megapixel_usd", first)?;
-            }
-            if m.pixels_per_megapixel == 0 {
-                return Err("pixels_per_megapixel must be positive".into());
-            }
-            Vec::new()
-        }
-        Pricing::PerGpuSecond(g) => {
-            price("usd_per_gpu_second", g.usd_per_gpu_second)?;
-            price(
-                "expected_seconds_per_megapixel",
-                g.expected_seconds_per_megapixel,
-            )?;
-            Vec::new()
-        }
-        Pricing::Credits(c) => {
-            price("usd_per_credit", c.usd_per_credit)?;
-            price("credits_per_image", c.credits_per_image)?;
-            Vec::new()
-        }
-    };
-    // Rows keyed by quality need a default, or a quote naming no quality finds none.
-    if qualities.iter().all(|q| q.is_some()) && !qualities.is_empty() {
-        match e.default_quality.as_deref() {
-            None => return Err("rows name a quality, so default_quality is required".into()),
-            Some(d)
-                if !qualities
-                    .iter()
-                    .flatten()
-                    .any(|q| q.eq_ignore_ascii_case(d)) =>
-            {
-                return Err(format!("default_quality {d:?} has no row"));
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(())
-}
-
-fn unique_rows<'a>(
-    rows: impl Iterator<Item = (Option<Size>, Option<&'a str>)>,
-) -> Result<(), String> {
-    let mut seen = BTreeSet::new();
-    for (size, quality) in rows {
-        let key = (
-            size.map(|s| (s.width, s.height)),
-            quality.map(str::to_ascii_lowercase),
-        );
-        if !seen.insert(key) {
-            return Err(format!(
-                "two rows for size {} quality {}",
-                size.map(|s| s.to_string()).unwrap_or_else(|| "any".into()),
-                quality.unwrap_or("any")
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// 1-based line and column of byte `offset` in `text`.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -1136,8 +1006,11 @@ mod time_text {
 
 pub mod audit;
 mod listing;
+mod validate;
 
 pub use listing::{Listed, TierPrice};
+use validate::validate_entry;
+pub use validate::{BookFault, EntryFault};
 
 #[cfg(test)]
 mod tests;

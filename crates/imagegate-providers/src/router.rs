@@ -75,7 +75,9 @@ impl Clock for ManualClock {
 }
 
 /// How candidates are ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Policy {
     #[default]
@@ -212,7 +214,7 @@ impl RouterConfig {
 }
 
 /// Where a candidate's expected cost came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PriceSource {
     /// The book in force.
@@ -304,11 +306,13 @@ impl Serialize for SkipReason {
 }
 
 /// One provider model considered for a request.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Candidate {
     pub provider: String,
     pub model: String,
-    /// Expected fee of one image (0 when `price_source` is `unpriced`).
+    /// Expected fee of one image in micro-dollars (0 when `price_source` is
+    /// `unpriced`).
+    #[schema(value_type = i64)]
     pub expected: Micros,
     pub price_source: PriceSource,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -318,7 +322,10 @@ pub struct Candidate {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
     pub breaker: BreakerState,
+    /// Why it is not called, in words; the first word is the kind: `retired`,
+    /// `unpriceable`, `unpriced_under_cap`, `circuit_open` or `over_max_cost`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub skipped_reason: Option<SkipReason>,
 }
 
@@ -455,8 +462,11 @@ pub struct Routed {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
+    /// A router setting is wrong; the path is relative to the `[router]` section.
     #[error("router configuration: {0}")]
-    Config(String),
+    Config(#[from] imagegate_core::ConfigError),
+    #[error("two providers are named {0:?}")]
+    DuplicateProvider(String),
     #[error("no configured provider serves model {choice}")]
     NoCandidate { choice: String },
     /// The caller named a model its provider no longer serves.
@@ -506,9 +516,10 @@ impl RouteError {
     /// The decision so far, for the ledger, when the router got that far.
     pub fn decision(&self) -> Option<&Decision> {
         match self {
-            RouteError::Config(_) | RouteError::NoCandidate { .. } | RouteError::Retired { .. } => {
-                None
-            }
+            RouteError::Config(_)
+            | RouteError::DuplicateProvider(_)
+            | RouteError::NoCandidate { .. }
+            | RouteError::Retired { .. } => None,
             RouteError::Unavailable { decision, .. }
             | RouteError::OverBudget { decision, .. }
             | RouteError::ContentRejected { decision, .. }
@@ -557,9 +568,7 @@ impl Router {
         prices: Arc<LivePrices>,
         config: RouterConfig,
     ) -> Result<Router, RouteError> {
-        config
-            .validate()
-            .map_err(|e| RouteError::Config(e.to_string()))?;
+        config.validate()?;
         let mut breakers = HashMap::new();
         let mut attempt_timeouts = HashMap::new();
         for p in &providers {
@@ -567,21 +576,21 @@ impl Router {
                 .insert(p.name().to_string(), Breaker::new(config.breaker))
                 .is_some()
             {
-                return Err(RouteError::Config(format!(
-                    "two providers are named {:?}",
-                    p.name()
-                )));
+                return Err(RouteError::DuplicateProvider(p.name().to_string()));
             }
             let deadline = p.deadline();
             let timeout = match config.attempt_timeout_ms {
                 None => deadline + ATTEMPT_GRACE,
                 Some(ms) if Duration::from_millis(ms) < deadline => {
-                    return Err(RouteError::Config(format!(
-                        "attempt_timeout_ms {ms} is shorter than provider {:?}'s own deadline of {} ms: \
-                         the router would abandon calls the provider is still running (and charging for); \
-                         raise it, or leave it unset to use each provider's deadline",
-                        p.name(),
-                        deadline.as_millis()
+                    return Err(RouteError::Config(imagegate_core::ConfigError::new(
+                        "attempt_timeout_ms",
+                        format!(
+                            "{ms} is shorter than provider {:?}'s own deadline of {} ms: \
+                             the router would abandon calls the provider is still running (and charging for); \
+                             raise it, or leave it unset to use each provider's deadline",
+                            p.name(),
+                            deadline.as_millis()
+                        ),
                     )));
                 }
                 Some(ms) => Duration::from_millis(ms),

@@ -458,9 +458,22 @@ as_of = 2026-11-24
 pricing = { type = "per_image", prices = [{ usd = -0.02 }] }
 "#;
     match PriceBook::from_toml_str(negative) {
-        Err(PriceError::Invalid { line, message, .. }) => {
+        Err(e @ PriceError::Invalid { line, .. }) => {
             assert_eq!(line, 2);
-            assert!(message.contains("non-negative"), "{message}");
+            let PriceError::Invalid { fault, .. } = &e else {
+                unreachable!()
+            };
+            assert!(
+                matches!(
+                    fault.as_ref(),
+                    super::BookFault::Entry {
+                        fault: super::EntryFault::NotAPrice { field: "usd", .. },
+                        ..
+                    }
+                ),
+                "{fault:?}"
+            );
+            assert!(e.to_string().contains("non-negative"), "{e}");
         }
         other => panic!("expected Invalid, got {other:?}"),
     }
