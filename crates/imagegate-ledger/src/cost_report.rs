@@ -6,7 +6,6 @@ use crate::backend::with_pool;
 use crate::{Ledger, LedgerError};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use imagegate_core::Micros;
-use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use sqlx::Row;
 use std::fmt;
@@ -14,7 +13,7 @@ use std::str::FromStr;
 
 /// A column a report can be grouped by; a closed set, so the SQL built from it never
 /// contains user input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     Stage,
@@ -152,32 +151,83 @@ pub struct Totals {
 
 /// One group: its dimension values (in `group_by` order; None where the ledger has
 /// none, e.g. an anonymous key) and its totals.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "ReportRowView")]
 pub struct ReportRow {
     pub values: Vec<(Dimension, Option<String>)>,
     pub totals: Totals,
 }
 
-impl Serialize for ReportRow {
-    /// Flat, as API.md shows rows: the dimension names, then the sums.
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        for (d, v) in &self.values {
-            map.serialize_entry(d.as_str(), v)?;
-        }
-        serialize_totals(&mut map, &self.totals)?;
-        map.end()
-    }
+/// A row as API.md shows it, flat: the grouped dimensions' values (null where the
+/// ledger has none, e.g. an anonymous key), then the sums. Only the dimensions the
+/// report is grouped by appear.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ReportRow)]
+struct ReportRowView {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    stage: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    provider: Option<Option<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    model: Option<Option<String>>,
+    /// The API key id (never the secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    key: Option<Option<String>>,
+    /// UTC day, `YYYY-MM-DD`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    day: Option<Option<String>>,
+    /// `ok`, `blocked`, `failed`, `in_progress` or `abandoned`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    status: Option<Option<String>>,
+    /// Distinct requests.
+    requests: i64,
+    micros: i64,
+    usd: f64,
+    wall_ms: f64,
+    cpu_ms: f64,
+    bytes_out: i64,
+    /// Stage rows paid at a price nobody knows: `micros` leaves them out, so a
+    /// non-zero count means the total is a lower bound.
+    unpriced_stages: i64,
 }
 
-fn serialize_totals<M: SerializeMap>(map: &mut M, t: &Totals) -> Result<(), M::Error> {
-    map.serialize_entry("requests", &t.requests)?;
-    map.serialize_entry("micros", &t.micros)?;
-    map.serialize_entry("usd", &t.micros.as_usd())?;
-    map.serialize_entry("wall_ms", &round1(t.wall_ms))?;
-    map.serialize_entry("cpu_ms", &round1(t.cpu_ms))?;
-    map.serialize_entry("bytes_out", &t.bytes_out)?;
-    map.serialize_entry("unpriced_stages", &t.unpriced_stages)
+impl From<ReportRow> for ReportRowView {
+    fn from(row: ReportRow) -> ReportRowView {
+        let t = &row.totals;
+        let mut view = ReportRowView {
+            stage: None,
+            provider: None,
+            model: None,
+            key: None,
+            day: None,
+            status: None,
+            requests: t.requests,
+            micros: t.micros.0,
+            usd: t.micros.as_usd(),
+            wall_ms: round1(t.wall_ms),
+            cpu_ms: round1(t.cpu_ms),
+            bytes_out: t.bytes_out,
+            unpriced_stages: t.unpriced_stages,
+        };
+        for (dimension, value) in row.values {
+            let slot = match dimension {
+                Dimension::Stage => &mut view.stage,
+                Dimension::Provider => &mut view.provider,
+                Dimension::Model => &mut view.model,
+                Dimension::Key => &mut view.key,
+                Dimension::Day => &mut view.day,
+                Dimension::Status => &mut view.status,
+            };
+            *slot = Some(value);
+        }
+        view
+    }
 }
 
 fn round1(v: f64) -> f64 {
@@ -185,7 +235,8 @@ fn round1(v: f64) -> f64 {
 }
 
 /// How much the cache saved in the window.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(into = "CacheEconomicsView")]
 pub struct CacheEconomics {
     pub hits: i64,
     pub misses: i64,
@@ -199,30 +250,53 @@ pub struct CacheEconomics {
     pub hits_without_original: i64,
 }
 
-impl Serialize for CacheEconomics {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("hits", &self.hits)?;
-        map.serialize_entry("misses", &self.misses)?;
-        map.serialize_entry("bypasses", &self.bypasses)?;
-        map.serialize_entry("hit_ratio", &self.hit_ratio)?;
-        map.serialize_entry("saved_micros", &self.saved)?;
-        map.serialize_entry("saved_usd", &self.saved.as_usd())?;
-        map.serialize_entry("hits_without_original", &self.hits_without_original)?;
-        map.end()
+/// How much the cache saved, as the API shows it: micro-dollars and dollars.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = CacheEconomics)]
+struct CacheEconomicsView {
+    hits: i64,
+    misses: i64,
+    bypasses: i64,
+    /// hits / (hits + misses); null before any.
+    #[schema(required = true)]
+    hit_ratio: Option<f64>,
+    saved_micros: i64,
+    saved_usd: f64,
+    /// Hits whose key has no earlier miss in the ledger (nothing to credit them).
+    hits_without_original: i64,
+}
+
+impl From<CacheEconomics> for CacheEconomicsView {
+    fn from(c: CacheEconomics) -> CacheEconomicsView {
+        CacheEconomicsView {
+            hits: c.hits,
+            misses: c.misses,
+            bypasses: c.bypasses,
+            hit_ratio: c.hit_ratio,
+            saved_micros: c.saved.0,
+            saved_usd: c.saved.as_usd(),
+            hits_without_original: c.hits_without_original,
+        }
     }
 }
 
-/// A report: grouped rows, the total over the window, and cache economics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A report (`GET /v1/costs`, `imagegate report --json`): grouped rows, the total
+/// over the window, and cache economics.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Report {
     pub group_by: Vec<Dimension>,
+    /// RFC 3339; null when unbounded.
     #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     pub since: Option<DateTime<Utc>>,
     #[serde(serialize_with = "serialize_time")]
+    #[schema(value_type = Option<String>, format = DateTime, required = true)]
     pub until: Option<DateTime<Utc>>,
+    #[schema(value_type = Vec<ReportRowView>)]
     pub rows: Vec<ReportRow>,
+    #[schema(value_type = ReportRowView)]
     pub total: ReportRow,
+    #[schema(value_type = CacheEconomicsView)]
     pub cache: CacheEconomics,
 }
 

@@ -61,7 +61,7 @@ pub enum Admission {
 }
 
 /// The breaker's state as reported in estimates and decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum BreakerState {
     Closed { consecutive_failures: u32 },

@@ -2,13 +2,14 @@
 //! metrics and the cost dashboard; JSON errors mapped from pipeline errors in one place ([`ApiError`]).
 //! `api_server` mounts every route, each group's handlers live in a file of their own
 //! under `routes/`, the shapes they answer in `views`, what every request passes
-//! through in `middleware`.
+//! through in `middleware`, its own section of the configuration in `config`.
 //!
 //! It parses and answers; every decision about images and money is the pipeline's.
 //! Entry points: [`router`] and [`serve`].
 
 mod api_server;
 pub mod auth;
+pub mod config;
 mod error;
 mod middleware;
 pub mod openapi;
@@ -16,10 +17,12 @@ mod rendered;
 mod routes;
 mod views;
 
+pub use config::ServerConfig;
 pub use error::ApiError;
 pub use routes::dashboard::delivery_assumptions;
 pub use routes::estimate::estimate_body;
 pub use routes::images::outcome_body;
+pub use views::EstimateView;
 
 use imagegate_pipeline::Pipeline;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -29,15 +32,23 @@ use tokio::net::TcpListener;
 /// Shared state built once at start-up.
 pub struct AppState {
     pub pipeline: Pipeline,
+    /// `[server]`: this crate's own section of the configuration.
+    pub server: ServerConfig,
     pub metrics: PrometheusHandle,
     pub auth: Arc<auth::Auth>,
     rendered: rendered::RenderedManifests,
 }
 
 impl AppState {
-    pub fn new(pipeline: Pipeline, metrics: PrometheusHandle, auth: Arc<auth::Auth>) -> AppState {
+    pub fn new(
+        pipeline: Pipeline,
+        server: ServerConfig,
+        metrics: PrometheusHandle,
+        auth: Arc<auth::Auth>,
+    ) -> AppState {
         AppState {
             pipeline,
+            server,
             metrics,
             auth,
             rendered: rendered::RenderedManifests::new(),

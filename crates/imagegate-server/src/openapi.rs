@@ -3,7 +3,8 @@
 //! types.
 //!
 //! Answers are documented by the types the handlers serialize (`views`, the error
-//! flavours, the OpenAI route's bodies). `scripts/schemathesis.sh` checks every answer
+//! flavours, the OpenAI route's bodies, the ledger's report, the router's candidates,
+//! the price book's listing): there are no hand-written mirrors to drift. `scripts/schemathesis.sh` checks every answer
 //! of the real server against the document (schema, status, content type).
 
 use crate::error::{ErrorBody, OpenAiErrorBody};
@@ -11,11 +12,10 @@ use crate::AppState;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
 use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{self, RefOr};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
 /// How authentication works, for the document's description.
 const AUTH: &str = "Send `Authorization: Bearer <api key>` (keys are made with \
@@ -129,141 +129,66 @@ pub fn document(serves_cdn: bool) -> openapi::OpenApi {
     security(()),
     responses(
         (status = 200, description = "This document", content_type = "application/json", body = Object),
-        (status = 503, response = Unavailable),
-        (status = 504, response = GatewayTimeout),
+        Overloaded,
     ),
 )]
 pub(crate) async fn openapi_json(State(state): State<Arc<AppState>>) -> Response {
     // The same condition under which `api_server::router` registers `/cdn/{*path}`.
-    let serves_cdn = state.pipeline.config().server.serve_cdn
+    let serves_cdn = state.server.serve_cdn
         && state.pipeline.store().kind() == imagegate_storage::StoreKind::Local;
     Json(document(serves_cdn)).into_response()
 }
 
-// ---- bodies not yet serialized from one type ----------------------------------------
-//
-// `/v1/estimate` and `/v1/costs` answer types of the providers and ledger crates
-// (`Candidate`, `Report`, whose rows serialize by hand); until those derive
-// `ToSchema`, these describe their shapes. Schemathesis holds them to the answers.
+// ---- groups of answers many routes share --------------------------------------------
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyName {
-    Cheapest,
-    Fastest,
-    Balanced,
+/// Answers that come together, listed in a route's `responses(...)` as one entry:
+/// each status refers to its response component.
+macro_rules! response_group {
+    ($(#[$doc:meta])* $name:ident { $($status:literal => $response:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<String, RefOr<openapi::Response>> {
+                [$(($status, stringify!($response))),+]
+                    .into_iter()
+                    .map(|(status, name)| {
+                        (status.to_string(), RefOr::Ref(openapi::Ref::from_response_name(name)))
+                    })
+                    .collect()
+            }
+        }
+    };
 }
 
-/// A provider's circuit breaker.
-#[derive(Serialize, ToSchema)]
-pub struct BreakerBody {
-    /// `closed`, `open` or `half_open`.
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub consecutive_failures: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retry_in_ms: Option<u64>,
-}
-
-/// One provider model the router considered.
-#[derive(Serialize, ToSchema)]
-pub struct CandidateBody {
-    pub provider: String,
-    pub model: String,
-    /// Expected cost in micro-dollars.
-    pub expected: i64,
-    pub expected_usd: f64,
-    /// `price_book`, or `unpriced` (a model offered without a price: its cost is
-    /// unknown and recorded as such, never as $0).
-    pub price_source: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub surge_multiplier: Option<f64>,
-    pub expected_latency_ms: u64,
-    /// Policy score, lower is better; absent when skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub score: Option<f64>,
-    pub breaker: BreakerBody,
-    /// Why it is not called; the first word is the kind: `retired`, `unpriceable`,
-    /// `unpriced_under_cap`, `circuit_open` or `over_max_cost`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped_reason: Option<String>,
-}
-
-/// `POST /v1/estimate`: what the router would do; nothing is generated.
-#[derive(Serialize, ToSchema)]
-pub struct EstimateBody {
-    #[schema(pattern = "^[0-9a-f]{64}$")]
-    pub id: String,
-    /// Whether the key is already in the cache (a request would be a hit).
-    pub cached: bool,
-    pub policy: PolicyName,
-    /// `WIDTHxHEIGHT`.
-    pub size: String,
-    pub candidates: Vec<CandidateBody>,
-    /// The candidate that would be called first; null when none is eligible.
-    #[schema(required = true)]
-    pub chosen: Option<CandidateBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum DimensionName {
-    Stage,
-    Provider,
-    Model,
-    Key,
-    Day,
-}
-
-/// Sums over a group; the grouped dimensions come first (null where a row has none).
-#[derive(Serialize, ToSchema)]
-pub struct ReportRowBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub provider: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// The API key id (never the secret).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    /// UTC day, `YYYY-MM-DD`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub day: Option<String>,
-    pub requests: i64,
-    pub micros: i64,
-    pub usd: f64,
-    pub wall_ms: f64,
-    pub cpu_ms: f64,
-    pub bytes_out: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CacheEconomicsBody {
-    pub hits: i64,
-    pub misses: i64,
-    pub bypasses: i64,
-    /// hits / (hits + misses); null before any.
-    #[schema(required = true)]
-    pub hit_ratio: Option<f64>,
-    pub saved_micros: i64,
-    pub saved_usd: f64,
-    pub hits_without_original: i64,
-}
-
-/// `GET /v1/costs`.
-#[derive(Serialize, ToSchema)]
-pub struct CostReportBody {
-    pub group_by: Vec<DimensionName>,
-    /// RFC 3339; null when unbounded.
-    #[schema(required = true)]
-    pub since: Option<String>,
-    #[schema(required = true)]
-    pub until: Option<String>,
-    pub rows: Vec<ReportRowBody>,
-    pub total: ReportRowBody,
-    pub cache: CacheEconomicsBody,
-}
+response_group!(
+    /// Every route behind a key: no valid key, or too many requests for it.
+    Keyed { "401" => Unauthorized, "429" => RateLimited }
+);
+response_group!(
+    /// Every route: the server's load shedding and whole-request deadline.
+    Overloaded { "503" => Unavailable, "504" => GatewayTimeout }
+);
+response_group!(
+    /// Every route that reads a JSON body.
+    BadBody { "400" => BadRequest, "413" => PayloadTooLarge, "415" => UnsupportedMediaType }
+);
+response_group!(
+    /// `Keyed` in OpenAI's error shape.
+    OpenAiKeyed { "401" => OpenAiUnauthorized, "429" => OpenAiRateLimited }
+);
+response_group!(
+    /// `Overloaded` in OpenAI's error shape.
+    OpenAiOverloaded { "503" => OpenAiUnavailable, "504" => OpenAiGatewayTimeout }
+);
+response_group!(
+    /// `BadBody` in OpenAI's error shape.
+    OpenAiBadBody {
+        "400" => OpenAiBadRequest,
+        "413" => OpenAiPayloadTooLarge,
+        "415" => OpenAiUnsupportedMediaType,
+    }
+);
 
 // ---- shared error answers ---------------------------------------------------------------
 
@@ -461,6 +386,30 @@ mod tests {
     }
 
     #[test]
+    fn shared_answer_groups_expand_in_each_route() {
+        let doc = doc_json();
+        let create = &doc["paths"]["/v1/images"]["post"]["responses"];
+        for status in [
+            "200", "400", "401", "402", "403", "410", "413", "415", "422", "429", "500", "502",
+            "503", "504",
+        ] {
+            assert!(
+                create.get(status).is_some(),
+                "POST /v1/images lacks {status}"
+            );
+        }
+        assert_eq!(create["401"]["$ref"], "#/components/responses/Unauthorized");
+        let openai = &doc["paths"]["/v1/images/generations"]["post"]["responses"];
+        assert_eq!(
+            openai["429"]["$ref"],
+            "#/components/responses/OpenAiRateLimited"
+        );
+        let health = &doc["paths"]["/healthz"]["get"]["responses"];
+        assert!(health.get("401").is_none(), "probes need no key");
+        assert!(health.get("503").is_some());
+    }
+
+    #[test]
     fn cdn_is_listed_only_when_served() {
         assert!(!document(false).paths.paths.contains_key("/cdn/{path}"));
         assert!(document(true).paths.paths.contains_key("/cdn/{path}"));
@@ -493,6 +442,8 @@ mod answer_types {
     use axum::http::StatusCode;
     use imagegate_core::{ContentKey, ImageFormat, ManifestStatus, SafetyAction};
     use imagegate_ledger::CacheOutcome;
+    use imagegate_providers::breaker::BreakerState;
+    use imagegate_providers::router::{Candidate, PriceSource};
     use serde::Serialize;
 
     /// `name`'s (listed, required) properties, following `allOf` and `$ref`.
@@ -505,6 +456,13 @@ mod answer_types {
             None => vec![schema.clone()],
         };
         for part in parts {
+            // A tagged enum: any variant's fields may appear, none is required of all.
+            if let Some(variants) = part["oneOf"].as_array() {
+                for v in variants {
+                    listed.extend(v["properties"].as_object().unwrap().keys().cloned());
+                }
+                continue;
+            }
             if let Some(target) = part["$ref"].as_str() {
                 let (l, r) = shape(schemas, target.rsplit('/').next().unwrap());
                 listed.extend(l);
@@ -607,6 +565,118 @@ mod answer_types {
         assert_documented("BlockedView", &blocked);
         assert_documented("StageView", &cost().stages[0]);
         assert_documented("StatusView", &StatusView { status: "ok" });
+    }
+
+    fn candidate(skipped: Option<imagegate_providers::SkipReason>) -> Candidate {
+        Candidate {
+            provider: "openai".into(),
+            model: "gpt-image-2".into(),
+            expected: imagegate_core::Micros(53_000),
+            price_source: PriceSource::PriceBook,
+            surge_multiplier: Some(1.5),
+            expected_latency_ms: 9000,
+            score: skipped.is_none().then_some(0.053),
+            breaker: BreakerState::Closed {
+                consecutive_failures: 0,
+            },
+            skipped_reason: skipped,
+        }
+    }
+
+    #[test]
+    fn estimates_are_their_documented_type() {
+        let skipped = candidate(Some(imagegate_providers::SkipReason::OverMaxCost {
+            expected: imagegate_core::Micros(53_000),
+            max_cost: imagegate_core::Micros(10_000),
+        }));
+        let estimate = imagegate_providers::Estimate {
+            choice: "premium".into(),
+            policy: imagegate_providers::Policy::Cheapest,
+            size: imagegate_core::Size {
+                width: 1024,
+                height: 1024,
+            },
+            at: chrono::Utc::now(),
+            book_version: "v".into(),
+            candidates: vec![candidate(None), skipped],
+            chosen: Some(candidate(None)),
+        };
+        let view = crate::views::EstimateView::new(key(), false, &estimate);
+        assert_documented("EstimateView", &view);
+        let answer = serde_json::to_value(&view).unwrap();
+        assert_documented("CandidateView", &answer["candidates"][1]);
+        assert_eq!(answer["chosen"]["expected_usd"], 0.053);
+        assert!(answer["candidates"][1]["skipped_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("over_max_cost"));
+    }
+
+    #[test]
+    fn cost_reports_are_their_documented_type() {
+        use imagegate_ledger::{Dimension, Report, ReportRow, Totals};
+        let row = ReportRow {
+            values: Dimension::ALL
+                .iter()
+                .map(|d| (*d, (*d != Dimension::Key).then(|| "x".to_string())))
+                .collect(),
+            totals: Totals {
+                requests: 2,
+                micros: imagegate_core::Micros(80_000),
+                unpriced_stages: 1,
+                ..Totals::default()
+            },
+        };
+        let report = Report {
+            group_by: Dimension::ALL.to_vec(),
+            since: Some(chrono::Utc::now()),
+            until: None,
+            rows: vec![row.clone()],
+            total: ReportRow {
+                values: vec![],
+                totals: row.totals.clone(),
+            },
+            cache: Default::default(),
+        };
+        assert_documented("Report", &report);
+        let answer = serde_json::to_value(&report).unwrap();
+        assert_documented("ReportRow", &answer["rows"][0]);
+        assert_documented("ReportRow", &answer["total"]);
+        assert_documented("CacheEconomics", &answer["cache"]);
+        // Every dimension a report can group by is a documented row field.
+        assert_eq!(answer["rows"][0]["key"], serde_json::Value::Null);
+        assert_eq!(answer["rows"][0]["status"], "x");
+        assert_eq!(answer["total"]["usd"], 0.08);
+    }
+
+    #[test]
+    fn price_listings_are_their_documented_type() {
+        let book = imagegate_providers::PriceBook::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/pricing.toml"
+        )))
+        .expect("the shipped price book loads");
+        let at = chrono::Utc::now();
+        let listing = book.listing(at);
+        assert!(listing.len() > 10, "{} entries", listing.len());
+        let view = crate::views::PricesView {
+            version: book.version().to_string(),
+            origin: book.origin().to_string(),
+            at,
+            models: listing,
+        };
+        assert_documented("PricesView", &view);
+        let answer = serde_json::to_value(&view).unwrap();
+        for model in answer["models"].as_array().unwrap() {
+            assert_documented("Listed", model);
+        }
+        let reloaded = imagegate_providers::Reloaded {
+            version: "a".into(),
+            previous: "b".into(),
+            changed: true,
+            entries: 3,
+        };
+        assert_documented("Reloaded", &reloaded);
     }
 
     #[test]

@@ -187,3 +187,76 @@ pub(crate) struct StatusView {
     /// `ok` (`/healthz`) or `ready` (`/readyz`).
     pub(crate) status: &'static str,
 }
+
+/// `POST /v1/estimate` (and `imagegate estimate`): what the router would do for a
+/// request; nothing is generated.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = EstimateView)]
+pub struct EstimateView<'a> {
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
+    pub(crate) id: ContentKey,
+    /// Whether the key is already in the cache (a request would be a hit).
+    pub(crate) cached: bool,
+    #[schema(value_type = imagegate_providers::Policy)]
+    pub(crate) policy: imagegate_providers::Policy,
+    /// `WIDTHxHEIGHT`.
+    pub(crate) size: String,
+    /// Eligible candidates in call order, then skipped ones.
+    pub(crate) candidates: Vec<CandidateView<'a>>,
+    /// The candidate that would be called first; null when none is eligible.
+    #[schema(required = true)]
+    pub(crate) chosen: Option<CandidateView<'a>>,
+}
+
+impl<'a> EstimateView<'a> {
+    pub fn new(
+        id: ContentKey,
+        cached: bool,
+        estimate: &'a imagegate_providers::Estimate,
+    ) -> EstimateView<'a> {
+        EstimateView {
+            id,
+            cached,
+            policy: estimate.policy,
+            size: estimate.size.to_string(),
+            candidates: estimate
+                .candidates
+                .iter()
+                .map(CandidateView::from)
+                .collect(),
+            chosen: estimate.chosen.as_ref().map(CandidateView::from),
+        }
+    }
+}
+
+/// A candidate with its expected fee in dollars beside the micro-dollars.
+#[derive(serde::Serialize, ToSchema)]
+#[schema(as = CandidateView)]
+pub(crate) struct CandidateView<'a> {
+    #[serde(flatten)]
+    #[schema(value_type = imagegate_providers::router::Candidate)]
+    pub(crate) candidate: &'a imagegate_providers::router::Candidate,
+    pub(crate) expected_usd: f64,
+}
+
+impl<'a> From<&'a imagegate_providers::router::Candidate> for CandidateView<'a> {
+    fn from(candidate: &'a imagegate_providers::router::Candidate) -> CandidateView<'a> {
+        CandidateView {
+            candidate,
+            expected_usd: candidate.expected.as_usd(),
+        }
+    }
+}
+
+/// `GET /v1/prices`: the price book in force.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct PricesView {
+    /// The book's version: a hash of its text.
+    pub(crate) version: String,
+    /// The file (or fleet replica) it was read from.
+    pub(crate) origin: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub(crate) at: chrono::DateTime<chrono::Utc>,
+    /// Per provider and model; `imagegate prices list` shows the same.
+    pub(crate) models: Vec<imagegate_providers::price_book::Listed>,
+}

@@ -8,12 +8,14 @@ use imagegate_core::Size;
 use serde::Serialize;
 
 /// One entry of the book as listed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Listed {
     pub provider: String,
     pub model: String,
     #[serde(flatten)]
     pub status: ModelStatus,
+    /// How the model is billed (`per_image`, `per_megapixel`, `tokens`, ...).
+    #[schema(value_type = String)]
     pub pricing: &'static str,
     /// One 1024x1024 image at each quality tier the entry names (or once, with no
     /// quality, when it names none).
@@ -22,12 +24,13 @@ pub struct Listed {
     pub surge_multiplier: f64,
     pub discount_pct: f64,
     pub source: String,
+    #[schema(value_type = String, format = Date)]
     pub as_of: NaiveDate,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TierPrice {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<String>,

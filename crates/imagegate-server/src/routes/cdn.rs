@@ -29,8 +29,7 @@ use std::sync::Arc;
         (status = 304, description = "Not modified: the client's ETag matches"),
         (status = 404, response = crate::openapi::NotFound),
         (status = 500, response = crate::openapi::Internal),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn cdn(

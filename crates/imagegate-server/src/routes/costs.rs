@@ -75,13 +75,11 @@ pub(crate) fn report_query(
         ("key" = Option<String>, Query, description = "Only this API key id's requests. A key sees its own requests only (naming another needs an admin key); an admin key sees every key's unless it names one"),
     ),
     responses(
-        (status = 200, description = "The report", body = crate::openapi::CostReportBody),
+        (status = 200, description = "The report", body = imagegate_ledger::Report),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn costs(

@@ -33,8 +33,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'unsafe-in
     security(()),
     responses(
         (status = 200, description = "The cost dashboard: one HTML page that draws its charts from `/v1/costs` and `/v1/delivery`", content_type = "text/html", body = String),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn page() -> Response {
@@ -86,11 +85,9 @@ pub(crate) struct DeliveryParams {
     responses(
         (status = 200, description = "Stored bytes per width and format, the delivery projection and what-ifs", body = Object),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
         (status = 403, response = crate::openapi::Forbidden),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn delivery(

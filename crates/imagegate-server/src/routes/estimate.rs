@@ -1,6 +1,7 @@
 //! `POST /v1/estimate`: what the router would do for a request; generates nothing.
 
 use crate::error::JsonBody;
+use crate::views::EstimateView;
 use crate::{ApiError, AppState};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -21,16 +22,12 @@ use std::sync::Arc;
         example = json!({"prompt": "a lighthouse at dusk, watercolor", "model": "premium", "max_cost_usd": 0.05})
     ),
     responses(
-        (status = 200, description = "The router's view of the request", body = crate::openapi::EstimateBody),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 200, description = "The router's view of the request", body = EstimateView),
         (status = 402, response = crate::openapi::PaymentRequired),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 415, response = crate::openapi::UnsupportedMediaType),
         (status = 422, description = "The prompt was refused (`prompt_blocked`)", body = crate::error::ErrorBody),
-        (status = 429, response = crate::openapi::RateLimited),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
+        crate::openapi::BadBody,
     ),
 )]
 pub(crate) async fn estimate(
@@ -47,18 +44,6 @@ pub fn estimate_body(
     key: ContentKey,
     cached: bool,
     estimate: &imagegate_providers::Estimate,
-) -> serde_json::Value {
-    let candidate = |c: &imagegate_providers::router::Candidate| {
-        let mut v = serde_json::to_value(c).unwrap_or_default();
-        v["expected_usd"] = c.expected.as_usd().into();
-        v
-    };
-    serde_json::json!({
-        "id": key,
-        "cached": cached,
-        "policy": estimate.policy,
-        "size": estimate.size.to_string(),
-        "candidates": estimate.candidates.iter().map(candidate).collect::<Vec<_>>(),
-        "chosen": estimate.chosen.as_ref().map(candidate),
-    })
+) -> EstimateView<'_> {
+    EstimateView::new(key, cached, estimate)
 }

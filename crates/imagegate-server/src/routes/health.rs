@@ -17,8 +17,7 @@ use std::time::Duration;
     security(()),
     responses(
         (status = 200, description = "Alive", body = StatusView),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn healthz() -> Json<StatusView> {
@@ -33,8 +32,7 @@ pub(crate) async fn healthz() -> Json<StatusView> {
     security(()),
     responses(
         (status = 200, description = "Ready for traffic", body = StatusView),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
@@ -57,8 +55,7 @@ pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     security(()),
     responses(
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> Response {

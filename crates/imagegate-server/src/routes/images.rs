@@ -29,19 +29,15 @@ use std::sync::Arc;
     ),
     responses(
         (status = 200, description = "The image's files, verdict and what this request cost", body = ImageView),
-        (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
         (status = 402, response = crate::openapi::PaymentRequired),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 410, response = crate::openapi::Gone),
-        (status = 413, response = crate::openapi::PayloadTooLarge),
-        (status = 415, response = crate::openapi::UnsupportedMediaType),
         (status = 422, description = "The prompt (`prompt_blocked`) or the generated image (`content_blocked`) was refused", body = BlockedView),
-        (status = 429, response = crate::openapi::RateLimited),
         (status = 500, response = crate::openapi::Internal),
         (status = 502, response = crate::openapi::BadGateway),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
+        crate::openapi::BadBody,
     ),
 )]
 pub(crate) async fn create_image(
@@ -172,12 +168,10 @@ pub fn outcome_body(pipeline: &Pipeline, outcome: &Outcome) -> (StatusCode, serd
     responses(
         (status = 200, description = "The image as first generated, with that generation's cost", body = ImageView),
         (status = 400, response = crate::openapi::BadRequest),
-        (status = 401, response = crate::openapi::Unauthorized),
         (status = 404, response = crate::openapi::NotFound),
-        (status = 429, response = crate::openapi::RateLimited),
         (status = 500, response = crate::openapi::Internal),
-        (status = 503, response = crate::openapi::Unavailable),
-        (status = 504, response = crate::openapi::GatewayTimeout),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn get_image(

@@ -89,16 +89,12 @@ fn invalid(param: &'static str, message: impl Into<String>) -> OpenAiError {
     ),
     responses(
         (status = 200, description = "The images, and what each cost", body = OpenAiImagesBody),
-        (status = 400, response = crate::openapi::OpenAiBadRequest),
-        (status = 401, response = crate::openapi::OpenAiUnauthorized),
         (status = 402, response = crate::openapi::OpenAiPaymentRequired),
-        (status = 413, response = crate::openapi::OpenAiPayloadTooLarge),
-        (status = 415, response = crate::openapi::OpenAiUnsupportedMediaType),
-        (status = 429, response = crate::openapi::OpenAiRateLimited),
         (status = 500, response = crate::openapi::OpenAiInternal),
         (status = 502, response = crate::openapi::OpenAiBadGateway),
-        (status = 503, response = crate::openapi::OpenAiUnavailable),
-        (status = 504, response = crate::openapi::OpenAiGatewayTimeout),
+        crate::openapi::OpenAiKeyed,
+        crate::openapi::OpenAiOverloaded,
+        crate::openapi::OpenAiBadBody,
     ),
 )]
 pub(crate) async fn generations(
@@ -108,7 +104,7 @@ pub(crate) async fn generations(
 ) -> Result<Response, OpenAiError> {
     let JsonBody(req) = body?;
     let pipeline = &state.pipeline;
-    let (requests, format, file_format) = translate(&req, pipeline.config())?;
+    let (requests, format, file_format) = translate(&req, &state.server.openai, pipeline.config())?;
     let runs = requests.iter().map(|r| pipeline.generate(r, &ctx));
     let outcomes: Vec<Outcome> = futures::future::try_join_all(runs).await?;
     if outcomes
@@ -178,9 +174,9 @@ pub(crate) async fn generations(
 /// format and, when asked for, the stored file format to answer with.
 fn translate(
     req: &OpenAiImageRequest,
+    compat: &crate::config::OpenAiCompatConfig,
     config: &imagegate_pipeline::PipelineConfig,
 ) -> Result<(Vec<ImageRequest>, ResponseFormat, Option<ImageFormat>), OpenAiError> {
-    let compat = &config.server.openai;
     let n = req.n.unwrap_or(1);
     if n == 0 || n > compat.max_n {
         return Err(invalid(
@@ -443,13 +439,20 @@ struct OpenAiInputTokens {
 mod tests {
     use super::*;
 
+    const SHIPPED: &str = include_str!("../../../../config/imagegate.toml");
+
     fn config() -> imagegate_pipeline::PipelineConfig {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../config/imagegate.toml"
-        ))
-        .expect("embedded defaults are readable");
-        toml::from_str(&text).expect("embedded defaults parse")
+        imagegate_pipeline::PipelineConfig::from_toml_sections(SHIPPED, &["server"])
+            .expect("embedded defaults parse")
+    }
+
+    fn compat() -> crate::config::OpenAiCompatConfig {
+        let mut file: toml::Table = toml::from_str(SHIPPED).expect("embedded defaults parse");
+        let server: crate::config::ServerConfig = file
+            .remove("server")
+            .map(|s| s.try_into().expect("[server] parses"))
+            .unwrap_or_default();
+        server.openai
     }
 
     fn request(json: serde_json::Value) -> OpenAiImageRequest {
@@ -461,6 +464,7 @@ mod tests {
         let config = config();
         let (reqs, format, _) = translate(
             &request(serde_json::json!({"prompt": "a fox", "n": 3, "model": "dall-e-3", "quality": "hd", "size": "512x512"})),
+            &compat(),
             &config,
         )
         .unwrap();
@@ -477,6 +481,7 @@ mod tests {
     fn pinned_models_are_not_changed_by_quality() {
         let (reqs, format, _) = translate(
             &request(serde_json::json!({"prompt": "a fox", "model": "local/procedural-v1", "quality": "low", "response_format": "b64_json"})),
+            &compat(),
             &config(),
         )
         .unwrap();
@@ -506,7 +511,9 @@ mod tests {
             (serde_json::json!({"prompt": "x".repeat(100_000)}), "prompt"),
             (serde_json::json!({"prompt": "x", "size": "big"}), "size"),
         ] {
-            let err = translate(&request(body.clone()), &config()).err().unwrap();
+            let err = translate(&request(body.clone()), &compat(), &config())
+                .err()
+                .unwrap();
             assert_eq!(err.0.param, Some(param), "{body}");
             assert_eq!(err.0.status, StatusCode::BAD_REQUEST);
         }

@@ -2,6 +2,7 @@
 //! `POST /v1/admin/prices/reload` reads its file again (as SIGHUP does).
 
 use crate::error::ApiError;
+use crate::views::PricesView;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -17,19 +18,20 @@ use std::sync::Arc;
     path = "/v1/prices",
     tag = "costs",
     responses(
-        (status = 200, description = "The price book in force", body = PricesBody),
-        (status = 401, response = crate::openapi::Unauthorized),
-        (status = 429, response = crate::openapi::RateLimited),
+        (status = 200, description = "The price book in force", body = PricesView),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn prices(State(state): State<Arc<AppState>>) -> Response {
     let book = state.pipeline.prices().current();
-    Json(serde_json::json!({
-        "version": book.version(),
-        "origin": book.origin(),
-        "at": chrono::Utc::now(),
-        "models": book.listing(chrono::Utc::now()),
-    }))
+    let at = chrono::Utc::now();
+    Json(PricesView {
+        version: book.version().to_string(),
+        origin: book.origin().to_string(),
+        at,
+        models: book.listing(at),
+    })
     .into_response()
 }
 
@@ -41,11 +43,11 @@ pub(crate) async fn prices(State(state): State<Arc<AppState>>) -> Response {
     path = "/v1/admin/prices/reload",
     tag = "costs",
     responses(
-        (status = 200, description = "Installed (or unchanged)", body = ReloadedBody),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 200, description = "Installed (or unchanged)", body = imagegate_providers::Reloaded),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 422, response = crate::openapi::BadPriceBook),
-        (status = 429, response = crate::openapi::RateLimited),
+        crate::openapi::Keyed,
+        crate::openapi::Overloaded,
     ),
 )]
 pub(crate) async fn reload(
@@ -61,27 +63,4 @@ pub(crate) async fn reload(
         )
     })?;
     Ok(Json(reloaded).into_response())
-}
-
-/// `GET /v1/prices`.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct PricesBody {
-    /// The book's version: a hash of its text.
-    version: String,
-    /// The file (or fleet replica) it was read from.
-    origin: String,
-    at: String,
-    /// Per provider and model; see `imagegate prices list`.
-    models: Vec<serde_json::Value>,
-}
-
-/// `POST /v1/admin/prices/reload`.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct ReloadedBody {
-    version: String,
-    previous: String,
-    changed: bool,
-    entries: usize,
 }
