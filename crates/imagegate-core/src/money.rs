@@ -85,6 +85,49 @@ impl fmt::Display for Micros {
     }
 }
 
+/// Serde for amounts written in dollars (`0.05`) and held as [`Micros`]: a negative,
+/// infinite or NaN amount is refused where it is read, naming what it got.
+pub mod dollars {
+    use super::Micros;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(amount: &Micros, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(amount.as_usd())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Micros, D::Error> {
+        parse(f64::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    fn parse(usd: f64) -> Result<Micros, String> {
+        if usd.is_finite() && usd >= 0.0 {
+            Ok(Micros::from_usd(usd))
+        } else {
+            Err(format!("{usd} is not a non-negative amount of dollars"))
+        }
+    }
+
+    /// The same for an optional amount.
+    pub mod option {
+        use super::Micros;
+        use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(amount: &Option<Micros>, s: S) -> Result<S::Ok, S::Error> {
+            match amount {
+                Some(m) => s.serialize_some(&m.as_usd()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Micros>, D::Error> {
+            Option::<f64>::deserialize(d)?
+                .map(super::parse)
+                .transpose()
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +175,29 @@ mod tests {
             Micros::for_storage_month(1_000_000_000, 0.023),
             Micros(23_000)
         );
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    struct Limits {
+        #[serde(with = "super::dollars")]
+        reserve: Micros,
+        #[serde(default, with = "super::dollars::option")]
+        daily: Option<Micros>,
+    }
+
+    #[test]
+    fn dollar_amounts_are_read_into_micros_and_nonsense_is_refused() {
+        let l: Limits = serde_json::from_str(r#"{"reserve": 0.0005, "daily": 2.5}"#).unwrap();
+        assert_eq!(l.reserve, Micros(500));
+        assert_eq!(l.daily, Some(Micros(2_500_000)));
+        let l: Limits = serde_json::from_str(r#"{"reserve": 0}"#).unwrap();
+        assert_eq!(l.daily, None);
+        let e = serde_json::from_str::<Limits>(r#"{"reserve": -1}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("-1 is not a non-negative amount"),
+            "{e}"
+        );
+        let e = serde_json::from_str::<Limits>(r#"{"reserve": 1, "daily": -0.5}"#).unwrap_err();
+        assert!(e.to_string().contains("-0.5"), "{e}");
     }
 }

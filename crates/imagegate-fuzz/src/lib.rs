@@ -33,7 +33,8 @@ fn defaults() -> &'static Defaults {
     static DEFAULTS: OnceLock<Defaults> = OnceLock::new();
     DEFAULTS.get_or_init(|| {
         let config: PipelineConfig =
-            toml::from_str(DEFAULT_CONFIG_TOML).expect("config/imagegate.toml parses");
+            PipelineConfig::from_toml_sections(DEFAULT_CONFIG_TOML, &["server"])
+                .expect("config/imagegate.toml parses");
         config.validate().expect("config/imagegate.toml is valid");
         let profiles = config
             .resolved_profiles()

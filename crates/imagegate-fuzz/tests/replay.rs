@@ -59,8 +59,11 @@ fn parse_request_corpus_holds() {
 fn the_checks_reach_their_assertions() {
     let body = br#"{"prompt":"a red fox","variants":[256,512],"formats":["avif","jpeg"]}"#;
     let req: imagegate_pipeline::ImageRequest = serde_json::from_slice(body).expect("parses");
-    let config: imagegate_pipeline::PipelineConfig =
-        toml::from_str(imagegate_fuzz::DEFAULT_CONFIG_TOML).expect("config");
+    let config = imagegate_pipeline::PipelineConfig::from_toml_sections(
+        imagegate_fuzz::DEFAULT_CONFIG_TOML,
+        &["server"],
+    )
+    .expect("config");
     let profiles = config.resolved_profiles().expect("profiles");
     assert!(imagegate_pipeline::resolve_request(&config, &profiles, &req).is_ok());
     imagegate_fuzz::parse_request(body);

@@ -5,7 +5,7 @@
 
 use crate::error::PipelineError;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
-use imagegate_core::{ConfigError, Micros};
+use imagegate_core::Micros;
 use imagegate_ledger::{BudgetWindow, Ledger, ReservationId, Reserve, SpendLimit};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,49 +13,38 @@ use std::collections::BTreeMap;
 /// The key id requests without an API key are booked under.
 pub const ANONYMOUS: &str = imagegate_ledger::ANONYMOUS_BUCKET;
 
+/// A key's limits, written in dollars (`daily_usd = 2.5`) and held as micro-dollars.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetLimit {
-    #[serde(default)]
-    pub daily_usd: Option<f64>,
-    #[serde(default)]
-    pub monthly_usd: Option<f64>,
+    #[serde(
+        default,
+        rename = "daily_usd",
+        with = "imagegate_core::money::dollars::option"
+    )]
+    pub daily: Option<Micros>,
+    #[serde(
+        default,
+        rename = "monthly_usd",
+        with = "imagegate_core::money::dollars::option"
+    )]
+    pub monthly: Option<Micros>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BudgetsConfig {
     /// Added to the provider estimate when reserving: the processing and storage a
-    /// miss will cost on top of the provider fee.
-    pub processing_reserve_usd: f64,
+    /// miss will cost on top of the provider fee (`processing_reserve_usd`).
+    #[serde(
+        rename = "processing_reserve_usd",
+        with = "imagegate_core::money::dollars"
+    )]
+    pub processing_reserve: Micros,
     /// Limits for every key without its own entry (and for anonymous requests).
     pub default: Option<BudgetLimit>,
     /// Limits by API key id.
     pub keys: BTreeMap<String, BudgetLimit>,
-}
-
-impl BudgetsConfig {
-    /// Checks value ranges, naming fields relative to the `[budgets]` section.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let ok = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v >= 0.0);
-        if !(self.processing_reserve_usd.is_finite() && self.processing_reserve_usd >= 0.0) {
-            return Err(ConfigError::new(
-                "processing_reserve_usd",
-                "must be a non-negative number",
-            ));
-        }
-        for (path, l) in self
-            .default
-            .iter()
-            .map(|l| ("default".to_string(), l))
-            .chain(self.keys.iter().map(|(k, l)| (format!("keys.{k}"), l)))
-        {
-            if !ok(l.daily_usd) || !ok(l.monthly_usd) {
-                return Err(ConfigError::new(path, "must be non-negative numbers"));
-            }
-        }
-        Ok(())
-    }
 }
 
 pub struct Budgets {
@@ -142,22 +131,18 @@ impl Budgets {
         let Some(limit) = self.limit_for(api_key.unwrap_or(ANONYMOUS)) else {
             return Ok(None);
         };
-        let amount = expected + Micros::from_usd(self.config.processing_reserve_usd);
+        let amount = expected + self.config.processing_reserve;
         let now = Utc::now();
         let limits: Vec<SpendLimit> = [
-            (BudgetWindow::Daily, start_of_day(now), limit.daily_usd),
-            (
-                BudgetWindow::Monthly,
-                start_of_month(now),
-                limit.monthly_usd,
-            ),
+            (BudgetWindow::Daily, start_of_day(now), limit.daily),
+            (BudgetWindow::Monthly, start_of_month(now), limit.monthly),
         ]
         .into_iter()
-        .filter_map(|(window, since, usd)| {
-            usd.map(|usd| SpendLimit {
+        .filter_map(|(window, since, limit)| {
+            limit.map(|limit| SpendLimit {
                 window,
                 since,
-                limit: Micros::from_usd(usd),
+                limit,
             })
         })
         .collect();
@@ -211,10 +196,10 @@ mod tests {
         .await
         .unwrap();
         let config = BudgetsConfig {
-            processing_reserve_usd: 0.0,
+            processing_reserve: Micros(0),
             default: Some(BudgetLimit {
-                daily_usd: Some(0.005),
-                monthly_usd: None,
+                daily: Some(Micros(5000)),
+                monthly: None,
             }),
             keys: BTreeMap::from([("rich".to_string(), BudgetLimit::default())]),
         };

@@ -13,9 +13,6 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Read by the HTTP server; kept in this one tree so a typo anywhere fails at start-up.
-    #[serde(default)]
-    pub server: ServerConfig,
     #[serde(default)]
     pub concurrency: ConcurrencyConfig,
     #[serde(default)]
@@ -40,90 +37,6 @@ pub struct PipelineConfig {
     pub fleet: FleetConfig,
     pub safety: SafetyConfig,
     pub profiles: BTreeMap<String, RenderProfile>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    pub listen: String,
-    /// Largest request body accepted.
-    pub max_body_bytes: usize,
-    /// HTTP requests in flight at once; past that, 503 with Retry-After.
-    pub max_in_flight: usize,
-    /// Whole-request deadline.
-    pub request_timeout_secs: u64,
-    /// Serve the local store's files under `/cdn/`.
-    pub serve_cdn: bool,
-    /// `POST /v1/images/generations`, the OpenAI Images API surface.
-    pub openai: OpenAiCompatConfig,
-    pub auth: AuthConfig,
-}
-
-/// API keys live in the ledger database (`imagegate keys create`); these are the
-/// limits that apply to them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Sustained requests per minute per key without a limit of its own
-    /// (`keys create --requests-per-minute`); 0 leaves such keys unlimited. Anonymous
-    /// loopback callers share one allowance.
-    pub requests_per_minute: u32,
-    /// Requests a key may make at once above the sustained rate.
-    pub burst: u32,
-    /// How often the key table is re-read, so keys created or revoked anywhere apply.
-    pub reload_secs: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        AuthConfig {
-            requests_per_minute: 0,
-            burst: 100,
-            reload_secs: 2,
-        }
-    }
-}
-
-/// How OpenAI Images API requests map onto imagegate's own.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenAiCompatConfig {
-    /// Largest `n` accepted (OpenAI allows 10).
-    pub max_n: u32,
-    /// OpenAI model names and what they mean here: a model class or a pinned
-    /// `provider/model`. Names not listed are parsed as imagegate models.
-    pub models: BTreeMap<String, String>,
-}
-
-impl Default for OpenAiCompatConfig {
-    fn default() -> Self {
-        let models = [
-            ("dall-e-2", "draft"),
-            ("dall-e-3", "standard"),
-            ("gpt-image-1", "standard"),
-            ("gpt-image-1-mini", "draft"),
-            ("gpt-image-1.5", "standard"),
-            ("gpt-image-2", "standard"),
-        ]
-        .into_iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-        OpenAiCompatConfig { max_n: 10, models }
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8080".into(),
-            max_body_bytes: 64 * 1024,
-            max_in_flight: 1024,
-            request_timeout_secs: 300,
-            serve_cdn: true,
-            openai: OpenAiCompatConfig::default(),
-            auth: AuthConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -279,27 +192,6 @@ impl Default for FleetConfig {
             prices_poll_secs: 5,
         }
     }
-}
-
-/// The base of the URLs a local store hands out when `public_base_url` is unset:
-/// the `/cdn/` of the address imagegate listens on. A wildcard address (0.0.0.0, ::)
-/// names no host a client could use, so loopback stands in for it.
-pub fn local_cdn_base_url(listen: &str) -> Result<String, ConfigError> {
-    let addr: std::net::SocketAddr = listen.parse().map_err(|e| {
-        ConfigError::new(
-            "server.listen",
-            format!("{listen:?} is not an address like 127.0.0.1:8080: {e}"),
-        )
-    })?;
-    let ip = match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => std::net::Ipv4Addr::LOCALHOST.into(),
-        ip if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    Ok(format!(
-        "http://{}/cdn",
-        std::net::SocketAddr::new(ip, addr.port())
-    ))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -461,42 +353,39 @@ impl PipelineConfig {
                 return fault(&format!("limits.{name}"), "must be positive".into());
             }
         }
-        if self.server.auth.burst == 0 {
-            return fault("server.auth.burst", "must be at least 1".into());
-        }
-        if !(1..=10).contains(&self.server.openai.max_n) {
-            return fault("server.openai.max_n", "must be 1 to 10".into());
-        }
-        for (alias, model) in &self.server.openai.models {
-            if let Err(e) = model.parse::<ModelChoice>() {
-                return fault(&format!("server.openai.models.{alias}"), e.to_string());
-            }
-        }
         self.router.validate().map_err(|e| e.under("router"))?;
-        self.budgets.validate().map_err(|e| e.under("budgets"))?;
-        if let StorageConfig::Local(local) = &self.storage {
-            if local.public_base_url.is_none() && !self.server.serve_cdn {
-                return fault(
-                    "storage.public_base_url",
-                    "is unset and server.serve_cdn is off: set the URL the store's files \
-                     are served at"
-                        .into(),
-                );
-            }
-        }
         Ok(())
     }
 
-    /// The URL base of the local store's files: `storage.public_base_url`, or the
-    /// `/cdn/` of `server.listen`. None for other stores.
+    /// The URL base of the local store's files (`storage.public_base_url`; whoever
+    /// composes the tree fills it in when the files are served at an address only it
+    /// knows, as `imagegate serve` does with its `/cdn/`). None for other stores.
     pub fn local_public_base_url(&self) -> Result<Option<String>, ConfigError> {
         match &self.storage {
             StorageConfig::Local(local) => match &local.public_base_url {
                 Some(url) => Ok(Some(url.clone())),
-                None => local_cdn_base_url(&self.server.listen).map(Some),
+                None => Err(ConfigError::new(
+                    "storage.public_base_url",
+                    "is unset, and nothing serves the store's files: set the URL they are \
+                     served at, or leave server.serve_cdn on",
+                )),
             },
             StorageConfig::S3(_) => Ok(None),
         }
+    }
+
+    /// Parses the pipeline's sections of a whole configuration file, setting aside
+    /// the sections named in `owned_elsewhere` (read by the crates that own them), so
+    /// an unknown section or field is still refused.
+    pub fn from_toml_sections(
+        text: &str,
+        owned_elsewhere: &[&str],
+    ) -> Result<PipelineConfig, toml::de::Error> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        for section in owned_elsewhere {
+            table.remove(*section);
+        }
+        PipelineConfig::deserialize(table)
     }
 
     /// Profiles with their names filled in and logo digests computed, so the content
@@ -529,8 +418,11 @@ mod tests {
 
     /// The shipped configuration, which every test below breaks in one place.
     fn shipped() -> PipelineConfig {
-        toml::from_str(include_str!("../../../config/imagegate.toml"))
-            .expect("config/imagegate.toml parses")
+        PipelineConfig::from_toml_sections(
+            include_str!("../../../config/imagegate.toml"),
+            &["server"],
+        )
+        .expect("config/imagegate.toml parses")
     }
 
     #[test]
@@ -555,8 +447,6 @@ mod tests {
         });
         let default = shipped().defaults.profile;
         assert_eq!(e.path, format!("profiles.{default}.avif.quality"));
-        let e = fault(&|c| c.budgets.processing_reserve_usd = -1.0);
-        assert_eq!(e.path, "budgets.processing_reserve_usd");
         let e = fault(&|c| c.limits.max_side = 0);
         assert_eq!(e.path, "limits.max_side");
         let e = fault(&|c| c.defaults.size = "big".into());
@@ -585,20 +475,53 @@ mod tests {
     }
 
     #[test]
-    fn the_local_cdn_follows_the_listen_address() {
-        assert_eq!(
-            local_cdn_base_url("127.0.0.1:9000").unwrap(),
-            "http://127.0.0.1:9000/cdn"
+    fn sections_owned_elsewhere_are_set_aside_and_unknown_ones_refused() {
+        let text = include_str!("../../../config/imagegate.toml");
+        assert!(
+            toml::from_str::<PipelineConfig>(text).is_err(),
+            "[server] is not the pipeline's"
         );
+        let typo = format!("{text}\n[bogus]\nx = 1\n");
+        let e = PipelineConfig::from_toml_sections(&typo, &["server"]).expect_err("refused");
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn dollar_amounts_are_read_as_micros_and_a_negative_one_is_refused_by_name() {
+        let text = include_str!("../../../config/imagegate.toml");
+        let with = |budgets: &str| {
+            PipelineConfig::from_toml_sections(&format!("{text}\n{budgets}"), &["server"])
+        };
+        let c = with("[budgets.keys.k1]\ndaily_usd = 0.25\n").expect("parses");
         assert_eq!(
-            local_cdn_base_url("0.0.0.0:8080").unwrap(),
-            "http://127.0.0.1:8080/cdn"
+            c.budgets.keys["k1"].daily,
+            Some(imagegate_core::Micros(250_000))
         );
+        let e = with("[budgets.keys.k1]\ndaily_usd = -1\n").expect_err("refused");
+        let e = e.to_string();
+        assert!(
+            e.contains("-1 is not a non-negative amount of dollars"),
+            "{e}"
+        );
+        assert!(e.contains("daily_usd"), "{e}");
+    }
+
+    #[test]
+    fn a_local_store_needs_the_url_its_files_are_served_at() {
+        let mut c = shipped();
+        let StorageConfig::Local(local) = &mut c.storage else {
+            panic!("the shipped store is local");
+        };
+        local.public_base_url = None;
+        let e = c.local_public_base_url().expect_err("nobody said where");
+        assert_eq!(e.path, "storage.public_base_url");
+        if let StorageConfig::Local(local) = &mut c.storage {
+            local.public_base_url = Some("http://cdn.example/i".into());
+        }
         assert_eq!(
-            local_cdn_base_url("[::]:81").unwrap(),
-            "http://[::1]:81/cdn"
+            c.local_public_base_url().unwrap().as_deref(),
+            Some("http://cdn.example/i")
         );
-        assert!(local_cdn_base_url("localhost").is_err());
     }
 
     #[test]

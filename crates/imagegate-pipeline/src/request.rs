@@ -168,8 +168,11 @@ mod tests {
     use super::*;
 
     fn fault(req: serde_json::Value) -> RequestFault {
-        let config: PipelineConfig = toml::from_str(include_str!("../../../config/imagegate.toml"))
-            .expect("config/imagegate.toml parses");
+        let config = PipelineConfig::from_toml_sections(
+            include_str!("../../../config/imagegate.toml"),
+            &["server"],
+        )
+        .expect("config/imagegate.toml parses");
         let profiles = config
             .resolved_profiles()
             .expect("the shipped profiles resolve");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tower::ServiceBuilder;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let server = state.pipeline.config().server.clone();
+    let server = state.server.clone();
     let mut app = Router::new()
         .route("/v1/images", post(images::create_image))
         .route("/v1/images/{id}", get(images::get_image))
@@ -50,7 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
                     server.max_in_flight.max(1),
                 ))
-                .timeout(Duration::from_secs(server.request_timeout_secs.max(1))),
+                .timeout(server.request_timeout.max(Duration::from_secs(1))),
         )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

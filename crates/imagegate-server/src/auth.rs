@@ -85,7 +85,7 @@ const ANONYMOUS: &str = "anonymous";
 
 pub struct Auth {
     ledger: Ledger,
-    config: imagegate_pipeline::config::AuthConfig,
+    config: crate::config::AuthConfig,
     keys: RwLock<HashMap<String, ApiKeyRecord>>,
     last_reload: Mutex<Option<Instant>>,
     limiters: Mutex<HashMap<String, Arc<DefaultDirectRateLimiter>>>,
@@ -94,12 +94,12 @@ pub struct Auth {
 
 impl Auth {
     /// Loads the keys, then keeps re-reading them in the background (a key created
-    /// or revoked on any replica takes effect within `auth.reload_secs`).
+    /// or revoked on any replica takes effect within `server.auth.reload_secs`).
     pub async fn start(
         ledger: Ledger,
-        config: imagegate_pipeline::config::AuthConfig,
+        config: crate::config::AuthConfig,
     ) -> Result<Arc<Auth>, imagegate_ledger::LedgerError> {
-        let every = Duration::from_secs(config.reload_secs.max(1));
+        let every = config.reload.max(Duration::from_secs(1));
         let rates = if ledger.backend().is_shared() {
             RateState::Fleet
         } else {
@@ -478,7 +478,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let config = imagegate_pipeline::config::AuthConfig::default();
+        let config = crate::config::AuthConfig::default();
         let auth = Auth::start(ledger.clone(), config.clone()).await.unwrap();
 
         // No key yet: loopback callers are the machine's owner, hence admin.

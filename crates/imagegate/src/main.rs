@@ -77,7 +77,7 @@ enum Command {
 struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long)]
-    listen: Option<String>,
+    listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -202,6 +202,17 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let config = config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve(a) => serve(config, a.listen).await,
+        command => run_offline(config.into_pipeline(), command).await,
+    }
+}
+
+/// Every command but `serve`.
+async fn run_offline(
+    config: imagegate_pipeline::PipelineConfig,
+    command: Command,
+) -> Result<std::process::ExitCode> {
+    match command {
+        Command::Serve(_) => unreachable!("serve is run with the whole tree"),
         Command::Process(a) => process(config, a.file, a.profile).await,
         Command::Warm(args) => warm::run(config, args).await,
         Command::Report(args) => report_cli::run(config, args).await,
@@ -293,22 +304,22 @@ async fn keys(
 }
 
 async fn serve(
-    mut config: imagegate_pipeline::PipelineConfig,
-    listen: Option<String>,
+    mut config: config::Config,
+    listen: Option<std::net::SocketAddr>,
 ) -> Result<std::process::ExitCode> {
     if let Some(l) = listen {
         config.server.listen = l;
     }
-    let addr = config.server.listen.clone();
+    let addr = config.server.listen;
     // Bound first: the local store's URLs follow the address actually bound (a port
     // of 0 included) unless storage.public_base_url says otherwise.
-    let listener = tokio::net::TcpListener::bind(&addr)
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
     let local = listener.local_addr()?;
-    config.server.listen = local.to_string();
+    config.server.listen = local;
     if local.ip().is_unspecified() {
-        if let imagegate_pipeline::config::StorageConfig::Local(store) = &config.storage {
+        if let imagegate_pipeline::config::StorageConfig::Local(store) = &config.pipeline.storage {
             if store.public_base_url.is_none() {
                 tracing::warn!(
                     %local,
@@ -319,11 +330,11 @@ async fn serve(
             }
         }
     }
-    let auth_config = config.server.auth.clone();
-    let pipeline = Pipeline::start(config)
+    let server = config.server.clone();
+    let pipeline = Pipeline::start(config.into_pipeline())
         .await
         .context("starting the pipeline")?;
-    let auth = imagegate_server::auth::Auth::start(pipeline.ledger().clone(), auth_config)
+    let auth = imagegate_server::auth::Auth::start(pipeline.ledger().clone(), server.auth.clone())
         .await
         .context("loading API keys")?;
     // The price book follows its file, SIGHUP and the other replicas without a
@@ -332,6 +343,7 @@ async fn serve(
     let hangup = reload_prices_on_sighup(pipeline.prices().clone());
     let state = Arc::new(AppState::new(
         pipeline,
+        server,
         imagegate_server::metrics_handle(),
         auth,
     ));

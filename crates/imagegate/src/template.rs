@@ -568,7 +568,7 @@ mod tests {
             "/../../config/imagegate.toml"
         ))
         .unwrap();
-        toml::from_str(&text).unwrap()
+        PipelineConfig::from_toml_sections(&text, &["server"]).unwrap()
     }
 
     fn errors(text: &str) -> Vec<(usize, usize, String)> {

@@ -114,7 +114,7 @@ pub async fn run(mut config: PipelineConfig, args: Args) -> Result<ExitCode> {
         // content key, so skipping its start-up (seconds of CPU) changes no answer.
         config.safety.classifier = false;
     }
-    let allowance = Micros::from_usd(config.budgets.processing_reserve_usd);
+    let allowance = config.budgets.processing_reserve;
     let pipeline = Pipeline::start(config)
         .await
         .context("starting the pipeline")?;
