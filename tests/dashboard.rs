@@ -7,13 +7,12 @@
 //! Set `IMAGEGATE_DASHBOARD_SCREENSHOT=/tmp/dashboard.png` to also keep a screenshot.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use support::{free_port, models_dir, repo_root};
+use support::{free_port, repo_root, Server};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -35,8 +34,6 @@ impl Site {
     /// so a request pinned to it produces real provider errors.
     fn new(port: u16) -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let models = models_dir();
-        let data = dir.path().join("data");
         let config = format!(
             r#"
 pricing = "{pricing}"
@@ -64,19 +61,7 @@ timeout_secs = 5
 [router]
 retries_per_candidate = 0
 
-[storage]
-kind = "local"
-root = "{data}/objects"
-public_base_url = "http://127.0.0.1:{port}/cdn"
-
-[ledger]
-url = "sqlite://{data}/ledger.db"
-
-[safety]
-classifier = true
-model = "{models}/open-nsfw.onnx"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-
+{local}
 [profiles.default]
 variants = [256, 512, 768]
 formats = ["avif", "jpeg"]
@@ -89,33 +74,20 @@ formats = ["avif", "jpeg"]
 "#,
             pricing = repo_root().join("config/pricing.toml").display(),
             dead = free_port(),
-            data = data.display(),
-            models = models.display(),
+            local = support::local_sections(
+                &dir.path().join("data"),
+                &format!("http://127.0.0.1:{port}/cdn")
+            ),
         );
         std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
         Site { dir }
     }
 
     fn start(&self) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .arg("--config")
-            .arg(self.dir.path().join("imagegate.toml"))
-            .arg("serve")
-            .env("IMAGEGATE_TEST_OPENAI_KEY", "sk-test-not-a-real-key")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .strip_prefix("imagegate listening on ")
-            .unwrap_or_else(|| panic!("server did not start: {line:?}"))
-            .trim()
-            .to_string();
-        Server { child, base }
+        support::serve_config(
+            &self.dir.path().join("imagegate.toml"),
+            &[("IMAGEGATE_TEST_OPENAI_KEY", "sk-test-not-a-real-key")],
+        )
     }
 
     /// `imagegate report ARGS` on this site's ledger: its stdout, which must succeed.
@@ -141,24 +113,6 @@ formats = ["avif", "jpeg"]
         })
         .await
         .unwrap()
-    }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,13 +2,12 @@
 //! defaults (local provider, local store, SQLite ledger, real ONNX classifier),
 //! driven over HTTP like a user would.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support;
-use support::{client, free_port, models_dir, repo_root};
+use support::{client, free_port, repo_root, Server};
 
 struct Options {
     latency_ms: u64,
@@ -37,14 +36,12 @@ impl Default for Options {
 /// A data directory and a configuration that outlive server restarts.
 struct Site {
     dir: tempfile::TempDir,
-    port: u16,
 }
 
 impl Site {
     fn new(opts: Options) -> Site {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let models = models_dir();
         let data = dir.path().join("data");
         let config = format!(
             r#"
@@ -73,13 +70,7 @@ public_base_url = "http://127.0.0.1:{port}/cdn"
 
 [ledger]
 url = "sqlite://{data}/ledger.db"
-
-[safety]
-classifier = true
-model = "{model}"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-deny_words = ["forbiddenword"]
-
+{safety}
 [profiles.default]
 variants = [256, 512, 768]
 formats = ["avif", "jpeg"]
@@ -92,11 +83,7 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
             generation_queue = opts.generation_queue,
             latency = opts.latency_ms,
             data = data.display(),
-            models = models.display(),
-            model = opts
-                .model
-                .unwrap_or_else(|| models.join("open-nsfw.onnx"))
-                .display(),
+            safety = support::safety_section(opts.model.as_deref()),
             pricing = repo_root().join("config/pricing.toml").display(),
             budgets = opts
                 .daily_budget_usd
@@ -106,7 +93,7 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
             block_at = opts.block_at,
         );
         std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
-        Site { dir, port }
+        Site { dir }
     }
 
     fn config(&self) -> PathBuf {
@@ -118,26 +105,7 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
     }
 
     fn start(&self) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .arg("--config")
-            .arg(self.config())
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("imagegate listening on "),
-            "server did not start: {line:?}"
-        );
-        Server {
-            child,
-            base: format!("http://127.0.0.1:{}", self.port),
-        }
+        support::serve_config(&self.config(), &[])
     }
 
     async fn ledger(&self) -> imagegate_ledger::Ledger {
@@ -156,45 +124,6 @@ watermark = {{ mark = {{ text = {{ text = "imagegate" }} }}, opacity = 0.6, scal
             .unwrap();
         ledger.close().await;
         n
-    }
-}
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    fn stop(mut self) {
-        // SIGTERM: the graceful path, like an orchestrator would.
-        unsafe_kill_term(self.child.id());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if self.child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("server did not stop within 20 s of SIGTERM");
-    }
-}
-
-fn unsafe_kill_term(pid: u32) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -461,7 +390,7 @@ async fn kill_9_under_64_concurrent_misses_loses_nothing_acknowledged() {
         latency_ms: 100,
         ..Options::default()
     });
-    let mut server = site.start();
+    let server = site.start();
     let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let requests: Vec<_> = (0..64)
         .map(|i| {
@@ -490,8 +419,7 @@ async fn kill_9_under_64_concurrent_misses_loses_nothing_acknowledged() {
         assert!(std::time::Instant::now() < deadline, "nothing was answered");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.child.kill().unwrap(); // SIGKILL
-    server.child.wait().unwrap();
+    server.kill();
     for r in requests {
         let _ = r.await;
     }

@@ -7,10 +7,8 @@ use crate::support;
 
 use imagegate_testkit::garage::Garage;
 use imagegate_testkit::postgres::TestSchema;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{client, free_port, models_dir, repo_root};
+use support::{client, free_port, repo_root};
 
 const KEY_ID_VAR: &str = "IMAGEGATE_TEST_S3_KEY_ID";
 const SECRET_VAR: &str = "IMAGEGATE_TEST_S3_SECRET";
@@ -38,7 +36,7 @@ fn start_garage() -> Garage {
 struct Replica {
     dir: tempfile::TempDir,
     port: u16,
-    child: Option<Child>,
+    server: Option<support::Server>,
     garage_keys: (String, String),
 }
 
@@ -73,7 +71,6 @@ impl Replica {
     fn new(opts: ReplicaOptions<'_>) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let models = models_dir();
         let s3 = opts.garage.settings();
         let data = dir.path().join("data");
         let ledger = opts
@@ -116,11 +113,7 @@ url = "{ledger}"
 lease_ttl_secs = {ttl}
 poll_ms = 20
 
-[safety]
-classifier = true
-model = "{models}/open-nsfw.onnx"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-
+{safety}
 [profiles.default]
 variants = [256, 512]
 formats = ["avif", "jpeg"]
@@ -148,13 +141,13 @@ safety = {{ blur_at = 0.2, block_at = 0.8 }}
             bucket = s3.bucket,
             web = s3.web_base_url,
             ttl = opts.lease_ttl_secs,
-            models = models.display(),
+            safety = support::safety_section(None),
         );
         std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
         let mut replica = Replica {
             dir,
             port,
-            child: None,
+            server: None,
             garage_keys: (s3.access_key_id, s3.secret_access_key),
         };
         replica.start();
@@ -162,25 +155,10 @@ safety = {{ blur_at = 0.2, block_at = 0.8 }}
     }
 
     fn start(&mut self) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_imagegate"))
-            .arg("--config")
-            .arg(self.dir.path().join("imagegate.toml"))
-            .arg("serve")
-            .env(KEY_ID_VAR, &self.garage_keys.0)
-            .env(SECRET_VAR, &self.garage_keys.1)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("imagegate listening on "),
-            "replica did not start: {line:?}"
-        );
-        self.child = Some(child);
+        let config = self.dir.path().join("imagegate.toml");
+        let (key_id, secret) = &self.garage_keys;
+        let env = [(KEY_ID_VAR, key_id.as_str()), (SECRET_VAR, secret.as_str())];
+        self.server = Some(support::serve_config(&config, &env));
     }
 
     fn url(&self, path: &str) -> String {
@@ -189,9 +167,8 @@ safety = {{ blur_at = 0.2, block_at = 0.8 }}
 
     /// kill -9: no graceful anything, as a crashed node.
     fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
+        if let Some(server) = self.server.take() {
+            server.kill();
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support;
-use support::{models_dir, repo_root};
+use support::repo_root;
 
 /// The local provider's price at 512x512: $0.002 per 1024x1024, in proportion to pixels.
 const LOCAL_512_MICROS: i64 = 500;
@@ -19,8 +19,6 @@ struct Site {
 impl Site {
     fn new() -> Site {
         let dir = tempfile::tempdir().unwrap();
-        let models = models_dir();
-        let data = dir.path().join("data");
         // Small variants and JPEG only: the tests are about warming, not encoding.
         let config = format!(
             r#"
@@ -36,20 +34,7 @@ latency_ms = 20
 [budgets]
 processing_reserve_usd = 0.0005
 
-[storage]
-kind = "local"
-root = "{data}/objects"
-public_base_url = "http://127.0.0.1:1/cdn"
-
-[ledger]
-url = "sqlite://{data}/ledger.db"
-
-[safety]
-classifier = true
-model = "{models}/open-nsfw.onnx"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-deny_words = ["forbiddenword"]
-
+{local}
 [profiles.default]
 variants = [128, 256]
 formats = ["jpeg"]
@@ -60,8 +45,7 @@ variants = [64]
 formats = ["jpeg"]
 "#,
             pricing = repo_root().join("config/pricing.toml").display(),
-            data = data.display(),
-            models = models.display(),
+            local = support::local_sections(&dir.path().join("data"), "http://127.0.0.1:1/cdn"),
         );
         std::fs::write(dir.path().join("imagegate.toml"), config).unwrap();
         Site { dir }

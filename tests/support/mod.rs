@@ -37,11 +37,45 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The sections most test configurations share: the local store under `data`, its
+/// files served at `public_base`, a SQLite ledger beside it, and the real classifier.
+pub fn local_sections(data: &Path, public_base: &str) -> String {
+    format!(
+        r#"
+[storage]
+kind = "local"
+root = "{data}/objects"
+public_base_url = "{public_base}"
+
+[ledger]
+url = "sqlite://{data}/ledger.db"
+{safety}"#,
+        data = data.display(),
+        safety = safety_section(None),
+    )
+}
+
+/// The real classifier (`model`, or the one `scripts/fetch-models.sh` fetched), and
+/// a word the prompt screen refuses.
+pub fn safety_section(model: Option<&Path>) -> String {
+    let models = models_dir();
+    let model = model.map_or_else(|| models.join("open-nsfw.onnx"), Path::to_path_buf);
+    format!(
+        r#"
+[safety]
+classifier = true
+model = "{model}"
+runtime_library = "{models}/libonnxruntime.so.1.31.1"
+deny_words = ["forbiddenword"]
+"#,
+        model = model.display(),
+        models = models.display(),
+    )
+}
+
 /// A small, fast configuration: local provider, local store, SQLite ledger, the real
 /// classifier, one cheap profile. `extra` is appended (more sections).
 pub fn small_config(dir: &Path, listen: &str, public_host: &str, extra: &str) -> String {
-    let models = models_dir();
-    let data = dir.join("data");
     format!(
         r#"
 pricing = "{pricing}"
@@ -55,21 +89,7 @@ cpu_workers = 2
 [[providers]]
 kind = "local"
 latency_ms = 10
-
-[storage]
-kind = "local"
-root = "{data}/objects"
-public_base_url = "http://{public_host}/cdn"
-
-[ledger]
-url = "sqlite://{data}/ledger.db"
-
-[safety]
-classifier = true
-model = "{models}/open-nsfw.onnx"
-runtime_library = "{models}/libonnxruntime.so.1.31.1"
-deny_words = ["forbiddenword"]
-
+{local}
 [profiles.default]
 variants = [128, 256]
 formats = ["avif", "jpeg"]
@@ -78,8 +98,7 @@ safety = {{ blur_at = 0.2, block_at = 0.8 }}
 {extra}
 "#,
         pricing = repo_root().join("config/pricing.toml").display(),
-        data = data.display(),
-        models = models.display(),
+        local = local_sections(&dir.join("data"), &format!("http://{public_host}/cdn")),
     )
 }
 
@@ -136,8 +155,23 @@ impl Site {
         for (k, v) in env {
             command.env(k, v);
         }
-        spawn_server(command, &self.log())
+        spawn_server(command, Some(&self.log()))
     }
+}
+
+/// `imagegate --config CONFIG serve` with `env` set, its logs on this process's stderr.
+pub fn serve_config(config: &Path, env: &[(&str, &str)]) -> Server {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_imagegate"));
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    spawn_server(command, None)
 }
 
 /// `imagegate serve ARGS` on the embedded defaults (`config/imagegate.toml`, run from
@@ -158,10 +192,11 @@ pub fn serve_embedded_defaults(data: &Path, args: &[&str]) -> Server {
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
-    spawn_server(command, &data.join("imagegate.log"))
+    spawn_server(command, Some(&data.join("imagegate.log")))
 }
 
-fn spawn_server(mut command: Command, log: &Path) -> Server {
+/// Starts the server `command` runs and waits for the line that says where it listens.
+fn spawn_server(mut command: Command, log: Option<&Path>) -> Server {
     let mut child = command.spawn().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -170,9 +205,10 @@ fn spawn_server(mut command: Command, log: &Path) -> Server {
     let Some(addr) = line.trim().strip_prefix("imagegate listening on http://") else {
         let _ = child.kill();
         let _ = child.wait();
+        let log = log.map(std::fs::read_to_string);
         panic!(
             "server did not start: {line:?}; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            log.and_then(Result::ok).unwrap_or_default()
         );
     };
     Server {
@@ -215,6 +251,14 @@ impl Server {
     pub fn stop(self) {
         self.terminate();
         self.wait_exit(Duration::from_secs(20));
+    }
+
+    /// kill -9: no graceful anything, as a crashed node.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     /// Sends SIGTERM without waiting.
