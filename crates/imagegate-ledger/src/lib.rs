@@ -1,7 +1,8 @@
 //! The cost ledger: one row per request and one per stage it ran, committed before
 //! the response leaves (a paid miss's row the moment its provider is paid, see
 //! `charges`); plus what makes replicas act as one: the leases of cross-replica single
-//! flight, budget reservations and request rates per key.
+//! flight, budget reservations and request rates per key; and the queue of deferred
+//! jobs (`jobs`).
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -15,6 +16,7 @@ mod charges;
 mod cost_report;
 mod delivery;
 mod delivery_projection;
+mod jobs;
 mod keys;
 mod lease;
 mod price_books;
@@ -37,6 +39,7 @@ pub use delivery_projection::{
     project_delivery, DeliveryAssumptions, DeliveryProjection, Side, VariantProjection, WhatIf,
     WhatIfKind,
 };
+pub use jobs::{Job, JobEnd, JobFilter, JobStatus, NewJob};
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
