@@ -274,6 +274,44 @@ impl Ledger {
         )))
     }
 
+    /// Records a job that failed on arrival (a batch line refused by the checks a
+    /// live request gets), so the batch's error file answers for it.
+    pub async fn record_failed_job(
+        &self,
+        job: &NewJob,
+        code: &str,
+        message: &str,
+    ) -> Result<Job, LedgerError> {
+        let now = self.pool.now_ms_sql();
+        let id = new_id("job_");
+        let sql = format!(
+            "INSERT INTO jobs (id, api_key, content_key, request, status, deliver_by, \
+             run_after, created_at, finished_at, charged_micros, provider_micros, error_code, \
+             error, batch, custom_id) \
+             VALUES ($1, $2, $3, $4, 'failed', $5, $6, {now}, {now}, 0, 0, $7, $8, $9, $10)"
+        );
+        with_pool!(&self.pool, p => {
+            sqlx::query(&sql)
+                .bind(&id)
+                .bind(&job.api_key)
+                .bind(job.content_key.to_hex())
+                .bind(&job.request)
+                .bind(ms(job.deliver_by))
+                .bind(ms(job.run_after))
+                .bind(code)
+                .bind(message)
+                .bind(&job.batch)
+                .bind(&job.custom_id)
+                .execute(p)
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| self.db(e))?;
+        self.job(&id)
+            .await?
+            .ok_or_else(|| LedgerError::Invalid(format!("job {id} vanished after its insert")))
+    }
+
     /// One job by id.
     pub async fn job(&self, id: &str) -> Result<Option<Job>, LedgerError> {
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");

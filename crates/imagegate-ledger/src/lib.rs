@@ -12,6 +12,7 @@
 //! bytes' delivery (the money logic the server and the binary share). Entry point: [`Ledger::open`].
 
 mod backend;
+mod batches;
 mod charges;
 mod cost_report;
 mod delivery;
@@ -30,6 +31,7 @@ mod write_tx;
 mod writer;
 
 pub use backend::Backend;
+pub use batches::{BatchCounts, BatchRow, FileRow};
 pub use charges::{ChargeId, ChargeRow};
 pub use cost_report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
