@@ -485,6 +485,8 @@ struct InputLine {
         (status = 400, response = crate::openapi::OpenAiBadRequest),
         (status = 401, response = crate::openapi::OpenAiUnauthorized),
         (status = 404, description = "No such input file (or another key's)"),
+        (status = 413, response = crate::openapi::OpenAiPayloadTooLarge),
+        (status = 415, response = crate::openapi::OpenAiUnsupportedMediaType),
         (status = 503, response = crate::openapi::OpenAiUnavailable),
     ),
 )]
@@ -872,14 +874,17 @@ pub(crate) struct BatchListView {
     params(BatchesParams),
     responses(
         (status = 200, description = "The batches", body = BatchListView),
+        (status = 400, response = crate::openapi::OpenAiBadRequest),
         (status = 401, response = crate::openapi::OpenAiUnauthorized),
     ),
 )]
 pub(crate) async fn list_batches(
     State(state): State<Arc<AppState>>,
     caller: AuthedKey,
-    QueryParams(params): QueryParams<BatchesParams>,
+    params: Result<QueryParams<BatchesParams>, ApiError>,
 ) -> Result<Response, OpenAiError> {
+    // A bad query is refused in OpenAI's error shape, like every error here.
+    let QueryParams(params) = params?;
     let limit = params.limit.unwrap_or(20).clamp(1, 100);
     let owner = (!caller.admin).then_some(caller.id.as_deref());
     let rows = state
