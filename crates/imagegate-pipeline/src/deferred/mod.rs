@@ -33,7 +33,7 @@ pub enum Deferred {
     /// The key was already published: answered at once, as a live hit would be.
     Published(Outcome),
     /// Queued (or the caller's identical pending job, `created` false).
-    Queued { job: Job, created: bool },
+    Queued { job: Box<Job>, created: bool },
 }
 
 /// Where a deferred job belongs, when it is one line of a batch.
@@ -171,7 +171,10 @@ impl Pipeline {
             metrics::counter!("imagegate_deferred_jobs_accepted_total").increment(1);
             tracing::info!(job = %job.id, key = %key, run_after = %job.run_after, deliver_by = %job.deliver_by, "deferred job queued");
         }
-        Ok(Deferred::Queued { job, created })
+        Ok(Deferred::Queued {
+            job: Box::new(job),
+            created,
+        })
     }
 
     /// The content key `req` would publish (for a caller matching jobs to images).
