@@ -34,7 +34,7 @@ async fn until_keys_reload() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 }
 
-fn python_for_openai_client() -> String {
+pub(crate) fn python_for_openai_client() -> String {
     let out = Command::new(support::repo_root().join("scripts/python-venv.sh"))
         .arg("openai-client")
         .arg(support::repo_root().join("scripts/requirements/openai-client.txt"))

@@ -12,6 +12,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/images", "post"),
     ("/v1/images/{id}", "get"),
     ("/v1/images/generations", "post"),
+    ("/v1/jobs", "get"),
+    ("/v1/jobs/{id}", "get"),
+    ("/v1/files", "post"),
+    ("/v1/files/{id}", "get"),
+    ("/v1/files/{id}/content", "get"),
+    ("/v1/batches", "post"),
+    ("/v1/batches", "get"),
+    ("/v1/batches/{id}", "get"),
+    ("/v1/batches/{id}/cancel", "post"),
     ("/v1/estimate", "post"),
     ("/v1/costs", "get"),
     ("/v1/prices", "get"),
@@ -53,9 +62,10 @@ async fn openapi_json_is_3_1_and_lists_every_route() {
             "{method} {path} has no 200"
         );
     }
+    let distinct: std::collections::BTreeSet<_> = ROUTES.iter().map(|(p, _)| *p).collect();
     assert_eq!(
         paths.len(),
-        ROUTES.len(),
+        distinct.len(),
         "undocumented extras or missing routes"
     );
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod dashboard;
+mod deferred;
 mod e2e;
 mod fleet;
 mod openapi;

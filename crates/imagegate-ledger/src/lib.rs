@@ -1,7 +1,8 @@
 //! The cost ledger: one row per request and one per stage it ran, committed before
 //! the response leaves (a paid miss's row the moment its provider is paid, see
 //! `charges`); plus what makes replicas act as one: the leases of cross-replica single
-//! flight, budget reservations and request rates per key.
+//! flight, budget reservations and request rates per key; and the queue of deferred
+//! jobs (`jobs`).
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -11,10 +12,12 @@
 //! bytes' delivery (the money logic the server and the binary share). Entry point: [`Ledger::open`].
 
 mod backend;
+mod batches;
 mod charges;
 mod cost_report;
 mod delivery;
 mod delivery_projection;
+mod jobs;
 mod keys;
 mod lease;
 mod price_books;
@@ -28,6 +31,7 @@ mod write_tx;
 mod writer;
 
 pub use backend::Backend;
+pub use batches::{BatchCounts, BatchRow, FileRow};
 pub use charges::{ChargeId, ChargeRow};
 pub use cost_report::{
     parse_instant, CacheEconomics, Dimension, Report, ReportQuery, ReportRow, Totals,
@@ -37,6 +41,7 @@ pub use delivery_projection::{
     project_delivery, DeliveryAssumptions, DeliveryProjection, Side, VariantProjection, WhatIf,
     WhatIfKind,
 };
+pub use jobs::{Job, JobEnd, JobFilter, JobStatus, NewJob};
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};

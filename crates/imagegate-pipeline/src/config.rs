@@ -35,6 +35,9 @@ pub struct PipelineConfig {
     /// How replicas sharing one store and ledger coordinate.
     #[serde(default)]
     pub fleet: FleetConfig,
+    /// Jobs deferred with `deliver_by`.
+    #[serde(default)]
+    pub deferred: crate::deferred::DeferredConfig,
     pub safety: SafetyConfig,
     pub profiles: BTreeMap<String, RenderProfile>,
 }

@@ -95,6 +95,9 @@ pub enum RequestFault {
     MaxCost,
     #[error("{0}")]
     Policy(#[from] BadPolicy),
+    /// `deliver_by` cannot be read or kept (the message says why).
+    #[error("deliver_by: {0}")]
+    DeliverBy(String),
 }
 
 impl RequestFault {
@@ -108,6 +111,7 @@ impl RequestFault {
             RequestFault::Profile { fault, .. } => fault.field(),
             RequestFault::MaxCost => "max_cost_usd",
             RequestFault::Policy(_) => "policy",
+            RequestFault::DeliverBy(_) => "deliver_by",
         }
     }
 }

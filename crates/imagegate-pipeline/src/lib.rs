@@ -9,12 +9,14 @@
 //! production per key), `fleet` (one per key across replicas), `produce` (a miss,
 //! made), `render` (its CPU stages), `publish` (files, then the manifest), `tab` (its
 //! bill), `paid` (paid work kept for a retry), `record` (the answers' ledger rows),
-//! `budget` (spending limits). Entry points: [`Pipeline::start`],
-//! [`Pipeline::generate`], [`Pipeline::process`].
+//! `budget` (spending limits), `deferred` (jobs that wait for the cheapest moment).
+//! Entry points: [`Pipeline::start`], [`Pipeline::generate`], [`Pipeline::process`],
+//! [`Pipeline::defer`].
 
 pub mod budget;
 pub mod config;
 pub mod cpu;
+pub mod deferred;
 mod error;
 mod fleet;
 mod fleet_prices;

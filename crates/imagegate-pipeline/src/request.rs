@@ -8,11 +8,11 @@ use imagegate_core::{
     GenerationRequest, ImageFormat, ModelChoice, RenderProfile, RequestError, Size,
 };
 use imagegate_providers::Policy;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// How a request treats the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheMode {
     /// Answer from the cache when the key exists; otherwise generate once.
@@ -26,7 +26,7 @@ pub enum CacheMode {
 
 /// A generation request as callers spell it (`POST /v1/images`, templates).
 /// Everything but `prompt` defaults from the profile and `[defaults]`.
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRequest {
     pub prompt: String,
@@ -51,6 +51,10 @@ pub struct ImageRequest {
     pub max_cost_usd: Option<f64>,
     #[serde(default)]
     pub cache: CacheMode,
+    /// Defer: deliver by this RFC 3339 time or within this duration (`24h`), at the
+    /// cheapest moment before it (`POST /v1/images` answers 202 with a job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_by: Option<String>,
 }
 
 /// Who is asking, for the ledger and logs.

@@ -2,7 +2,9 @@
 //! `routes/` (as Garage's `api_server.rs` dispatches to one file per operation),
 //! behind the limits every request shares and the [`crate::middleware`].
 
-use crate::routes::{cdn, costs, dashboard, estimate, health, images, openai_compat, prices};
+use crate::routes::{
+    batches, cdn, costs, dashboard, estimate, health, images, jobs, openai_compat, prices,
+};
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -19,6 +21,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images", post(images::create_image))
         .route("/v1/images/{id}", get(images::get_image))
         .route("/v1/images/generations", post(openai_compat::generations))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/files", post(batches::upload_file))
+        .route("/v1/files/{id}", get(batches::get_file))
+        .route("/v1/files/{id}/content", get(batches::file_content))
+        .route(
+            "/v1/batches",
+            post(batches::create_batch).get(batches::list_batches),
+        )
+        .route("/v1/batches/{id}", get(batches::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batches::cancel_batch))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/estimate", post(estimate::estimate))
         .route("/v1/costs", get(costs::costs))
         .route("/v1/delivery", get(dashboard::delivery))

@@ -115,6 +115,8 @@ impl utoipa::Modify for BearerAuth {
 /// when it serves the local store.
 pub fn document(serves_cdn: bool) -> openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(crate::routes::jobs::JobsDoc::openapi());
+    doc.merge(crate::routes::batches::BatchesDoc::openapi());
     if !serves_cdn {
         doc.paths.paths.remove("/cdn/{path}");
     }

@@ -340,6 +340,8 @@ async fn serve(
     // The price book follows its file, SIGHUP and the other replicas without a
     // restart; a broken book is refused and the old one keeps serving.
     let _price_tasks = pipeline.keep_prices_current(PRICES_FILE_POLL);
+    // Deferred jobs (`deliver_by`) run here at their planned moments.
+    let _deferred = pipeline.run_deferred_jobs();
     let hangup = reload_prices_on_sighup(pipeline.prices().clone());
     let state = Arc::new(AppState::new(
         pipeline,

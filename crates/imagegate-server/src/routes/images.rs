@@ -29,6 +29,7 @@ use std::sync::Arc;
     ),
     responses(
         (status = 200, description = "The image's files, verdict and what this request cost", body = ImageView),
+        (status = 202, description = "Deferred (`deliver_by`): the job, to poll at `status_url` (also in `Location`)", body = crate::routes::jobs::JobView),
         (status = 402, response = crate::openapi::PaymentRequired),
         (status = 403, response = crate::openapi::Forbidden),
         (status = 410, response = crate::openapi::Gone),
@@ -49,6 +50,9 @@ pub(crate) async fn create_image(
     // Republishing replaces files every other key's answers point at.
     if req.cache == imagegate_pipeline::CacheMode::Refresh {
         key.require_admin("`\"cache\": \"refresh\"` (republishing an image)")?;
+    }
+    if req.deliver_by.is_some() {
+        return crate::routes::jobs::accept(&state, &ctx, &req).await;
     }
     let outcome = state.pipeline.generate(&req, &ctx).await?;
     Ok(answer(&state, &outcome))

@@ -66,7 +66,7 @@ pub struct OpenAiImageRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ResponseFormat {
+pub(crate) enum ResponseFormat {
     Url,
     B64Json,
 }
@@ -172,7 +172,7 @@ pub(crate) async fn generations(
 
 /// One imagegate request per image asked for, and how to answer: the response
 /// format and, when asked for, the stored file format to answer with.
-fn translate(
+pub(crate) fn translate(
     req: &OpenAiImageRequest,
     compat: &crate::config::OpenAiCompatConfig,
     config: &imagegate_pipeline::PipelineConfig,
@@ -341,7 +341,7 @@ fn is_class(model: &str) -> bool {
 
 /// The widest variant in `format`, or else in the first format the profile lists
 /// (files are stored in profile order).
-fn served_variant(m: &Manifest, format: Option<ImageFormat>) -> Option<&VariantRef> {
+pub(crate) fn served_variant(m: &Manifest, format: Option<ImageFormat>) -> Option<&VariantRef> {
     let format = format.unwrap_or(m.images.first()?.format);
     m.images
         .iter()
