@@ -676,7 +676,8 @@ async fn accept_line(
             "response_format must be 'url' in a batch".into(),
         ));
     }
-    let (mut requests, _, _) = translate(&body, state.pipeline.config()).map_err(refused)?;
+    let (mut requests, _, _) =
+        translate(&body, &state.server.openai, state.pipeline.config()).map_err(refused)?;
     let mut request = requests.pop().ok_or_else(|| {
         (
             "invalid_request".to_string(),
