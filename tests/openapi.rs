@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/images/{id}", "get"),
     ("/v1/images/generations", "post"),
     ("/v1/estimate", "post"),
+    ("/v1/verify", "post"),
     ("/v1/costs", "get"),
     ("/v1/prices", "get"),
     ("/v1/admin/prices/reload", "post"),

@@ -17,6 +17,7 @@ mod delivery;
 mod delivery_projection;
 mod keys;
 mod lease;
+mod origin;
 mod price_books;
 mod rate_limit;
 mod reservations;
@@ -38,6 +39,7 @@ pub use delivery_projection::{
     WhatIfKind,
 };
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
+pub use origin::OriginRow;
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
 pub use status::RequestStatus;

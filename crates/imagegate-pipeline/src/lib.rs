@@ -21,12 +21,14 @@ mod fleet_prices;
 mod key_memo;
 mod paid;
 mod produce;
+pub mod provenance;
 mod publish;
 mod record;
 mod render;
 mod request;
 mod single_flight;
 mod tab;
+pub mod verify;
 
 pub use config::PipelineConfig;
 pub use error::{PipelineError, RequestFault};
@@ -97,6 +99,7 @@ struct Inner {
     config: PipelineConfig,
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
+    watermarking: Option<provenance::Watermarking>,
     router: Router,
     budgets: budget::Budgets,
     classifier: Option<Arc<Classifier>>,
@@ -131,6 +134,7 @@ impl Pipeline {
                 watermarkers.insert(name.clone(), Arc::new(wm));
             }
         }
+        let watermarking = provenance::Watermarking::from_config(&config.provenance.watermark)?;
         let providers = ProviderSet::from_config(&config.providers)?.into_providers();
         // A price book error names its file already.
         let price_book = PriceBook::load(&config.pricing)
@@ -212,6 +216,7 @@ impl Pipeline {
                 ),
                 profiles,
                 watermarkers,
+                watermarking,
                 router,
                 budgets,
                 classifier,
@@ -257,6 +262,11 @@ impl Pipeline {
 
     pub(crate) fn watermarker(&self, profile: &str) -> Option<Arc<Watermarker>> {
         self.inner.watermarkers.get(profile).cloned()
+    }
+
+    /// The invisible watermark, when enabled.
+    pub fn watermarking(&self) -> Option<&provenance::Watermarking> {
+        self.inner.watermarking.as_ref()
     }
 
     pub(crate) fn encode_threads(&self) -> usize {

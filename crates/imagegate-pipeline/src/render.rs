@@ -19,6 +19,8 @@ pub(crate) struct RenderJob {
     pub limits: DecodeLimits,
     pub classifier: Option<Arc<Classifier>>,
     pub watermarker: Option<Arc<Watermarker>>,
+    /// The invisible watermark, put in each variant after its last resize.
+    pub invisible: Option<crate::provenance::InvisibleMark>,
     pub usd_per_core_hour: f64,
     /// Threads one render may encode on at once (files are independent).
     pub encode_threads: usize,
@@ -146,6 +148,24 @@ pub(crate) fn render(
         let marked = measure(|| variants.iter_mut().for_each(|v| wm.apply(v)));
         let mut s = stage(Stage::Watermark, marked.wall_ms, marked.cpu_ms, price);
         s.detail = serde_json::json!({"variants": variants.len()});
+        stages.push(s);
+    }
+
+    if let Some(mark) = &job.invisible {
+        let marked = measure(|| {
+            for v in variants.iter_mut() {
+                imagegate_provenance::embed(v, &mark.key, mark.payload, mark.psnr_db);
+            }
+        });
+        let mut s = stage(Stage::Provenance, marked.wall_ms, marked.cpu_ms, price);
+        s.detail = serde_json::json!({
+            "invisible_watermark": {
+                "key_id": mark.key.id(),
+                "payload_key_prefix": mark.payload.key_prefix_hex(),
+                "psnr_db": mark.psnr_db,
+                "variants": variants.len(),
+            }
+        });
         stages.push(s);
     }
 

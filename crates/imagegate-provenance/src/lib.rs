@@ -11,9 +11,21 @@
 //!
 //! Main entry points: [`WatermarkKey`], [`embed`], [`detect`].
 
+mod config;
+#[cfg(any())]
+mod credentials;
 mod error;
 mod watermark;
 
+pub use config::{
+    ProvenanceConfig, WatermarkConfig, DEFAULT_PSNR_DB, DEVELOPMENT_WATERMARK_SECRET,
+};
+
+#[cfg(any())]
+pub use credentials::{
+    generate_development_ca, read_credentials, CredentialsReport, DevelopmentCredentials,
+    Generator, Signer, TRAINED_ALGORITHMIC_MEDIA,
+};
 pub use error::ProvenanceError;
 pub use watermark::{
     detect, embed, luma_plane, Detection, LumaPlane, Payload, WatermarkKey, PAYLOAD_BITS,

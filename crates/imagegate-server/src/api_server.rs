@@ -2,7 +2,9 @@
 //! `routes/` (as Garage's `api_server.rs` dispatches to one file per operation),
 //! behind the limits every request shares and the [`crate::middleware`].
 
-use crate::routes::{cdn, costs, dashboard, estimate, health, images, openai_compat, prices};
+use crate::routes::{
+    cdn, costs, dashboard, estimate, health, images, openai_compat, prices, verify,
+};
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
@@ -20,6 +22,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/{id}", get(images::get_image))
         .route("/v1/images/generations", post(openai_compat::generations))
         .route("/v1/estimate", post(estimate::estimate))
+        .route("/v1/verify", post(verify::verify))
         .route("/v1/costs", get(costs::costs))
         .route("/v1/delivery", get(dashboard::delivery))
         .route("/dashboard", get(dashboard::page))

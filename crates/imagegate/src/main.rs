@@ -8,6 +8,7 @@ mod prices_cli;
 mod report_cli;
 mod table;
 mod template;
+mod verify_cli;
 mod warm;
 
 use anyhow::{bail, Context, Result};
@@ -71,6 +72,9 @@ enum Command {
     },
     /// Score images with the NSFW classifier and print the action per file.
     Classify(ClassifyArgs),
+    /// Where files came from: this service's invisible watermark and the request
+    /// that made each picture (JSON per file). Exit status 3 when a file is unmarked.
+    Verify(verify_cli::Args),
 }
 
 #[derive(clap::Args)]
@@ -209,6 +213,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Prices { action } => prices_cli::run(config, action),
         Command::Classify(a) => classify(config, a.files, a.json, a.profile).await,
         Command::Estimate(a) => estimate(config, a.into()).await,
+        Command::Verify(args) => verify_cli::run(config, args).await,
     }
 }
 

@@ -17,9 +17,10 @@
 //!   The overall strength is set by a PSNR target.
 //! - **Redundancy and a CRC.** 64 payload bits and a CRC-32 are 96 coded bits, each
 //!   spread over about 267 keyed, scattered cells, and read by correlation. A copy
-//!   is declared marked only when the CRC matches and the mean correlation is
-//!   clearly above chance: an unmarked picture passes the CRC with probability
-//!   2^-32 (2.3e-10), below the 1e-9 the design asks for.
+//!   is declared marked only when the mean correlation is clearly above chance and
+//!   the CRC matches the bits as read or with one of the two least certain bits
+//!   flipped: three trials, so an unmarked picture passes with probability at most
+//!   3 x 2^-32 = 7.0e-10, below the 1e-9 the design asks for.
 //!
 //! It does not survive crops, rotations, flips, or a remover who knows the key (or
 //! averages many marked images of one key to estimate the pattern): those move or

@@ -8,3 +8,4 @@ pub(crate) mod health;
 pub(crate) mod images;
 pub(crate) mod openai_compat;
 pub(crate) mod prices;
+pub(crate) mod verify;
