@@ -70,6 +70,14 @@ async fn a_delivered_avif_reshared_as_jpeg_names_the_request_that_made_it() {
     assert_eq!(res.status(), 200);
     let made: serde_json::Value = res.json().await.unwrap();
     let key = made["id"].as_str().unwrap().to_string();
+    // Every delivered file is signed (the JPEG too).
+    for image in made["images"].as_array().unwrap() {
+        let url = image["url"].as_str().unwrap();
+        let bytes = client().get(url).send().await.unwrap().bytes().await.unwrap();
+        let ct = if image["format"] == "avif" { "image/avif" } else { "image/jpeg" };
+        let report = verify_upload(&server, bytes.to_vec(), ct).await;
+        assert_eq!(report["content_credentials"]["state"], "valid", "{url}: {report:#}");
+    }
     let stages: Vec<&str> = made["cost"]["stages"]
         .as_array()
         .unwrap()
@@ -101,6 +109,19 @@ async fn a_delivered_avif_reshared_as_jpeg_names_the_request_that_made_it() {
     assert_eq!(report["watermark"]["found"], true, "{report:#}");
     assert_eq!(report["watermark"]["content_key_prefix"], key[..14]);
     assert_eq!(report["watermark"]["development_key"], true);
+    let c2pa = &report["content_credentials"];
+    assert_eq!(c2pa["present"], true, "{report:#}");
+    assert_eq!(c2pa["state"], "valid", "{report:#}");
+    assert_eq!(c2pa["claim_generator"], "imagegate");
+    assert_eq!(c2pa["action"], "c2pa.created");
+    assert_eq!(
+        c2pa["digital_source_type"],
+        "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+    );
+    assert_eq!(
+        c2pa["software_agent"],
+        format!("{}/{}", made["provider"].as_str().unwrap(), made["model"].as_str().unwrap())
+    );
     let origin = &report["watermark"]["origin"];
     assert_eq!(origin["content_key"], key.as_str(), "{report:#}");
     assert_eq!(origin["request_id"], "provenance-test-request");
@@ -132,6 +153,8 @@ async fn a_delivered_avif_reshared_as_jpeg_names_the_request_that_made_it() {
     let jpeg = reshared_as_jpeg(&avif, site.dir.path());
     let report = verify_upload(&server, jpeg.clone(), "image/jpeg").await;
     assert_eq!(report["watermark"]["found"], true, "{report:#}");
+    // A re-encode drops the manifest: the watermark is what survives.
+    assert_eq!(report["content_credentials"]["present"], false);
     assert_eq!(report["watermark"]["origin"]["content_key"], key.as_str());
 
     // The CLI reads the same from a file.
@@ -192,4 +215,48 @@ async fn unmarked_pictures_show_no_watermark() {
         String::from_utf8_lossy(&out.stderr)
     );
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_development_ca_from_provenance_init_makes_files_trusted_by_its_anchor() {
+    let port = support::free_port();
+    let site = Site::new(|dir| {
+        let addr = format!("127.0.0.1:{port}");
+        let pki = dir.join("pki");
+        let c2pa = format!(
+            "[provenance.c2pa]\ncert_chain_file = \"{p}/chain.pem\"\nprivate_key_file = \"{p}/signer.key\"\ntrust_anchors_file = \"{p}/ca.pem\"\n",
+            p = pki.display()
+        );
+        small_config(dir, &addr, &addr, &c2pa)
+    });
+    let pki = site.dir.path().join("pki");
+    let out = site.cli(&["provenance", "init", "--dir", pki.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("untrusted"), "{said}");
+    let key_text = std::fs::read_to_string(pki.join("signer.key")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(pki.join("signer.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
+    }
+    // A second init does not silently replace the CA.
+    assert!(!site.cli(&["provenance", "init", "--dir", pki.to_str().unwrap()]).status.success());
+
+    let server = site.serve(&[]);
+    let made = support::post_json(
+        server.url("/v1/images"),
+        &serde_json::json!({"prompt": "a red bicycle, studio photo"}),
+    )
+    .await;
+    let url = made["images"][0]["url"].as_str().unwrap();
+    let bytes = client().get(url).send().await.unwrap().bytes().await.unwrap();
+    let report = verify_upload(&server, bytes.to_vec(), "application/octet-stream").await;
+    let c2pa = &report["content_credentials"];
+    assert_eq!(c2pa["state"], "trusted", "{report:#}");
+    assert!(c2pa["trust_anchors"].as_str().unwrap().contains("ca.pem"));
+    server.stop();
+    let log = std::fs::read_to_string(site.log()).unwrap();
+    let secret_line = key_text.lines().nth(1).unwrap();
+    assert!(!log.contains(secret_line), "the signing key reached the log");
 }

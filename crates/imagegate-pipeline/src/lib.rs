@@ -100,6 +100,7 @@ struct Inner {
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
     watermarking: Option<provenance::Watermarking>,
+    credentials: Option<Arc<provenance::Credentials>>,
     router: Router,
     budgets: budget::Budgets,
     classifier: Option<Arc<Classifier>>,
@@ -135,6 +136,8 @@ impl Pipeline {
             }
         }
         let watermarking = provenance::Watermarking::from_config(&config.provenance.watermark)?;
+        let credentials =
+            provenance::Credentials::from_config(&config.provenance.c2pa)?.map(Arc::new);
         let providers = ProviderSet::from_config(&config.providers)?.into_providers();
         // A price book error names its file already.
         let price_book = PriceBook::load(&config.pricing)
@@ -217,6 +220,7 @@ impl Pipeline {
                 profiles,
                 watermarkers,
                 watermarking,
+                credentials,
                 router,
                 budgets,
                 classifier,
@@ -267,6 +271,11 @@ impl Pipeline {
     /// The invisible watermark, when enabled.
     pub fn watermarking(&self) -> Option<&provenance::Watermarking> {
         self.inner.watermarking.as_ref()
+    }
+
+    /// Content Credentials, when enabled.
+    pub fn credentials(&self) -> Option<&Arc<provenance::Credentials>> {
+        self.inner.credentials.as_ref()
     }
 
     pub(crate) fn encode_threads(&self) -> usize {

@@ -269,6 +269,18 @@ async fn render_on_pool(
         classifier: pipeline.classifier().cloned(),
         watermarker: pipeline.watermarker(&profile.name),
         invisible: pipeline.watermarking().map(|w| w.mark_for(key)),
+        credentials: pipeline
+            .credentials()
+            .filter(|_| origin.provider != imagegate_core::ModelChoice::UPLOAD_PROVIDER)
+            .map(|c| {
+                (
+                    c.clone(),
+                    imagegate_provenance::Generator {
+                        provider: origin.provider.clone(),
+                        model: origin.model.clone(),
+                    },
+                )
+            }),
         usd_per_core_hour: pipeline.config().costs.usd_per_core_hour,
         encode_threads: pipeline.encode_threads(),
         idle_workers: pipeline.cpu().idle_workers(),

@@ -82,3 +82,102 @@ pub(crate) struct InvisibleMark {
     pub payload: Payload,
     pub psnr_db: f32,
 }
+
+/// Content Credentials as configured: the signer, and the anchors `verify`
+/// validates against.
+#[derive(Debug)]
+pub struct Credentials {
+    pub signer: imagegate_provenance::Signer,
+    /// True when no key was configured and a throwaway chain signs.
+    pub ephemeral: bool,
+    /// PEM bundle of trust anchors for verification, and what to call it.
+    pub trust_anchors: Option<String>,
+    pub anchors_name: String,
+}
+
+/// PEM text from a file or an environment variable, as `what` names them.
+fn pem_from(
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+    what: &str,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(var) = env {
+        if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+            return Ok(Some(v));
+        }
+    }
+    match file {
+        Some(path) => std::fs::read_to_string(path).map(Some).map_err(|e| {
+            ConfigError::new(
+                format!("provenance.c2pa.{what}_file"),
+                format!("cannot read {}: {e}", path.display()),
+            )
+        }),
+        None => Ok(None),
+    }
+}
+
+impl Credentials {
+    /// The signer `config` names (files or variables, never logged), or a
+    /// throwaway chain with a warning when none is configured. `None` when off.
+    pub fn from_config(
+        config: &imagegate_provenance::C2paConfig,
+    ) -> Result<Option<Credentials>, ConfigError> {
+        if !config.enabled {
+            return Ok(None);
+        }
+        let chain = pem_from(
+            config.cert_chain_file.as_deref(),
+            config.cert_chain_env.as_deref(),
+            "cert_chain",
+        )?;
+        let key = pem_from(
+            config.private_key_file.as_deref(),
+            config.private_key_env.as_deref(),
+            "private_key",
+        )?;
+        let (signer, ephemeral) = match (chain, key) {
+            (Some(chain), Some(key)) => (
+                imagegate_provenance::Signer::from_pem(chain.as_bytes(), key.as_bytes())
+                    .map_err(|e| ConfigError::new("provenance.c2pa", e.to_string()))?,
+                false,
+            ),
+            (None, None) => {
+                tracing::warn!(
+                    "Content Credentials: no signing key configured; signing with a throwaway \
+                     certificate chain made at start-up. Files validate but no verifier will \
+                     trust them. Run `imagegate provenance init` for a development CA, or \
+                     configure a real certificate in [provenance.c2pa]"
+                );
+                (
+                    imagegate_provenance::Signer::ephemeral()
+                        .map_err(|e| ConfigError::new("provenance.c2pa", e.to_string()))?,
+                    true,
+                )
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "provenance.c2pa",
+                    "a certificate chain is configured but no private key".to_string(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "provenance.c2pa",
+                    "a private key is configured but no certificate chain".to_string(),
+                ))
+            }
+        };
+        let trust_anchors = pem_from(config.trust_anchors_file.as_deref(), None, "trust_anchors")?;
+        let anchors_name = match &config.trust_anchors_file {
+            Some(path) => format!("the PEM bundle in {}", path.display()),
+            None => "none configured (validity only: no certificate is trusted)".to_string(),
+        };
+        Ok(Some(Credentials {
+            signer,
+            ephemeral,
+            trust_anchors,
+            anchors_name,
+        }))
+    }
+}

@@ -1,6 +1,7 @@
-//! Verification: what a file says about where it came from. The invisible
-//! watermark (read with this service's key) and, when its payload names a content
-//! key this ledger recorded, the request that made the picture.
+//! Verification: what a file says about where it came from. Its Content
+//! Credentials (C2PA) and whether they validate, the invisible watermark (read
+//! with this service's key) and, when its payload names a content key this ledger
+//! recorded, the request that made the picture.
 
 use crate::error::PipelineError;
 use crate::Pipeline;
@@ -17,6 +18,8 @@ pub struct VerifyReport {
     pub width: u32,
     pub height: u32,
     pub watermark: WatermarkFinding,
+    /// The file's C2PA manifest and whether it validates.
+    pub content_credentials: imagegate_provenance::CredentialsReport,
 }
 
 /// The invisible watermark, read with this service's key.
@@ -97,13 +100,26 @@ impl Pipeline {
             max_input_bytes: l.max_input_bytes,
         };
         let key = self.watermarking().map(|w| w.key.clone());
+        let credentials = self.credentials().cloned();
         let format = sniff(&file);
-        let (width, height, detection) = self
+        let (width, height, detection, content_credentials) = self
             .cpu()
             .run(move || -> Result<_, PipelineError> {
                 let luma = luma_of(&file, &limits)?;
                 let found = key.map(|k| detect(&luma, &k));
-                Ok((luma.width, luma.height, found))
+                let (anchors, anchors_name) = match &credentials {
+                    Some(c) => (c.trust_anchors.as_deref(), c.anchors_name.as_str()),
+                    None => (None, "none configured"),
+                };
+                let mime = match format {
+                    "avif" => "image/avif",
+                    "jpeg" => "image/jpeg",
+                    "webp" => "image/webp",
+                    _ => "image/png",
+                };
+                let c2pa = imagegate_provenance::read_credentials(&file, mime, anchors, anchors_name)
+                    .map_err(|e| PipelineError::Internal(e.to_string()))?;
+                Ok((luma.width, luma.height, found, c2pa))
             })
             .await??;
         let development_key = self.watermarking().is_some_and(|w| w.development_key);
@@ -153,6 +169,7 @@ impl Pipeline {
             width,
             height,
             watermark: finding,
+            content_credentials,
         })
     }
 }

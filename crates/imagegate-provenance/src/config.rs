@@ -8,6 +8,39 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields, default)]
 pub struct ProvenanceConfig {
     pub watermark: WatermarkConfig,
+    pub c2pa: C2paConfig,
+}
+
+/// `[provenance.c2pa]`: Content Credentials on every delivered file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct C2paConfig {
+    /// Sign every delivered file (on by default).
+    pub enabled: bool,
+    /// PEM certificate chain (leaf first): a file, or an environment variable
+    /// holding the PEM text. With neither, each start makes a throwaway chain
+    /// (and says so): files validate, and no verifier will ever trust them.
+    pub cert_chain_file: Option<std::path::PathBuf>,
+    pub cert_chain_env: Option<String>,
+    /// The leaf's PKCS#8 PEM P-256 private key (ES256): a file or a variable.
+    pub private_key_file: Option<std::path::PathBuf>,
+    pub private_key_env: Option<String>,
+    /// PEM trust anchors `verify` validates against (e.g. the CA that
+    /// `imagegate provenance init` made), besides none by default.
+    pub trust_anchors_file: Option<std::path::PathBuf>,
+}
+
+impl Default for C2paConfig {
+    fn default() -> Self {
+        C2paConfig {
+            enabled: true,
+            cert_chain_file: None,
+            cert_chain_env: None,
+            private_key_file: None,
+            private_key_env: None,
+            trust_anchors_file: None,
+        }
+    }
 }
 
 /// `[provenance.watermark]`: the invisible watermark in every variant's luma.

@@ -12,16 +12,15 @@
 //! Main entry points: [`WatermarkKey`], [`embed`], [`detect`].
 
 mod config;
-#[cfg(any())]
 mod credentials;
 mod error;
 mod watermark;
 
 pub use config::{
-    ProvenanceConfig, WatermarkConfig, DEFAULT_PSNR_DB, DEVELOPMENT_WATERMARK_SECRET,
+    C2paConfig, ProvenanceConfig, WatermarkConfig, DEFAULT_PSNR_DB,
+    DEVELOPMENT_WATERMARK_SECRET,
 };
 
-#[cfg(any())]
 pub use credentials::{
     generate_development_ca, read_credentials, CredentialsReport, DevelopmentCredentials,
     Generator, Signer, TRAINED_ALGORITHMIC_MEDIA,

@@ -5,6 +5,7 @@
 mod alloc;
 mod config;
 mod prices_cli;
+mod provenance_cli;
 mod report_cli;
 mod table;
 mod template;
@@ -75,6 +76,12 @@ enum Command {
     /// Where files came from: this service's invisible watermark and the request
     /// that made each picture (JSON per file). Exit status 3 when a file is unmarked.
     Verify(verify_cli::Args),
+    /// Content Credentials set-up: `init` makes a development CA and signing
+    /// certificate.
+    Provenance {
+        #[command(subcommand)]
+        action: provenance_cli::Action,
+    },
 }
 
 #[derive(clap::Args)]
@@ -214,6 +221,7 @@ async fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Command::Classify(a) => classify(config, a.files, a.json, a.profile).await,
         Command::Estimate(a) => estimate(config, a.into()).await,
         Command::Verify(args) => verify_cli::run(config, args).await,
+        Command::Provenance { action } => provenance_cli::run(action),
     }
 }
 
