@@ -73,10 +73,24 @@ async fn a_delivered_avif_reshared_as_jpeg_names_the_request_that_made_it() {
     // Every delivered file is signed (the JPEG too).
     for image in made["images"].as_array().unwrap() {
         let url = image["url"].as_str().unwrap();
-        let bytes = client().get(url).send().await.unwrap().bytes().await.unwrap();
-        let ct = if image["format"] == "avif" { "image/avif" } else { "image/jpeg" };
+        let bytes = client()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let ct = if image["format"] == "avif" {
+            "image/avif"
+        } else {
+            "image/jpeg"
+        };
         let report = verify_upload(&server, bytes.to_vec(), ct).await;
-        assert_eq!(report["content_credentials"]["state"], "valid", "{url}: {report:#}");
+        assert_eq!(
+            report["content_credentials"]["state"], "valid",
+            "{url}: {report:#}"
+        );
     }
     let stages: Vec<&str> = made["cost"]["stages"]
         .as_array()
@@ -120,7 +134,11 @@ async fn a_delivered_avif_reshared_as_jpeg_names_the_request_that_made_it() {
     );
     assert_eq!(
         c2pa["software_agent"],
-        format!("{}/{}", made["provider"].as_str().unwrap(), made["model"].as_str().unwrap())
+        format!(
+            "{}/{}",
+            made["provider"].as_str().unwrap(),
+            made["model"].as_str().unwrap()
+        )
     );
     let origin = &report["watermark"]["origin"];
     assert_eq!(origin["content_key"], key.as_str(), "{report:#}");
@@ -231,17 +249,27 @@ async fn a_development_ca_from_provenance_init_makes_files_trusted_by_its_anchor
     });
     let pki = site.dir.path().join("pki");
     let out = site.cli(&["provenance", "init", "--dir", pki.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("untrusted"), "{said}");
     let key_text = std::fs::read_to_string(pki.join("signer.key")).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(pki.join("signer.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(pki.join("signer.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "the key is readable by others: {mode:o}");
     }
     // A second init does not silently replace the CA.
-    assert!(!site.cli(&["provenance", "init", "--dir", pki.to_str().unwrap()]).status.success());
+    assert!(!site
+        .cli(&["provenance", "init", "--dir", pki.to_str().unwrap()])
+        .status
+        .success());
 
     let server = site.serve(&[]);
     let made = support::post_json(
@@ -250,7 +278,14 @@ async fn a_development_ca_from_provenance_init_makes_files_trusted_by_its_anchor
     )
     .await;
     let url = made["images"][0]["url"].as_str().unwrap();
-    let bytes = client().get(url).send().await.unwrap().bytes().await.unwrap();
+    let bytes = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let report = verify_upload(&server, bytes.to_vec(), "application/octet-stream").await;
     let c2pa = &report["content_credentials"];
     assert_eq!(c2pa["state"], "trusted", "{report:#}");
@@ -258,5 +293,8 @@ async fn a_development_ca_from_provenance_init_makes_files_trusted_by_its_anchor
     server.stop();
     let log = std::fs::read_to_string(site.log()).unwrap();
     let secret_line = key_text.lines().nth(1).unwrap();
-    assert!(!log.contains(secret_line), "the signing key reached the log");
+    assert!(
+        !log.contains(secret_line),
+        "the signing key reached the log"
+    );
 }

@@ -23,7 +23,10 @@ pub(crate) struct RenderJob {
     pub invisible: Option<crate::provenance::InvisibleMark>,
     /// Content Credentials for every file after its final encode, and who made
     /// the picture (provider output only; an upload's origin is the caller's).
-    pub credentials: Option<(Arc<crate::provenance::Credentials>, imagegate_provenance::Generator)>,
+    pub credentials: Option<(
+        Arc<crate::provenance::Credentials>,
+        imagegate_provenance::Generator,
+    )>,
     pub usd_per_core_hour: f64,
     /// Threads one render may encode on at once (files are independent).
     pub encode_threads: usize,
@@ -216,10 +219,7 @@ pub(crate) fn render(
                     .signer
                     .sign(&f.bytes, f.format, generator)
                     .map_err(|e| {
-                        PipelineError::Internal(format!(
-                            "signing {} {}px: {e}",
-                            f.format, f.width
-                        ))
+                        PipelineError::Internal(format!("signing {} {}px: {e}", f.format, f.width))
                     })?;
             }
             Ok(())

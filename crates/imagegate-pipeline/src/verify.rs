@@ -117,8 +117,9 @@ impl Pipeline {
                     "webp" => "image/webp",
                     _ => "image/png",
                 };
-                let c2pa = imagegate_provenance::read_credentials(&file, mime, anchors, anchors_name)
-                    .map_err(|e| PipelineError::Internal(e.to_string()))?;
+                let c2pa =
+                    imagegate_provenance::read_credentials(&file, mime, anchors, anchors_name)
+                        .map_err(|e| PipelineError::Internal(e.to_string()))?;
                 Ok((luma.width, luma.height, found, c2pa))
             })
             .await??;

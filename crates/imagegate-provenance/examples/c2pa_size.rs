@@ -15,7 +15,11 @@ use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let corpus = PathBuf::from(args.get(1).cloned().unwrap_or_else(|| "../shared/corpus".into()));
+    let corpus = PathBuf::from(
+        args.get(1)
+            .cloned()
+            .unwrap_or_else(|| "../shared/corpus".into()),
+    );
     let n: usize = args.get(2).map_or(3, |s| s.parse().expect("N_IMAGES"));
     let Ok(dir) = std::fs::read_dir(&corpus) else {
         eprintln!("no corpus at {}: pass its path", corpus.display());
@@ -29,7 +33,11 @@ fn main() {
     files.truncate(n);
     let ca = generate_development_ca("imagegate bench").expect("CA");
     let signers = [
-        ("es256 dev CA", Signer::from_pem(ca.cert_chain_pem.as_bytes(), ca.private_key_pem.as_bytes()).expect("signer")),
+        (
+            "es256 dev CA",
+            Signer::from_pem(ca.cert_chain_pem.as_bytes(), ca.private_key_pem.as_bytes())
+                .expect("signer"),
+        ),
         ("ed25519 ephemeral", Signer::ephemeral().expect("signer")),
     ];
     let profile = RenderProfile {
@@ -42,8 +50,14 @@ fn main() {
         watermark: None,
         safety: Default::default(),
     };
-    let generator = Generator { provider: "openai".into(), model: "gpt-image-1".into() };
-    println!("{:<18} {:<5} {:>5} {:>9} {:>9} {:>8} {:>8} {:>9}", "signer", "fmt", "width", "bytes", "signed", "added", "+%", "sign_ms");
+    let generator = Generator {
+        provider: "openai".into(),
+        model: "gpt-image-1".into(),
+    };
+    println!(
+        "{:<18} {:<5} {:>5} {:>9} {:>9} {:>8} {:>8} {:>9}",
+        "signer", "fmt", "width", "bytes", "signed", "added", "+%", "sign_ms"
+    );
     for (name, signer) in &signers {
         println!("# {name}: reserve {} bytes", signer.reserve_size());
         for format in [ImageFormat::Avif, ImageFormat::Jpeg, ImageFormat::Webp] {

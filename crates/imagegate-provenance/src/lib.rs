@@ -17,8 +17,7 @@ mod error;
 mod watermark;
 
 pub use config::{
-    C2paConfig, ProvenanceConfig, WatermarkConfig, DEFAULT_PSNR_DB,
-    DEVELOPMENT_WATERMARK_SECRET,
+    C2paConfig, ProvenanceConfig, WatermarkConfig, DEFAULT_PSNR_DB, DEVELOPMENT_WATERMARK_SECRET,
 };
 
 pub use credentials::{

@@ -22,7 +22,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/images/{id}", get(images::get_image))
         .route("/v1/images/generations", post(openai_compat::generations))
         .route("/v1/estimate", post(estimate::estimate))
-        .route("/v1/verify", post(verify::verify))
+        .route(
+            "/v1/verify",
+            post(verify::verify).layer(DefaultBodyLimit::max(verify::MAX_UPLOAD_BYTES)),
+        )
         .route("/v1/costs", get(costs::costs))
         .route("/v1/delivery", get(dashboard::delivery))
         .route("/dashboard", get(dashboard::page))

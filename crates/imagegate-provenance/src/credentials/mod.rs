@@ -72,14 +72,27 @@ mod tests {
             let report = read_credentials(&signed, mime(format), Some(&ca.ca_cert_pem), "test CA")
                 .expect("reads");
             assert!(report.present);
-            assert_eq!(report.state.as_deref(), Some("trusted"), "{format}: {:?}", report.failures);
+            assert_eq!(
+                report.state.as_deref(),
+                Some("trusted"),
+                "{format}: {:?}",
+                report.failures
+            );
             assert_eq!(report.claim_generator.as_deref(), Some("imagegate"));
             assert_eq!(report.action.as_deref(), Some("c2pa.created"));
             assert_eq!(report.software_agent.as_deref(), Some("openai/gpt-image-1"));
-            assert_eq!(report.digital_source_type.as_deref(), Some(TRAINED_ALGORITHMIC_MEDIA));
+            assert_eq!(
+                report.digital_source_type.as_deref(),
+                Some(TRAINED_ALGORITHMIC_MEDIA)
+            );
             // Without the anchor the signature still holds, but nothing vouches for it.
             let report = read_credentials(&signed, mime(format), None, "none").expect("reads");
-            assert_eq!(report.state.as_deref(), Some("valid"), "{format}: {:?}", report.failures);
+            assert_eq!(
+                report.state.as_deref(),
+                Some("valid"),
+                "{format}: {:?}",
+                report.failures
+            );
         }
     }
 
@@ -89,9 +102,16 @@ mod tests {
         let file = encoded(ImageFormat::Jpeg);
         let report = read_credentials(&file, "image/jpeg", None, "none").expect("reads");
         assert!(!report.present);
-        let mut signed = signer.sign(&file, ImageFormat::Jpeg, &generator()).expect("signs");
+        let mut signed = signer
+            .sign(&file, ImageFormat::Jpeg, &generator())
+            .expect("signs");
         let report = read_credentials(&signed, "image/jpeg", None, "none").expect("reads");
-        assert_eq!(report.state.as_deref(), Some("valid"), "{:?}", report.failures);
+        assert_eq!(
+            report.state.as_deref(),
+            Some("valid"),
+            "{:?}",
+            report.failures
+        );
         // One byte of the picture changed: the hash no longer matches.
         let last = signed.len() - 10;
         signed[last] ^= 0x55;

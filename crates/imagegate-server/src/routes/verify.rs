@@ -12,6 +12,10 @@ use bytes::Bytes;
 use imagegate_pipeline::verify::VerifyReport;
 use std::sync::Arc;
 
+/// The largest upload `POST /v1/verify` reads: files, not prompts, so above
+/// `server.max_body_bytes` (a provider's 2048 px PNG is a few megabytes).
+pub(crate) const MAX_UPLOAD_BYTES: usize = 16 * 1024 * 1024;
+
 /// A file to verify by its URL: only URLs under this service's CDN are fetched
 /// (read from the object store directly, never over the network).
 #[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
@@ -114,9 +118,10 @@ async fn fetch_own(state: &AppState, url: &str) -> Result<Bytes, ApiError> {
         .strip_prefix(&base)
         .map(str::to_string)
         .or_else(|| {
-            let base_path = path_of(&base);
-            (!base_path.is_empty() && base_path != "/")
-                .then(|| path_of(url).strip_prefix(&base_path).map(str::to_string))
+            // A relative base (the built-in `/cdn/` when no public URL is set): the
+            // answers' URLs name whatever host the caller used, so the path decides.
+            base.starts_with('/')
+                .then(|| path_of(url).strip_prefix(&base).map(str::to_string))
                 .flatten()
         })
         .ok_or_else(|| {
