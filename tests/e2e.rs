@@ -203,7 +203,10 @@ async fn full_request_then_hit_then_hit_after_restart() {
             "safety",
             "resize",
             "watermark",
+            // The invisible watermark (before encode), then Content Credentials.
+            "provenance",
             "encode",
+            "provenance",
             "upload"
         ]
     );

@@ -22,6 +22,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("/v1/batches/{id}", "get"),
     ("/v1/batches/{id}/cancel", "post"),
     ("/v1/estimate", "post"),
+    ("/v1/verify", "post"),
     ("/v1/costs", "get"),
     ("/v1/prices", "get"),
     ("/v1/admin/prices/reload", "post"),

@@ -8,5 +8,6 @@ mod e2e;
 mod fleet;
 mod openapi;
 mod prices;
+mod provenance;
 mod support;
 mod warm;

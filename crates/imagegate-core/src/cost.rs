@@ -28,12 +28,14 @@ pub enum Stage {
     Watermark,
     Resize,
     Encode,
+    /// The invisible watermark and Content Credentials (imagegate-provenance).
+    Provenance,
     Upload,
     Storage,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Cache,
         Stage::Generate,
         Stage::Decode,
@@ -41,6 +43,7 @@ impl Stage {
         Stage::Watermark,
         Stage::Resize,
         Stage::Encode,
+        Stage::Provenance,
         Stage::Upload,
         Stage::Storage,
     ];
@@ -54,6 +57,7 @@ impl Stage {
             Stage::Watermark => "watermark",
             Stage::Resize => "resize",
             Stage::Encode => "encode",
+            Stage::Provenance => "provenance",
             Stage::Upload => "upload",
             Stage::Storage => "storage",
         }

@@ -37,7 +37,7 @@ impl DecodeLimits {
         self.max_pixels.saturating_mul(8).saturating_add(16 << 20)
     }
 
-    fn check(&self, width: u32, height: u32) -> Result<(), ImagingError> {
+    pub(crate) fn check(&self, width: u32, height: u32) -> Result<(), ImagingError> {
         let pixels = u64::from(width) * u64::from(height);
         if width > self.max_side || height > self.max_side || pixels > self.max_pixels {
             return Err(ImagingError::TooLarge {

@@ -24,6 +24,8 @@
 
 #[cfg(feature = "aom")]
 mod aom;
+#[cfg(feature = "aom")]
+mod avif_luma;
 mod blur;
 mod decode;
 mod encode;
@@ -31,6 +33,8 @@ mod error;
 mod resize;
 mod watermark;
 
+#[cfg(feature = "aom")]
+pub use avif_luma::{decode_avif_luma, is_avif, LumaSamples};
 pub use blur::blur;
 pub use decode::{decode, decode_rgba, DecodeLimits};
 pub use encode::{avif_encoder_available, encode, encode_threaded};

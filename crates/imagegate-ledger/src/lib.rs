@@ -20,6 +20,7 @@ mod delivery_projection;
 mod jobs;
 mod keys;
 mod lease;
+mod origin;
 mod price_books;
 mod rate_limit;
 mod reservations;
@@ -43,6 +44,7 @@ pub use delivery_projection::{
 };
 pub use jobs::{Job, JobEnd, JobFilter, JobStatus, NewJob};
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
+pub use origin::OriginRow;
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
 pub use status::RequestStatus;

@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     #[serde(default)]
     pub deferred: crate::deferred::DeferredConfig,
     pub safety: SafetyConfig,
+    /// The invisible watermark and Content Credentials.
+    #[serde(default)]
+    pub provenance: imagegate_provenance::ProvenanceConfig,
     pub profiles: BTreeMap<String, RenderProfile>,
 }
 

@@ -23,12 +23,14 @@ mod fleet_prices;
 mod key_memo;
 mod paid;
 mod produce;
+pub mod provenance;
 mod publish;
 mod record;
 mod render;
 mod request;
 mod single_flight;
 mod tab;
+pub mod verify;
 
 pub use config::PipelineConfig;
 pub use error::{PipelineError, RequestFault};
@@ -99,6 +101,8 @@ struct Inner {
     config: PipelineConfig,
     profiles: BTreeMap<String, RenderProfile>,
     watermarkers: HashMap<String, Arc<Watermarker>>,
+    watermarking: Option<provenance::Watermarking>,
+    credentials: Option<Arc<provenance::Credentials>>,
     router: Router,
     budgets: budget::Budgets,
     classifier: Option<Arc<Classifier>>,
@@ -133,6 +137,9 @@ impl Pipeline {
                 watermarkers.insert(name.clone(), Arc::new(wm));
             }
         }
+        let watermarking = provenance::Watermarking::from_config(&config.provenance.watermark)?;
+        let credentials =
+            provenance::Credentials::from_config(&config.provenance.c2pa)?.map(Arc::new);
         let providers = ProviderSet::from_config(&config.providers)?.into_providers();
         // A price book error names its file already.
         let price_book = PriceBook::load(&config.pricing)
@@ -210,6 +217,8 @@ impl Pipeline {
                 ),
                 profiles,
                 watermarkers,
+                watermarking,
+                credentials,
                 router,
                 budgets,
                 classifier,
@@ -255,6 +264,16 @@ impl Pipeline {
 
     pub(crate) fn watermarker(&self, profile: &str) -> Option<Arc<Watermarker>> {
         self.inner.watermarkers.get(profile).cloned()
+    }
+
+    /// The invisible watermark, when enabled.
+    pub fn watermarking(&self) -> Option<&provenance::Watermarking> {
+        self.inner.watermarking.as_ref()
+    }
+
+    /// Content Credentials, when enabled.
+    pub fn credentials(&self) -> Option<&Arc<provenance::Credentials>> {
+        self.inner.credentials.as_ref()
     }
 
     pub(crate) fn encode_threads(&self) -> usize {

@@ -166,7 +166,8 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
             tab.request_mut().provider = Some(origin.provider.clone());
             tab.request_mut().model = Some(origin.model.clone());
             let rendered =
-                match render_on_pool(pipeline, &profile, &origin, bytes, slot, &mut tab).await {
+                match render_on_pool(pipeline, key, &profile, &origin, bytes, slot, &mut tab).await
+                {
                     Ok(rendered) => Arc::new(rendered),
                     Err(Unrendered { error, kept }) => {
                         if let Some(bytes) = kept {
@@ -227,6 +228,7 @@ struct Unrendered {
 
 async fn render_on_pool(
     pipeline: &Pipeline,
+    key: ContentKey,
     profile: &RenderProfile,
     origin: &Origin,
     source: Bytes,
@@ -266,6 +268,19 @@ async fn render_on_pool(
         },
         classifier: pipeline.classifier().cloned(),
         watermarker: pipeline.watermarker(&profile.name),
+        invisible: pipeline.watermarking().map(|w| w.mark_for(key)),
+        credentials: pipeline
+            .credentials()
+            .filter(|_| origin.provider != imagegate_core::ModelChoice::UPLOAD_PROVIDER)
+            .map(|c| {
+                (
+                    c.clone(),
+                    imagegate_provenance::Generator {
+                        provider: origin.provider.clone(),
+                        model: origin.model.clone(),
+                    },
+                )
+            }),
         usd_per_core_hour: pipeline.config().costs.usd_per_core_hour,
         encode_threads: pipeline.encode_threads(),
         idle_workers: pipeline.cpu().idle_workers(),

@@ -19,6 +19,14 @@ pub(crate) struct RenderJob {
     pub limits: DecodeLimits,
     pub classifier: Option<Arc<Classifier>>,
     pub watermarker: Option<Arc<Watermarker>>,
+    /// The invisible watermark, put in each variant after its last resize.
+    pub invisible: Option<crate::provenance::InvisibleMark>,
+    /// Content Credentials for every file after its final encode, and who made
+    /// the picture (provider output only; an upload's origin is the caller's).
+    pub credentials: Option<(
+        Arc<crate::provenance::Credentials>,
+        imagegate_provenance::Generator,
+    )>,
     pub usd_per_core_hour: f64,
     /// Threads one render may encode on at once (files are independent).
     pub encode_threads: usize,
@@ -149,6 +157,24 @@ pub(crate) fn render(
         stages.push(s);
     }
 
+    if let Some(mark) = &job.invisible {
+        let marked = measure(|| {
+            for v in variants.iter_mut() {
+                imagegate_provenance::embed(v, &mark.key, mark.payload, mark.psnr_db);
+            }
+        });
+        let mut s = stage(Stage::Provenance, marked.wall_ms, marked.cpu_ms, price);
+        s.detail = serde_json::json!({
+            "invisible_watermark": {
+                "key_id": mark.key.id(),
+                "payload_key_prefix": mark.payload.key_prefix_hex(),
+                "psnr_db": mark.psnr_db,
+                "variants": variants.len(),
+            }
+        });
+        stages.push(s);
+    }
+
     let mut formats = job.profile.formats.clone();
     formats.sort_unstable();
     formats.dedup();
@@ -183,6 +209,35 @@ pub(crate) fn render(
         "jpeg_quality": job.profile.jpeg.quality,
     });
     stages.push(s);
+
+    let mut files = files;
+    if let Some((credentials, generator)) = &job.credentials {
+        let before: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
+        let signed = measure(|| -> Result<(), PipelineError> {
+            for f in files.iter_mut() {
+                f.bytes = credentials
+                    .signer
+                    .sign(&f.bytes, f.format, generator)
+                    .map_err(|e| {
+                        PipelineError::Internal(format!("signing {} {}px: {e}", f.format, f.width))
+                    })?;
+            }
+            Ok(())
+        });
+        let mut s = stage(Stage::Provenance, signed.wall_ms, signed.cpu_ms, price);
+        s.bytes_in = before;
+        s.bytes_out = files.iter().map(|f| f.bytes.len() as u64).sum();
+        s.detail = serde_json::json!({
+            "c2pa": {
+                "files": files.len(),
+                "bytes_added": s.bytes_out.saturating_sub(before),
+                "signature_reserve": credentials.signer.reserve_size(),
+                "ephemeral_certificate": credentials.ephemeral,
+            }
+        });
+        stages.push(s);
+        signed.value?;
+    }
 
     Ok(Rendered {
         verdict,

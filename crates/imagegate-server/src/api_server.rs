@@ -3,7 +3,7 @@
 //! behind the limits every request shares and the [`crate::middleware`].
 
 use crate::routes::{
-    batches, cdn, costs, dashboard, estimate, health, images, jobs, openai_compat, prices,
+    batches, cdn, costs, dashboard, estimate, health, images, jobs, openai_compat, prices, verify,
 };
 use crate::{ApiError, AppState};
 use axum::error_handling::HandleErrorLayer;
@@ -33,6 +33,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/batches/{id}/cancel", post(batches::cancel_batch))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/estimate", post(estimate::estimate))
+        .route(
+            "/v1/verify",
+            post(verify::verify).layer(DefaultBodyLimit::max(verify::MAX_UPLOAD_BYTES)),
+        )
         .route("/v1/costs", get(costs::costs))
         .route("/v1/delivery", get(dashboard::delivery))
         .route("/dashboard", get(dashboard::page))

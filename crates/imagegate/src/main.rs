@@ -5,9 +5,11 @@
 mod alloc;
 mod config;
 mod prices_cli;
+mod provenance_cli;
 mod report_cli;
 mod table;
 mod template;
+mod verify_cli;
 mod warm;
 
 use anyhow::{bail, Context, Result};
@@ -71,6 +73,15 @@ enum Command {
     },
     /// Score images with the NSFW classifier and print the action per file.
     Classify(ClassifyArgs),
+    /// Where files came from: this service's invisible watermark and the request
+    /// that made each picture (JSON per file). Exit status 3 when a file is unmarked.
+    Verify(verify_cli::Args),
+    /// Content Credentials set-up: `init` makes a development CA and signing
+    /// certificate.
+    Provenance {
+        #[command(subcommand)]
+        action: provenance_cli::Action,
+    },
 }
 
 #[derive(clap::Args)]
@@ -220,6 +231,8 @@ async fn run_offline(
         Command::Prices { action } => prices_cli::run(config, action),
         Command::Classify(a) => classify(config, a.files, a.json, a.profile).await,
         Command::Estimate(a) => estimate(config, a.into()).await,
+        Command::Verify(args) => verify_cli::run(config, args).await,
+        Command::Provenance { action } => provenance_cli::run(action),
     }
 }
 

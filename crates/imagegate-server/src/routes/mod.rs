@@ -10,3 +10,4 @@ pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod openai_compat;
 pub(crate) mod prices;
+pub(crate) mod verify;
