@@ -67,6 +67,49 @@ pub enum PipelineError {
     Internal(String),
 }
 
+impl PipelineError {
+    /// The error's code, as the HTTP API answers it and deferred jobs record it.
+    pub fn code(&self) -> &'static str {
+        use PipelineError as P;
+        match self {
+            P::Invalid(_) => "invalid_request",
+            P::Config(_) | P::Safety(_) | P::Internal(_) => "internal",
+            P::UnknownProfile(_) => "unknown_profile",
+            P::PromptBlocked { .. } => "prompt_blocked",
+            P::CostLimit { .. } => "cost_limit_exceeded",
+            P::BudgetExhausted { .. } => "budget_exhausted",
+            P::NoProvider(_) => "no_provider",
+            P::ModelRetired { .. } => "model_retired",
+            P::UpstreamContentBlocked { .. } => "content_blocked",
+            P::ProviderRateLimited { .. } => "provider_rate_limited",
+            P::ProviderTimeout { .. } => "provider_timeout",
+            P::ProviderFailed(_) => "provider_failed",
+            P::BadImage(_) => "bad_provider_image",
+            P::Overloaded { .. } => "overloaded",
+            P::Storage(_) => "storage_unavailable",
+            P::StorageRejected(_) => "storage_error",
+            P::Ledger(_) => "ledger_unavailable",
+        }
+    }
+
+    /// Whether the same request may succeed later: an outage, a full queue, a budget
+    /// window that rolls over; not a fault of the request or of the service.
+    pub fn is_passing(&self) -> bool {
+        use PipelineError as P;
+        matches!(
+            self,
+            P::BudgetExhausted { .. }
+                | P::ProviderRateLimited { .. }
+                | P::ProviderTimeout { .. }
+                | P::ProviderFailed(_)
+                | P::BadImage(_)
+                | P::Overloaded { .. }
+                | P::Storage(_)
+                | P::Ledger(_)
+        )
+    }
+}
+
 /// What is wrong with a caller's request: one variant per fault, each able to name
 /// the request field it is about ([`RequestFault::field`]).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -222,45 +222,34 @@ impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> ApiError {
         use PipelineError as P;
         let message = e.to_string();
-        let (status, code, retry_after) = match &e {
-            P::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request", None),
-            // Found at start-up, before anything serves: never a caller's fault.
-            P::Config(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
-            P::UnknownProfile(_) => (StatusCode::BAD_REQUEST, "unknown_profile", None),
-            P::PromptBlocked { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "prompt_blocked", None),
-            P::CostLimit { .. } => (StatusCode::PAYMENT_REQUIRED, "cost_limit_exceeded", None),
-            P::BudgetExhausted { .. } => (StatusCode::PAYMENT_REQUIRED, "budget_exhausted", None),
-            P::NoProvider(_) => (StatusCode::BAD_REQUEST, "no_provider", None),
-            P::ModelRetired { .. } => (StatusCode::GONE, "model_retired", None),
-            P::UpstreamContentBlocked { .. } => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "content_blocked", None)
+        let (status, retry_after) = match &e {
+            P::Invalid(_) | P::UnknownProfile(_) | P::NoProvider(_) => {
+                (StatusCode::BAD_REQUEST, None)
             }
+            // Config is found at start-up, before anything serves: never a caller's fault.
+            P::Config(_) | P::StorageRejected(_) | P::Safety(_) | P::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, None)
+            }
+            P::PromptBlocked { .. } | P::UpstreamContentBlocked { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, None)
+            }
+            P::CostLimit { .. } | P::BudgetExhausted { .. } => (StatusCode::PAYMENT_REQUIRED, None),
+            P::ModelRetired { .. } => (StatusCode::GONE, None),
             P::ProviderRateLimited { retry_after, .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "provider_rate_limited",
                 Some(retry_after.unwrap_or(Duration::from_secs(5))),
             ),
-            P::ProviderTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "provider_timeout", None),
-            P::ProviderFailed(_) => (StatusCode::BAD_GATEWAY, "provider_failed", None),
-            P::BadImage(_) => (StatusCode::BAD_GATEWAY, "bad_provider_image", None),
-            P::Overloaded { retry_after, .. } => (
+            P::ProviderTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, None),
+            P::ProviderFailed(_) | P::BadImage(_) => (StatusCode::BAD_GATEWAY, None),
+            P::Overloaded { retry_after, .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Some(*retry_after))
+            }
+            P::Storage(_) | P::Ledger(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                Some(*retry_after),
-            ),
-            P::Storage(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
                 Some(Duration::from_secs(5)),
             ),
-            P::StorageRejected(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error", None),
-            P::Ledger(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ledger_unavailable",
-                Some(Duration::from_secs(5)),
-            ),
-            P::Safety(_) | P::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", None),
         };
+        let code = e.code();
         ApiError {
             status,
             code,

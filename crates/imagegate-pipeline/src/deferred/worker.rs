@@ -156,13 +156,13 @@ async fn attempt(pipeline: &Pipeline, config: &DeferredConfig, job: &Job) -> Att
         ),
         Ok(_) => Attempted::Done(JobEnd::Succeeded),
         Err(e) => {
-            let (code, passing) = fault(&e);
-            // Backoff doubles per claim: 5 s, 10 s, 20 s, … up to 5 minutes.
-            let after = Duration::from_secs(5 << job.attempts.clamp(1, 6) as u32 >> 1)
-                .min(Duration::from_secs(300));
+            let code = e.code();
+            // Backoff doubles per claim: 5 s, 10 s, 20 s, … 160 s from the sixth on.
+            let doublings = job.attempts.clamp(1, 6) as u32 - 1;
+            let after = Duration::from_secs(5 * 2u64.pow(doublings));
             let fits =
                 Utc::now() + chrono::Duration::from_std(after).unwrap_or_default() < job.deliver_by;
-            if passing && fits && job.attempts < i64::from(config.max_attempts) {
+            if e.is_passing() && fits && job.attempts < i64::from(config.max_attempts) {
                 Attempted::Retry {
                     after,
                     code,
@@ -172,30 +172,5 @@ async fn attempt(pipeline: &Pipeline, config: &DeferredConfig, job: &Job) -> Att
                 failed(code, e.to_string())
             }
         }
-    }
-}
-
-/// A job's error code (the HTTP API's codes), and whether trying again later may
-/// succeed.
-fn fault(e: &PipelineError) -> (&'static str, bool) {
-    use PipelineError as P;
-    match e {
-        P::Invalid(_) => ("invalid_request", false),
-        P::Config(_) | P::Safety(_) | P::Internal(_) => ("internal", false),
-        P::UnknownProfile(_) => ("unknown_profile", false),
-        P::PromptBlocked { .. } => ("prompt_blocked", false),
-        P::CostLimit { .. } => ("cost_limit_exceeded", false),
-        P::BudgetExhausted { .. } => ("budget_exhausted", true),
-        P::NoProvider(_) => ("no_provider", false),
-        P::ModelRetired { .. } => ("model_retired", false),
-        P::UpstreamContentBlocked { .. } => ("content_blocked", false),
-        P::ProviderRateLimited { .. } => ("provider_rate_limited", true),
-        P::ProviderTimeout { .. } => ("provider_timeout", true),
-        P::ProviderFailed(_) => ("provider_failed", true),
-        P::BadImage(_) => ("bad_provider_image", true),
-        P::Overloaded { .. } => ("overloaded", true),
-        P::Storage(_) => ("storage_unavailable", true),
-        P::StorageRejected(_) => ("storage_error", false),
-        P::Ledger(_) => ("ledger_unavailable", true),
     }
 }
