@@ -14,7 +14,7 @@ use support::{client, get_json, Site};
 
 /// The local provider, the real classifier, a copy of the shipped price book with
 /// `surge` appended, and a worker that looks for due jobs ten times a second.
-fn config(dir: &Path, surge: &str) -> String {
+pub(crate) fn config(dir: &Path, surge: &str) -> String {
     let book = dir.join("pricing.toml");
     let shipped = std::fs::read_to_string(support::repo_root().join("config/pricing.toml"));
     std::fs::write(&book, format!("{}\n{surge}\n", shipped.unwrap())).unwrap();
@@ -63,7 +63,7 @@ lease_secs = 3
 
 /// A 3x surge on the local provider from the current minute to the next minute
 /// boundary at least 20 s away; returns the book text and when the surge ends.
-fn surge_until_next_minute() -> (String, DateTime<Utc>) {
+pub(crate) fn surge_until_next_minute() -> (String, DateTime<Utc>) {
     let now = Utc::now();
     let start = now.with_second(0).unwrap().with_nanosecond(0).unwrap();
     let mut end = start + Span::minutes(1);
@@ -78,7 +78,7 @@ fn surge_until_next_minute() -> (String, DateTime<Utc>) {
     (book, end)
 }
 
-async fn ledger(site: &Site) -> imagegate_ledger::Ledger {
+pub(crate) async fn ledger(site: &Site) -> imagegate_ledger::Ledger {
     imagegate_ledger::Ledger::open(&imagegate_ledger::LedgerConfig {
         url: site.ledger_url(),
     })
@@ -87,7 +87,7 @@ async fn ledger(site: &Site) -> imagegate_ledger::Ledger {
 }
 
 /// `POST /v1/images`: (status, body, Location).
-async fn post_image(
+pub(crate) async fn post_image(
     server: &support::Server,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value, Option<String>) {
@@ -106,7 +106,11 @@ async fn post_image(
 }
 
 /// Polls a job until it is final; panics with the job after `limit`.
-async fn until_final(server: &support::Server, id: &str, limit: Duration) -> serde_json::Value {
+pub(crate) async fn until_final(
+    server: &support::Server,
+    id: &str,
+    limit: Duration,
+) -> serde_json::Value {
     let started = Instant::now();
     loop {
         let job = get_json(server.url(&format!("/v1/jobs/{id}"))).await;

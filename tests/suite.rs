@@ -4,6 +4,7 @@
 mod api;
 mod dashboard;
 mod deferred;
+mod deferred_recovery;
 mod e2e;
 mod fleet;
 mod openapi;
@@ -11,3 +12,5 @@ mod prices;
 mod provenance;
 mod support;
 mod warm;
+mod warm_deferred;
+mod webhooks;

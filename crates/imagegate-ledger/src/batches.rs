@@ -300,6 +300,50 @@ impl Ledger {
         Ok(done == 1)
     }
 
+    /// Fails batches whose validation began more than `older_than` ago and never
+    /// finished (the server validating them died mid-way, leaving some lines queued
+    /// and the rest unread), and cancels their queued lines: the caller submits the
+    /// batch again instead of waiting on one that will never complete. Returns the
+    /// ids it failed.
+    pub async fn fail_interrupted_batches(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<String>, LedgerError> {
+        let now = self.pool.now_ms_sql();
+        let errors = serde_json::json!({"object": "list", "data": [{
+            "code": "validation_interrupted",
+            "message": "the server validating this batch stopped before it finished; submit it again",
+            "line": null, "param": null,
+        }]})
+        .to_string();
+        let fail = format!(
+            "UPDATE batches SET status = 'failed', failed_at = {now}, errors = $2 \
+             WHERE status = 'validating' AND created_at <= {now} - $1 RETURNING id"
+        );
+        let cancel = format!(
+            "UPDATE jobs SET status = 'cancelled', finished_at = {now}, \
+             error_code = 'batch_failed', \
+             error = 'the batch failed before this request ran (its validation was interrupted)' \
+             WHERE batch = $1 AND status = 'queued'"
+        );
+        let older_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 4);
+        let failed: Vec<String> = with_pool!(&self.pool, p => {
+            sqlx::query_scalar(&fail)
+                .bind(older_ms)
+                .bind(&errors)
+                .fetch_all(p)
+                .await
+        })
+        .map_err(|e| self.db(e))?;
+        for id in &failed {
+            with_pool!(&self.pool, p => {
+                sqlx::query(&cancel).bind(id).execute(p).await.map(|_| ())
+            })
+            .map_err(|e| self.db(e))?;
+        }
+        Ok(failed)
+    }
+
     /// How a batch's lines stand.
     pub async fn batch_counts(&self, batch: &str) -> Result<BatchCounts, LedgerError> {
         let rows: Vec<(String, i64)> = with_pool!(&self.pool, p => {
@@ -334,10 +378,72 @@ impl Ledger {
 mod tests {
     use super::*;
     use crate::testing::{on_both_backends, TestDb};
-    use crate::{JobEnd, NewJob};
+    use crate::{JobEnd, JobStatus, NewJob};
     use imagegate_core::Micros;
 
-    on_both_backends!(files_and_batches_are_kept_and_move_once);
+    on_both_backends!(
+        files_and_batches_are_kept_and_move_once,
+        a_batch_whose_validation_was_interrupted_fails_and_its_lines_are_cancelled,
+    );
+
+    async fn a_batch_whose_validation_was_interrupted_fails_and_its_lines_are_cancelled(
+        db: TestDb,
+    ) {
+        let ledger = db.open().await;
+        let expires = Utc::now() + chrono::Duration::hours(24);
+        for (id, status) in [("batch_stuck", "validating"), ("batch_ok", "in_progress")] {
+            ledger
+                .create_batch(
+                    id,
+                    Some("k"),
+                    "/v1/images/generations",
+                    "file-1",
+                    "24h",
+                    status,
+                    None,
+                    None,
+                    expires,
+                )
+                .await
+                .unwrap();
+        }
+        let line = |batch: &str| NewJob {
+            api_key: Some("k".into()),
+            content_key: "ab".repeat(32).parse().unwrap(),
+            request: "{}".into(),
+            deliver_by: expires,
+            run_after: Utc::now() + chrono::Duration::hours(1),
+            live_micros: Some(Micros(1)),
+            planned_micros: Some(Micros(1)),
+            batch: Some(batch.into()),
+            custom_id: Some("a".into()),
+            webhook_url: None,
+        };
+        let (stuck_line, _) = ledger.enqueue_job(&line("batch_stuck")).await.unwrap();
+        let (ok_line, _) = ledger.enqueue_job(&line("batch_ok")).await.unwrap();
+        // A validation still within its time is left alone.
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(ledger
+            .fail_interrupted_batches(hour)
+            .await
+            .unwrap()
+            .is_empty());
+        let failed = ledger
+            .fail_interrupted_batches(std::time::Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(failed, vec!["batch_stuck".to_string()]);
+        let batch = ledger.batch("batch_stuck").await.unwrap().unwrap();
+        assert_eq!(batch.status, "failed");
+        assert!(batch.errors.unwrap().contains("validation_interrupted"));
+        let job = ledger.job(&stuck_line.id).await.unwrap().unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!(job.error_code.as_deref(), Some("batch_failed"));
+        assert_eq!(
+            ledger.job(&ok_line.id).await.unwrap().unwrap().status,
+            JobStatus::Queued
+        );
+    }
 
     async fn files_and_batches_are_kept_and_move_once(db: TestDb) {
         let ledger = db.open().await;

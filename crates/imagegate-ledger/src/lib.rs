@@ -21,13 +21,16 @@ mod jobs;
 mod keys;
 mod lease;
 mod origin;
+mod paid_sources;
 mod price_books;
 mod rate_limit;
 mod reservations;
+mod savings;
 mod sqlite_writer;
 mod status;
 #[cfg(test)]
 mod testing;
+mod webhooks;
 mod write_tx;
 mod writer;
 
@@ -45,9 +48,12 @@ pub use delivery_projection::{
 pub use jobs::{Job, JobEnd, JobFilter, JobStatus, NewJob};
 pub use keys::{ApiKeyRecord, KeyScope, NewApiKey, PresentedKey};
 pub use origin::OriginRow;
+pub use paid_sources::PaidSource;
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
+pub use savings::{DeferralSavings, DeliveryLever, SavingsByLever};
 pub use status::RequestStatus;
+pub use webhooks::{WebhookAttempt, WebhookDelivery, WebhookNext, WebhookRecord, WebhookStatus};
 
 use backend::{with_pool, Pool};
 use chrono::{SecondsFormat, Utc};

@@ -280,7 +280,8 @@ impl Pipeline {
         self.inner.encode_threads
     }
 
-    pub(crate) fn replica(&self) -> &str {
+    /// This process's name among the replicas (lease holders are named after it).
+    pub fn replica(&self) -> &str {
         &self.inner.replica
     }
 

@@ -115,11 +115,15 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
     };
     // Only a plain miss may finish paid work an earlier request left: a refresh or a
     // bypass asks for a new picture.
-    let kept = if mode == CacheMode::Use {
-        pipeline.paid().take(key)
-    } else {
-        None
+    let kept = match mode {
+        CacheMode::Use => match pipeline.paid().take(key) {
+            Some(kept) => Some(kept),
+            None if ctx.survives_restart => durable_source(pipeline, key).await,
+            None => None,
+        },
+        CacheMode::Refresh | CacheMode::Bypass => None,
     };
+    let durable = ctx.survives_restart && mode == CacheMode::Use;
 
     let (origin, rendered) = match kept {
         Some(PaidWork::Rendered { origin, rendered }) => {
@@ -160,6 +164,9 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
                         );
                         return Err(e);
                     }
+                    if durable {
+                        keep_durably(pipeline, key, &origin, &ctx, &generated.bytes).await;
+                    }
                     (origin, generated.bytes, Some(generated.slot))
                 }
             };
@@ -190,6 +197,12 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
                 ManifestStatus::Blocked => RequestStatus::Blocked,
             };
             tab.settle(status).await?;
+            if durable {
+                if let Err(e) = pipeline.ledger().drop_paid_source(key).await {
+                    // Harmless: a later production of the key finds it published.
+                    tracing::warn!(key = %key, error = %e, "a published key's kept picture was not deleted");
+                }
+            }
             Ok(Arc::new(manifest))
         }
         Err((error, upload)) => {
@@ -201,6 +214,45 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
             }
             Err(tab.fail(error).await)
         }
+    }
+}
+
+/// The picture an earlier production of `key` paid for and kept in the ledger
+/// before its process died.
+async fn durable_source(pipeline: &Pipeline, key: ContentKey) -> Option<PaidWork> {
+    match pipeline.ledger().paid_source(key).await {
+        Ok(kept) => kept.map(|k| PaidWork::Source {
+            origin: Origin {
+                provider: k.provider,
+                model: k.model,
+            },
+            bytes: Bytes::from(k.bytes),
+        }),
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "the ledger's kept pictures could not be read");
+            None
+        }
+    }
+}
+
+/// Keeps a paid picture in the ledger until it is published. Its charge is already
+/// there; if this write fails the picture still goes on in memory, and only a crash
+/// before publishing would then pay for it again.
+async fn keep_durably(
+    pipeline: &Pipeline,
+    key: ContentKey,
+    origin: &Origin,
+    ctx: &RequestContext,
+    bytes: &Bytes,
+) {
+    let source = imagegate_ledger::PaidSource {
+        provider: origin.provider.clone(),
+        model: origin.model.clone(),
+        request_id: ctx.request_id.clone(),
+        bytes: bytes.to_vec(),
+    };
+    if let Err(e) = pipeline.ledger().keep_paid_source(key, &source).await {
+        tracing::warn!(key = %key, error = %e, "a paid picture could not be kept in the ledger");
     }
 }
 

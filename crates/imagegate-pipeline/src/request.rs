@@ -55,6 +55,10 @@ pub struct ImageRequest {
     /// cheapest moment before it (`POST /v1/images` answers 202 with a job).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliver_by: Option<String>,
+    /// With `deliver_by`: where to announce the job's end (a Standard Webhooks POST,
+    /// signed, retried with backoff). The key's default webhook when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
 }
 
 /// Who is asking, for the ledger and logs.
@@ -63,6 +67,11 @@ pub struct RequestContext {
     pub request_id: String,
     /// Id of the API key used (never the secret itself).
     pub api_key: Option<String>,
+    /// Keep the provider's paid output in the ledger until it is published, so a
+    /// retry after this process dies takes it instead of paying again. For work a
+    /// queue retries on its own (deferred jobs); a live caller pays the extra write
+    /// only if it asks.
+    pub survives_restart: bool,
 }
 
 /// Resolves a caller's request against a configuration and its resolved profiles:

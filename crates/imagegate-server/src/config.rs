@@ -26,6 +26,8 @@ pub struct ServerConfig {
     /// `POST /v1/images/generations`, the OpenAI Images API surface.
     pub openai: OpenAiCompatConfig,
     pub auth: AuthConfig,
+    /// Webhooks of deferred jobs (Standard Webhooks).
+    pub webhooks: WebhookConfig,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +40,7 @@ impl Default for ServerConfig {
             serve_cdn: true,
             openai: OpenAiCompatConfig::default(),
             auth: AuthConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -56,6 +59,24 @@ impl ServerConfig {
         }
         if !(1..=10).contains(&self.openai.max_n) {
             return Err(ConfigError::new("openai.max_n", "must be 1 to 10"));
+        }
+        if self.webhooks.timeout.is_zero() {
+            return Err(ConfigError::new(
+                "webhooks.timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.webhooks.concurrency == 0 {
+            return Err(ConfigError::new(
+                "webhooks.concurrency",
+                "must be at least 1",
+            ));
+        }
+        if self.webhooks.retry_delays_secs.len() > 20 {
+            return Err(ConfigError::new(
+                "webhooks.retry_delays_secs",
+                "at most 20 retries",
+            ));
         }
         for (alias, model) in &self.openai.models {
             if let Err(e) = model.parse::<ModelChoice>() {
@@ -136,6 +157,45 @@ impl Default for OpenAiCompatConfig {
     }
 }
 
+/// `[server.webhooks]`: how the ends of deferred jobs are announced. Deliveries are
+/// signed per the Standard Webhooks convention with the secret in `secret_env`;
+/// without one, a request naming a webhook is refused (and keys' default webhooks
+/// are not called).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// The environment variable holding the signing secret, `whsec_` and base64 (the
+    /// secret itself is never in the file or the logs).
+    pub secret_env: String,
+    /// One attempt's deadline, connection included (`timeout_secs` in the file).
+    #[serde(rename = "timeout_secs", with = "whole_seconds")]
+    pub timeout: Duration,
+    /// The wait before each retry after a failed attempt; when they run out, the
+    /// delivery fails. The default follows the Standard Webhooks recommendation
+    /// (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
+    pub retry_delays_secs: Vec<u64>,
+    /// Deliveries in flight at once on this replica.
+    pub concurrency: usize,
+    /// How often this replica looks for ended jobs and due retries.
+    pub poll_ms: u64,
+    /// Allow receivers on loopback, private, link-local and other non-public
+    /// addresses. Off: a webhook cannot be aimed at the service's own network.
+    pub allow_private_networks: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            secret_env: "IMAGEGATE_WEBHOOK_SECRET".into(),
+            timeout: Duration::from_secs(15),
+            retry_delays_secs: vec![5, 300, 1800, 7200, 18000, 36000, 36000],
+            concurrency: 8,
+            poll_ms: 1000,
+            allow_private_networks: false,
+        }
+    }
+}
+
 /// Durations written as whole seconds, as the file has always had them.
 mod whole_seconds {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -195,6 +255,10 @@ mod tests {
         assert_eq!(fault("request_timeout_secs = 0"), "request_timeout_secs");
         assert_eq!(fault("[auth]\nburst = 0"), "auth.burst");
         assert_eq!(fault("[openai]\nmax_n = 11"), "openai.max_n");
+        assert_eq!(
+            fault("[webhooks]\ntimeout_secs = 0"),
+            "webhooks.timeout_secs"
+        );
         assert_eq!(fault("[openai.models]\nx = \"nope/\""), "openai.models.x");
     }
 }

@@ -16,6 +16,7 @@ pub mod openapi;
 mod rendered;
 mod routes;
 mod views;
+pub mod webhooks;
 
 pub use config::ServerConfig;
 pub use error::ApiError;
@@ -36,23 +37,28 @@ pub struct AppState {
     pub server: ServerConfig,
     pub metrics: PrometheusHandle,
     pub auth: Arc<auth::Auth>,
+    /// Deferred jobs' webhooks; None when no signing secret is configured.
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
     rendered: rendered::RenderedManifests,
 }
 
 impl AppState {
+    /// Fails when `[server.webhooks]` names a malformed signing secret.
     pub fn new(
         pipeline: Pipeline,
         server: ServerConfig,
         metrics: PrometheusHandle,
         auth: Arc<auth::Auth>,
-    ) -> AppState {
-        AppState {
+    ) -> Result<AppState, imagegate_core::ConfigError> {
+        let webhooks = webhooks::Webhooks::from_config(&server.webhooks)?.map(Arc::new);
+        Ok(AppState {
             pipeline,
             server,
             metrics,
             auth,
+            webhooks,
             rendered: rendered::RenderedManifests::new(),
-        }
+        })
     }
 }
 

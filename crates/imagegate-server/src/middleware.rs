@@ -36,6 +36,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         Ok(Caller(RequestContext {
             request_id,
             api_key,
+            survives_restart: false,
         }))
     }
 }

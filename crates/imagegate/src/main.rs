@@ -11,6 +11,7 @@ mod table;
 mod template;
 mod verify_cli;
 mod warm;
+mod warm_defer;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -157,6 +158,16 @@ enum KeysAction {
     List,
     /// Revoke a key by id; it stops working within [server.auth] reload_secs.
     Revoke { id: String },
+    /// Set (or with --clear remove) a key's default webhook: where its deferred
+    /// jobs' ends are announced when a request names none.
+    Webhook {
+        id: String,
+        /// An http(s) URL; its address is checked before every delivery.
+        #[arg(required_unless_present = "clear", conflicts_with = "clear")]
+        url: Option<String>,
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -302,6 +313,24 @@ async fn keys(
             }
             std::process::ExitCode::SUCCESS
         }
+        KeysAction::Webhook { id, url, .. } => {
+            // The form only: whether the address may be called is decided by the
+            // server's [server.webhooks] policy before each delivery.
+            if let Some(url) = &url {
+                imagegate_server::webhooks::WebhookTarget::parse(url, true)
+                    .with_context(|| format!("webhook URL {url:?}"))?;
+            }
+            if ledger.set_key_webhook(&id, url.as_deref()).await? {
+                match &url {
+                    Some(url) => eprintln!("key {id}'s deferred jobs announce their end to {url}"),
+                    None => eprintln!("key {id} has no default webhook now"),
+                }
+                std::process::ExitCode::SUCCESS
+            } else {
+                eprintln!("error: no key with id {id:?}");
+                std::process::ExitCode::FAILURE
+            }
+        }
         KeysAction::Revoke { id } => {
             if ledger.revoke_api_key(&id).await? {
                 eprintln!("revoked key {id}");
@@ -361,7 +390,9 @@ async fn serve(
         server,
         imagegate_server::metrics_handle(),
         auth,
-    ));
+    )?);
+    // Announces ended jobs to their webhooks (when a signing secret is set).
+    let _webhooks = imagegate_server::webhooks::spawn(state.clone());
     // Tests and scripts read this line to learn the port when asked for port 0.
     println!("imagegate listening on http://{local}");
     tracing::info!(%local, "listening");
@@ -433,6 +464,7 @@ async fn process(
     let ctx = RequestContext {
         request_id: format!("cli-process-{}", std::process::id()),
         api_key: None,
+        survives_restart: false,
     };
     let outcome = pipeline
         .process(Bytes::from(bytes), profile.as_deref(), &ctx)

@@ -6,7 +6,7 @@
 
 use crate::usd6;
 use anyhow::{Context, Result};
-use imagegate_ledger::{DeliveryProjection, WhatIf};
+use imagegate_ledger::{DeliveryProjection, SavingsByLever, WhatIf};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -24,6 +24,8 @@ pub enum Section {
     Delivery,
     /// Narrower widths and newer formats compared on the stored bytes.
     WhatIf,
+    /// What the cache, deferral and the delivery choices saved, in dollars.
+    Savings,
 }
 
 #[derive(clap::Args)]
@@ -39,9 +41,9 @@ pub struct Args {
     pub by: String,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
-    /// One section: the cost table, the delivery projection, or the what-ifs.
-    /// Tables and JSON show all three by default; CSV holds one table, the costs
-    /// unless this picks another.
+    /// One section: the cost table, the delivery projection, the what-ifs, or the
+    /// savings by lever. Tables and JSON show them all by default; CSV holds one
+    /// table, the costs unless this picks another.
     #[arg(long, value_enum)]
     pub only: Option<Section>,
 }
@@ -73,18 +75,25 @@ pub async fn run(
     let ledger = imagegate_ledger::Ledger::open(&config.ledger).await?;
     let sums = async {
         let report = ledger.report(&query).await?;
-        let delivery = if wanted(Section::Delivery) || wanted(Section::WhatIf) {
-            Some(ledger.delivery(&query).await?)
+        let delivery =
+            if wanted(Section::Delivery) || wanted(Section::WhatIf) || wanted(Section::Savings) {
+                Some(ledger.delivery(&query).await?)
+            } else {
+                None
+            };
+        let deferral = if wanted(Section::Savings) {
+            Some(ledger.deferral_savings(&query).await?)
         } else {
             None
         };
-        Ok::<_, imagegate_ledger::LedgerError>((report, delivery))
+        Ok::<_, imagegate_ledger::LedgerError>((report, delivery, deferral))
     }
     .await;
     ledger.close().await;
-    let (report, delivery) = sums?;
+    let (report, delivery, deferral) = sums?;
     let assume = imagegate_server::delivery_assumptions(&config);
     let projection = delivery.map(|rows| imagegate_ledger::project_delivery(&rows, &assume));
+    let savings = deferral.map(|d| SavingsByLever::new(&report.cache, d, projection.as_ref()));
     let mut out = String::new();
     match args.format {
         Format::Json => {
@@ -101,7 +110,12 @@ pub async fn run(
                 if !wanted(Section::WhatIf) {
                     delivery.as_object_mut().map(|d| d.remove("what_if"));
                 }
-                body["delivery"] = delivery;
+                if wanted(Section::Delivery) || wanted(Section::WhatIf) {
+                    body["delivery"] = delivery;
+                }
+            }
+            if let Some(s) = &savings {
+                body["savings"] = serde_json::to_value(s)?;
             }
             out = serde_json::to_string_pretty(&body)? + "\n";
         }
@@ -111,8 +125,10 @@ pub async fn run(
             } else if let Some(p) = &projection {
                 out = if wanted(Section::Delivery) {
                     delivery_csv(p)
-                } else {
+                } else if wanted(Section::WhatIf) {
                     what_if_csv(p)
+                } else {
+                    savings.as_ref().map(savings_csv).unwrap_or_default()
                 };
             }
         }
@@ -127,6 +143,9 @@ pub async fn run(
                 if wanted(Section::WhatIf) {
                     out.push_str(&what_if_table(p, !out.is_empty()));
                 }
+            }
+            if let Some(s) = &savings {
+                out.push_str(&savings_table(s, !out.is_empty()));
             }
         }
     }
@@ -419,4 +438,79 @@ fn csv_field(v: &str) -> String {
     } else {
         v.to_string()
     }
+}
+
+/// The savings by lever: recorded money for the cache and deferral, projected
+/// egress for the delivery choices.
+fn savings_table(s: &SavingsByLever, gap: bool) -> String {
+    let mut rows = vec![vec![
+        "lever".to_string(),
+        "basis".to_string(),
+        "count".to_string(),
+        "saved_usd".to_string(),
+    ]];
+    rows.push(vec![
+        "cache hits".into(),
+        "recorded".into(),
+        s.cache_hits.to_string(),
+        usd(s.cache_saved_usd, 6),
+    ]);
+    let d = &s.deferral;
+    let mut notes = Vec::new();
+    if d.jobs_unpriced > 0 {
+        notes.push(format!("{} unpriced, not valued", d.jobs_unpriced));
+    }
+    if d.jobs_answered_by_cache > 0 {
+        notes.push(format!(
+            "{} answered by the cache",
+            d.jobs_answered_by_cache
+        ));
+    }
+    let unpriced = if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    };
+    rows.push(vec![
+        format!("deferral{unpriced}"),
+        "recorded".into(),
+        d.jobs.to_string(),
+        usd(d.saved_usd, 6),
+    ]);
+    for l in &s.delivery {
+        rows.push(vec![
+            l.label.clone(),
+            "projected".into(),
+            l.images.to_string(),
+            usd(l.saved_usd, 6),
+        ]);
+    }
+    let mut out = String::new();
+    if gap {
+        out.push('\n');
+    }
+    out.push_str("savings by lever (count: hits, jobs, or images stored at the served variant)\n");
+    out.push_str(&columns(&rows, &[0, 1]));
+    out
+}
+
+fn savings_csv(s: &SavingsByLever) -> String {
+    let mut out = String::from("lever,basis,count,saved_usd\n");
+    out.push_str(&format!(
+        "cache,recorded,{},{}\n",
+        s.cache_hits, s.cache_saved_usd
+    ));
+    out.push_str(&format!(
+        "deferral,recorded,{},{}\n",
+        s.deferral.jobs, s.deferral.saved_usd
+    ));
+    for l in &s.delivery {
+        out.push_str(&format!(
+            "{},projected,{},{}\n",
+            csv_field(&l.label),
+            l.images,
+            l.saved_usd
+        ));
+    }
+    out
 }

@@ -57,10 +57,15 @@ pub struct Args {
     pub key: String,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Queue the misses as deferred jobs due by this RFC 3339 time or within this
+    /// duration (`24h`) instead of generating them now: each runs at the cheapest
+    /// moment before it, in any `imagegate serve` on the same ledger.
+    #[arg(long)]
+    pub deliver_by: Option<String>,
 }
 
 /// Some images failed.
-const EXIT_FAILED: u8 = 3;
+pub(crate) const EXIT_FAILED: u8 = 3;
 /// Ctrl-C: in-flight images were finished, nothing new was started.
 const EXIT_INTERRUPTED: u8 = 130;
 /// Tries per image when the pipeline answers "at capacity" (another process, e.g. a
@@ -68,7 +73,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 const OVERLOAD_TRIES: u32 = 4;
 
 /// What planning found out about one image.
-enum Plan {
+pub(crate) enum Plan {
     /// Published already; `original` is what producing it cost the first time.
     Cached {
         original: Micros,
@@ -109,9 +114,14 @@ pub async fn run(mut config: PipelineConfig, args: Args) -> Result<ExitCode> {
     }
     let items: Vec<Item> = templates.iter().flat_map(|t| t.expand()).collect();
     debug_assert_eq!(items.len() as u64, total);
-    if args.dry_run {
-        // A dry run reads manifests and prices only. The classifier is not part of any
-        // content key, so skipping its start-up (seconds of CPU) changes no answer.
+    if let Some(by) = &args.deliver_by {
+        imagegate_pipeline::deferred::parse_deliver_by(by, chrono::Utc::now())
+            .map_err(|e| anyhow::anyhow!("--deliver-by: {e}"))?;
+    }
+    if args.dry_run || args.deliver_by.is_some() {
+        // A dry run reads manifests and prices only, and deferring only queues. The
+        // classifier is not part of any content key, so skipping its start-up
+        // (seconds of CPU) changes no answer.
         config.safety.classifier = false;
     }
     let allowance = config.budgets.processing_reserve;
@@ -121,6 +131,8 @@ pub async fn run(mut config: PipelineConfig, args: Args) -> Result<ExitCode> {
     let plans = plan(&pipeline, &items, usize::from(args.concurrency)).await;
     let result = if args.dry_run {
         Ok(dry_run(&path, &args, &items, &plans, allowance))
+    } else if let Some(by) = &args.deliver_by {
+        crate::warm_defer::enqueue(&pipeline, &path, &args, by, &items, plans).await
     } else {
         execute(&pipeline, &path, &args, &items, plans, allowance).await
     };
@@ -329,6 +341,7 @@ async fn execute(
             let ctx = RequestContext {
                 request_id: format!("{run_id}-{i}"),
                 api_key: Some(args.key.clone()),
+                survives_restart: false,
             };
             let request = &items[i].request;
             in_flight.push(async move {
@@ -482,7 +495,7 @@ impl Done {
 }
 
 /// `avatars {style=ink, animal=fox} 512x512 seed 2`
-fn describe(item: &Item) -> String {
+pub(crate) fn describe(item: &Item) -> String {
     let mut s = item.template.clone();
     if !item.vars.is_empty() {
         let vars: Vec<String> = item.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -497,7 +510,7 @@ fn describe(item: &Item) -> String {
     s
 }
 
-fn item_json(item: &Item) -> serde_json::Value {
+pub(crate) fn item_json(item: &Item) -> serde_json::Value {
     let vars: serde_json::Map<String, serde_json::Value> = item
         .vars
         .iter()

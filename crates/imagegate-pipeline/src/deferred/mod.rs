@@ -164,7 +164,7 @@ impl Pipeline {
             planned_micros: chosen.quote,
             batch: line.map(|l| l.batch.clone()),
             custom_id: line.map(|l| l.custom_id.clone()),
-            webhook_url: None,
+            webhook_url: req.webhook_url.clone(),
         };
         let (job, created) = self.ledger().enqueue_job(&job).await?;
         if created {

@@ -15,6 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// A batch still validating after this long lost the server validating it: validation
+/// is one pass over an uploaded file of at most 50,000 lines, made while the caller
+/// waits for `POST /v1/batches` to answer.
+const VALIDATION_STALLED: Duration = Duration::from_secs(600);
+
 pub(crate) async fn run(pipeline: Pipeline) {
     let config = pipeline.config().deferred.clone();
     let slots = Arc::new(Semaphore::new(config.workers.max(1)));
@@ -38,6 +43,9 @@ async fn tick(
     for id in ledger.expire_overdue_jobs(Utc::now()).await? {
         metrics::counter!("imagegate_deferred_jobs_total", "status" => "expired").increment(1);
         tracing::warn!(job = %id, "deferred job expired before it could start");
+    }
+    for id in ledger.fail_interrupted_batches(VALIDATION_STALLED).await? {
+        tracing::warn!(batch = %id, "a batch's validation was interrupted (its server stopped); failed it");
     }
     let (_, generation_slots) = pipeline.generation_limits();
     let room = slots
@@ -148,6 +156,9 @@ async fn attempt(pipeline: &Pipeline, config: &DeferredConfig, job: &Job) -> Att
     let ctx = RequestContext {
         request_id: job.id.clone(),
         api_key: job.api_key.clone(),
+        // A claim that dies mid-run is retried by the queue: what it paid for waits
+        // in the ledger for that retry.
+        survives_restart: true,
     };
     match pipeline.generate(&req, &ctx).await {
         Ok(outcome) if outcome.manifest.status == ManifestStatus::Blocked => failed(

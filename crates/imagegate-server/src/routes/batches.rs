@@ -622,6 +622,7 @@ pub(crate) async fn create_batch(
         let line_ctx = RequestContext {
             request_id: format!("{}/{}", ctx.request_id, line.custom_id),
             api_key: ctx.api_key.clone(),
+            survives_restart: false,
         };
         if let Err((code, message)) =
             accept_line(&state, &line, &deliver_by, &line_ctx, &batch_line).await

@@ -54,6 +54,14 @@ pub(crate) async fn create_image(
     if req.deliver_by.is_some() {
         return crate::routes::jobs::accept(&state, &ctx, &req).await;
     }
+    if req.webhook_url.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "webhook_url announces a deferred job's end: it needs deliver_by",
+        )
+        .with_param("webhook_url"));
+    }
     let outcome = state.pipeline.generate(&req, &ctx).await?;
     Ok(answer(&state, &outcome))
 }

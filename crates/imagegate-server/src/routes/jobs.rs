@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use imagegate_core::Micros;
-use imagegate_ledger::{Job, JobFilter, JobStatus};
+use imagegate_ledger::{Job, JobFilter, JobStatus, WebhookRecord, WebhookStatus};
 use imagegate_pipeline::deferred::Deferred;
 use imagegate_pipeline::{ImageRequest, Pipeline, RequestContext};
 use std::sync::Arc;
@@ -58,6 +58,55 @@ pub(crate) struct JobView<'a> {
     pub(crate) batch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) custom_id: Option<String>,
+    /// Where the job's end is announced, and how that went (`GET /v1/jobs/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) webhook: Option<WebhookView>,
+}
+
+/// A job's webhook: its URL and, once the job ended, its delivery.
+#[derive(serde::Serialize, ToSchema)]
+pub(crate) struct WebhookView {
+    pub(crate) url: String,
+    /// The `webhook-id` header; absent until the job ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id: Option<String>,
+    /// Absent until the job ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<WebhookStatus>,
+    /// Attempts made so far.
+    pub(crate) attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) next_attempt_at: Option<String>,
+    /// The receiver's HTTP status at the last attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) last_error: Option<String>,
+}
+
+impl WebhookView {
+    fn new(url: &str, record: Option<WebhookRecord>) -> WebhookView {
+        match record {
+            None => WebhookView {
+                url: url.to_string(),
+                id: None,
+                status: None,
+                attempts: 0,
+                next_attempt_at: None,
+                last_status_code: None,
+                last_error: None,
+            },
+            Some(r) => WebhookView {
+                url: r.url,
+                id: Some(r.id),
+                status: Some(r.status),
+                attempts: r.attempts,
+                next_attempt_at: r.next_attempt_at.map(time),
+                last_status_code: r.last_status_code,
+                last_error: r.last_error,
+            },
+        }
+    }
 }
 
 /// A job's money in USD. Null where a price is unknown (never shown as $0) or the
@@ -127,6 +176,7 @@ impl<'a> JobView<'a> {
             }),
             batch: job.batch.clone(),
             custom_id: job.custom_id.clone(),
+            webhook: None,
         }
     }
 }
@@ -138,7 +188,42 @@ pub(crate) async fn accept(
     ctx: &RequestContext,
     req: &ImageRequest,
 ) -> Result<Response, ApiError> {
-    match state.pipeline.defer(req, ctx, None).await? {
+    let mut req = req.clone();
+    match (&state.webhooks, &req.webhook_url) {
+        (None, Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "webhooks_disabled",
+                format!(
+                    "webhooks are off on this service (no signing secret in ${})",
+                    state.server.webhooks.secret_env
+                ),
+            )
+            .with_param("webhook_url"))
+        }
+        (Some(hooks), Some(url)) => {
+            hooks.check(url).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_webhook_url",
+                    format!("webhook_url {e}"),
+                )
+                .with_param("webhook_url")
+            })?;
+        }
+        (Some(_), None) => {
+            if let Some(key) = &ctx.api_key {
+                req.webhook_url = state
+                    .pipeline
+                    .ledger()
+                    .key_webhook(key)
+                    .await
+                    .map_err(imagegate_pipeline::PipelineError::from)?;
+            }
+        }
+        (None, None) => {}
+    }
+    match state.pipeline.defer(&req, ctx, None).await? {
         Deferred::Published(outcome) => Ok(crate::routes::images::answer(state, &outcome)),
         Deferred::Queued { job, .. } => {
             let body = JobView::new(&state.pipeline, &job, None);
@@ -197,7 +282,17 @@ pub(crate) async fn get_job(
         JobStatus::Succeeded => state.pipeline.manifest(job.content_key).await?,
         _ => None,
     };
-    Ok(Json(JobView::new(&state.pipeline, &job, manifest.as_deref())).into_response())
+    let mut view = JobView::new(&state.pipeline, &job, manifest.as_deref());
+    if let Some(url) = &job.webhook_url {
+        let record = state
+            .pipeline
+            .ledger()
+            .webhook_of_job(&job.id)
+            .await
+            .map_err(imagegate_pipeline::PipelineError::from)?;
+        view.webhook = Some(WebhookView::new(url, record));
+    }
+    Ok(Json(view).into_response())
 }
 
 /// `GET /v1/jobs` parameters.
