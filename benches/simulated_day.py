@@ -7,8 +7,9 @@ Run through benches/simulated_day.sh. The day: --requests image requests (defaul
 2,000; the ratios per 1,000 images do not depend on the count), --repeat-share of them
 repeating an earlier prompt (cache hits), --defer-share asking for `deliver_by: 2h`.
 The price book is the shipped one plus a "peak hours" surge (2x the local provider's
-price) from now to the next minute boundary at least 20 s away, so live requests pay
-peak and deferred ones wait for its end. The profile stores 768 and 1024 px in AVIF
+price) from now for --peak-minutes (rounded to the minute; it must outlast sending
+the requests, which the script checks), so live requests pay peak and deferred ones
+wait for its end. The profile stores 768 and 1024 px in AVIF
 and JPEG; the app is assumed to serve the 768 px AVIF.
 
 Levers, each switched off alone and all at once:
@@ -39,19 +40,17 @@ SUBJECTS = ["lighthouse", "fox", "tram", "kiln", "quay", "orchard", "glacier", "
 STYLES = ["watercolor", "ink", "gouache", "pastel", "woodcut", "oil", "charcoal"]
 
 
-def surge_to_next_minute():
+def peak_surge(minutes: int):
     now = datetime.datetime.now(datetime.timezone.utc)
     start = now.replace(second=0, microsecond=0)
-    end = start + datetime.timedelta(minutes=1)
-    if (end - now).total_seconds() < 20:
-        end += datetime.timedelta(minutes=1)
+    end = start + datetime.timedelta(minutes=minutes + 1)
     text = (f'[[surge]]\nprovider = "local"\nstart = "{start:%H:%M}"\n'
             f'end = "{end:%H:%M}"\nmultiplier = 2.0\n')
     return text, end
 
 
-def write_config(work: Path, models: Path) -> Path:
-    surge, _ = surge_to_next_minute()
+def write_config(work: Path, models: Path, peak_minutes: int):
+    surge, peak_ends = peak_surge(peak_minutes)
     book = work / "pricing.toml"
     book.write_text((ROOT / "config/pricing.toml").read_text() + "\n" + surge)
     data = work / "data"
@@ -89,7 +88,7 @@ formats = ["avif", "jpeg"]
 poll_ms = 200
 workers = 2
 """)
-    return config
+    return config, peak_ends
 
 
 def post(base: str, body: dict):
@@ -134,12 +133,13 @@ def main():
     ap.add_argument("--defer-share", type=float, default=0.40)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--peak-minutes", type=int, default=10)
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="imagegate-day-") as tmp:
         work = Path(tmp)
-        config = write_config(work, Path(args.models))
+        config, peak_ends = write_config(work, Path(args.models), args.peak_minutes)
         log = open(work / "server.log", "w")
         server = subprocess.Popen([args.binary, "--config", str(config), "serve"],
                                   stdout=subprocess.PIPE, stderr=log, text=True)
@@ -161,6 +161,8 @@ def main():
                         jobs.append(answer["id"])
                     elif status != 200:
                         sys.exit(f"simulated_day: a request failed: {status} {answer}")
+            if datetime.datetime.now(datetime.timezone.utc) >= peak_ends:
+                sys.exit("simulated_day: sending outlasted the peak; raise --peak-minutes")
             print(f"simulated_day: {len(day)} requests sent in "
                   f"{time.monotonic() - started:.0f} s ({statuses}); "
                   f"{len(jobs)} jobs deferred, waiting for them", file=sys.stderr)
