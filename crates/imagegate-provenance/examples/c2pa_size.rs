@@ -115,8 +115,8 @@ fn main() {
         .collect();
 
     let ca = generate_development_ca("imagegate bench").expect("CA");
-    let es256 =
-        Signer::from_pem(ca.cert_chain_pem.as_bytes(), ca.private_key_pem.as_bytes()).expect("es256");
+    let es256 = Signer::from_pem(ca.cert_chain_pem.as_bytes(), ca.private_key_pem.as_bytes())
+        .expect("es256");
     let ed25519 = Signer::ephemeral().expect("ephemeral");
     let generator = Generator {
         provider: "openai".into(),

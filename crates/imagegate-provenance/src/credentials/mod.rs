@@ -66,7 +66,9 @@ mod tests {
             .expect("a signer");
         for format in [ImageFormat::Avif, ImageFormat::Jpeg, ImageFormat::Webp] {
             let file = encoded(format);
-            let signed = signer.sign(&file, format, &generator(), None).expect("signs");
+            let signed = signer
+                .sign(&file, format, &generator(), None)
+                .expect("signs");
             let added = signed.len() - file.len();
             assert!(
                 added < signer.reserve_size() + 4096,
@@ -188,7 +190,12 @@ mod tests {
                 report.digital_source_type.as_deref(),
                 Some(TRAINED_ALGORITHMIC_MEDIA)
             );
-            assert_eq!(report.ingredients.len(), 1, "{format}: {:?}", report.ingredients);
+            assert_eq!(
+                report.ingredients.len(),
+                1,
+                "{format}: {:?}",
+                report.ingredients
+            );
             let ingredient = &report.ingredients[0];
             assert_eq!(ingredient.relationship.as_deref(), Some("parentOf"));
             assert_eq!(ingredient.title.as_deref(), Some("provider output"));

@@ -146,7 +146,10 @@ fn first_action_of(manifest: &serde_json::Value) -> Option<&serde_json::Value> {
 
 /// An ingredient as the c2pa crate's JSON report shows it, with its own active
 /// manifest looked up in the same store.
-fn ingredient_report(store: &serde_json::Value, ingredient: &serde_json::Value) -> IngredientReport {
+fn ingredient_report(
+    store: &serde_json::Value,
+    ingredient: &serde_json::Value,
+) -> IngredientReport {
     let label = text(ingredient.get("active_manifest"));
     let manifest = label.as_deref().and_then(|l| store["manifests"].get(l));
     let action = manifest.and_then(first_action_of);
@@ -154,12 +157,7 @@ fn ingredient_report(store: &serde_json::Value, ingredient: &serde_json::Value) 
     let failures = ingredient["validation_results"]["activeManifest"]["failure"]
         .as_array()
         .or_else(|| ingredient["validation_status"].as_array())
-        .map(|codes| {
-            codes
-                .iter()
-                .filter_map(|c| text(c.get("code")))
-                .collect()
-        })
+        .map(|codes| codes.iter().filter_map(|c| text(c.get("code"))).collect())
         .unwrap_or_default();
     IngredientReport {
         title: text(ingredient.get("title")),
