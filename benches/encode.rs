@@ -22,6 +22,7 @@ fn main() {
         webp_quality: None,
         watermark: None,
         safety: Default::default(),
+        provenance: Default::default(),
     };
     let w768 = resize(source, 768).expect("resize");
     let mut c = Criterion::default()

@@ -118,6 +118,17 @@ struct CanonicalProfile<'a> {
     watermark: Option<CanonicalWatermark<'a>>,
     blur_at: f32,
     block_at: f32,
+    /// Absent when provenance is off, so such keys are the ones made before
+    /// provenance existed (the same bytes); any mark gives every key anew, and an
+    /// unmarked cached file is never served as a marked one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provenance: Option<CanonicalProvenance>,
+}
+
+#[derive(Serialize)]
+struct CanonicalProvenance {
+    invisible_watermark: Option<crate::profile::InvisibleWatermark>,
+    c2pa: crate::profile::C2paMode,
 }
 
 #[derive(Serialize)]
@@ -218,6 +229,10 @@ fn canonical_key(
             watermark,
             blur_at: profile.safety.blur_at,
             block_at: profile.safety.block_at,
+            provenance: (!profile.provenance.is_off()).then_some(CanonicalProvenance {
+                invisible_watermark: profile.provenance.watermark,
+                c2pa: profile.provenance.c2pa,
+            }),
         },
     };
     let encoded =
@@ -233,7 +248,10 @@ fn canonical_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{AvifSettings, ImageFormat, JpegSettings, SafetyThresholds};
+    use crate::profile::{
+        AvifSettings, C2paMode, ImageFormat, InvisibleWatermark, JpegSettings, ProvenanceMarks,
+        SafetyThresholds,
+    };
     use crate::request::{ModelClass, Size};
     use proptest::prelude::*;
 
@@ -247,6 +265,7 @@ mod tests {
             webp_quality: None,
             watermark: None,
             safety: SafetyThresholds::default(),
+            provenance: Default::default(),
         }
     }
 
@@ -262,6 +281,77 @@ mod tests {
             42,
         )
         .unwrap()
+    }
+
+    /// What the pipeline stamps on every profile under the default `[provenance]`:
+    /// watermark key 0 at 45.5 dB, Content Credentials embedded.
+    fn default_marks() -> ProvenanceMarks {
+        ProvenanceMarks {
+            watermark: Some(InvisibleWatermark {
+                key_id: 0,
+                psnr_db: 45.5,
+            }),
+            c2pa: C2paMode::Embedded,
+        }
+    }
+
+    /// A key changes only on purpose: these two are published in stores. With
+    /// provenance off the canonical form is the one from before provenance
+    /// existed (the same bytes come out), so that key did not move.
+    #[test]
+    fn the_default_keys_are_stable() {
+        let req = request("a lighthouse at dusk, watercolor");
+        let mut p = profile();
+        assert_eq!(
+            content_key(&req, &p).to_hex(),
+            "4dddb7afb130f32774d09aa52343a49eabb82510e171935bfd74a1fd7e96b56f"
+        );
+        p.provenance = default_marks();
+        assert_eq!(
+            content_key(&req, &p).to_hex(),
+            "02987fcb0e9c271f5400e01f43d1a192ac498a6da7a417244c3dd3648c6871fa"
+        );
+    }
+
+    /// Files cached unmarked, or marked with another key id or strength, or
+    /// signed or not, are other files: each setting gives another key.
+    #[test]
+    fn every_provenance_setting_gives_another_key() {
+        let req = request("a red bicycle");
+        let mut seen = std::collections::HashSet::new();
+        let mut p = profile();
+        assert!(seen.insert(content_key(&req, &p)));
+        let variants = [
+            ProvenanceMarks {
+                watermark: None,
+                c2pa: C2paMode::Embedded,
+            },
+            ProvenanceMarks {
+                c2pa: C2paMode::Off,
+                ..default_marks()
+            },
+            default_marks(),
+            ProvenanceMarks {
+                watermark: Some(InvisibleWatermark {
+                    key_id: 1,
+                    psnr_db: 45.5,
+                }),
+                ..default_marks()
+            },
+            ProvenanceMarks {
+                watermark: Some(InvisibleWatermark {
+                    key_id: 0,
+                    psnr_db: 48.0,
+                }),
+                ..default_marks()
+            },
+        ];
+        for marks in variants {
+            p.provenance = marks;
+            assert!(seen.insert(content_key(&req, &p)), "{marks:?} collides");
+            // The key of an uploaded picture follows them too.
+            assert_ne!(source_key(b"png", &p), source_key(b"png", &profile()));
+        }
     }
 
     #[test]
@@ -341,7 +431,7 @@ mod tests {
         #[test]
         fn any_output_deciding_change_gives_another_key(
             prompt in "[a-z]{1,12}( [a-z]{1,12}){0,4}",
-            field in 0usize..14,
+            field in 0usize..16,
             delta in 1u32..100,
         ) {
             let base_req = request(&prompt);
@@ -369,6 +459,8 @@ mod tests {
                     position: crate::profile::WatermarkPosition::BottomRight,
                     opacity: 0.5, scale: 0.25, margin: 0.02,
                 }),
+                13 => p.provenance.c2pa = C2paMode::Embedded,
+                14 => p.provenance.watermark = Some(InvisibleWatermark { key_id: (delta % 256) as u8, psnr_db: 45.5 }),
                 _ => p.safety.block_at = 0.5 + delta as f32 / 1000.0,
             }
             prop_assert_ne!(base, content_key(&req, &p));

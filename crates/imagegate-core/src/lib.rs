@@ -20,7 +20,8 @@ pub use key::{content_key, source_key, ContentKey, PIPELINE_VERSION};
 pub use manifest::{Manifest, ManifestStatus, SafetyAction, SafetyVerdict, VariantRef};
 pub use money::Micros;
 pub use profile::{
-    AvifEncoder, AvifSettings, ImageFormat, JpegSettings, RenderProfile, SafetyThresholds,
-    WatermarkMark, WatermarkPosition, WatermarkSpec,
+    AvifEncoder, AvifSettings, C2paMode, ImageFormat, InvisibleWatermark, JpegSettings,
+    ProvenanceMarks, RenderProfile, SafetyThresholds, WatermarkMark, WatermarkPosition,
+    WatermarkSpec,
 };
 pub use request::{GenerationRequest, ModelChoice, ModelClass, RequestError, Size, TemplateRef};

@@ -259,6 +259,46 @@ pub struct RenderProfile {
     pub watermark: Option<WatermarkSpec>,
     #[serde(default)]
     pub safety: SafetyThresholds,
+    /// What the provenance stage puts in the files. Not set per profile: the
+    /// pipeline copies it from `[provenance]` into every profile at start-up, so
+    /// the content key tells marked files from unmarked ones.
+    #[serde(skip)]
+    pub provenance: ProvenanceMarks,
+}
+
+/// The provenance settings that change a profile's delivered bytes (never the
+/// secrets: a key id names the watermark key, the key itself stays out).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProvenanceMarks {
+    /// The invisible watermark, when on.
+    pub watermark: Option<InvisibleWatermark>,
+    /// Content Credentials on every file.
+    pub c2pa: C2paMode,
+}
+
+/// The invisible watermark's key id and strength.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct InvisibleWatermark {
+    pub key_id: u8,
+    /// The strength, as a PSNR target in dB.
+    pub psnr_db: f32,
+}
+
+/// Whether and how files carry a C2PA manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum C2paMode {
+    #[default]
+    Off,
+    /// Signed, with the manifest embedded in the file.
+    Embedded,
+}
+
+impl ProvenanceMarks {
+    /// True when the provenance stage leaves the files as they are.
+    pub fn is_off(&self) -> bool {
+        self.watermark.is_none() && self.c2pa == C2paMode::Off
+    }
 }
 
 impl RenderProfile {

@@ -163,6 +163,7 @@ mod tests {
             webp_quality: None,
             watermark: None,
             safety: Default::default(),
+            provenance: Default::default(),
         }
     }
 

@@ -140,6 +140,14 @@ impl Pipeline {
         let watermarking = provenance::Watermarking::from_config(&config.provenance.watermark)?;
         let credentials =
             provenance::Credentials::from_config(&config.provenance.c2pa)?.map(Arc::new);
+        let marks = provenance::marks(watermarking.as_ref(), credentials.as_deref());
+        let profiles: BTreeMap<String, RenderProfile> = profiles
+            .into_iter()
+            .map(|(name, mut p)| {
+                p.provenance = marks;
+                (name, p)
+            })
+            .collect();
         let providers = ProviderSet::from_config(&config.providers)?.into_providers();
         // A price book error names its file already.
         let price_book = PriceBook::load(&config.pricing)

@@ -2,7 +2,7 @@
 //! from where `[provenance]` says (never logged), and what a render needs to mark
 //! one image's variants.
 
-use imagegate_core::{ConfigError, ContentKey};
+use imagegate_core::{C2paMode, ConfigError, ContentKey, InvisibleWatermark, ProvenanceMarks};
 use imagegate_provenance::{Payload, WatermarkConfig, WatermarkKey, DEVELOPMENT_WATERMARK_SECRET};
 
 /// The invisible watermark as configured: the key, and how strongly to mark.
@@ -179,5 +179,23 @@ impl Credentials {
             trust_anchors,
             anchors_name,
         }))
+    }
+}
+
+/// What the configured provenance stage does to every file, as the content key
+/// sees it: the watermark's key id and strength, and whether files are signed.
+pub(crate) fn marks(
+    watermarking: Option<&Watermarking>,
+    credentials: Option<&Credentials>,
+) -> ProvenanceMarks {
+    ProvenanceMarks {
+        watermark: watermarking.map(|w| InvisibleWatermark {
+            key_id: w.key.id(),
+            psnr_db: w.psnr_db,
+        }),
+        c2pa: match credentials {
+            Some(_) => C2paMode::Embedded,
+            None => C2paMode::Off,
+        },
     }
 }

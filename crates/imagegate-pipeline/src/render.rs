@@ -82,6 +82,20 @@ pub(crate) fn render(
         }
     };
     let (source_width, source_height) = image.dimensions();
+    // A provider that signed its output: every variant keeps that manifest as its
+    // parent ingredient. Read once here, while the bytes are at hand; priced with
+    // the signing below.
+    let parent = job.credentials.as_ref().map(|(credentials, _)| {
+        measure(|| match credentials.signer.parent_of(&job.source) {
+            Ok(parent) => (parent, None),
+            Err(e) => {
+                // A provider manifest the c2pa crate cannot even parse is left out
+                // (and said so) rather than failing a picture that is fine.
+                tracing::warn!(error = %e, "provider output's C2PA manifest unreadable");
+                (None, Some(e.to_string()))
+            }
+        })
+    });
     // Only the pixels matter from here on; the encoded bytes are megabytes.
     drop(job.source);
     s.bytes_out = u64::from(source_width) * u64::from(source_height) * 3;
@@ -211,20 +225,27 @@ pub(crate) fn render(
     stages.push(s);
 
     let mut files = files;
-    if let Some((credentials, generator)) = &job.credentials {
+    if let (Some((credentials, generator)), Some(parent)) = (&job.credentials, parent) {
+        let (parent_wall_ms, parent_cpu_ms) = (parent.wall_ms, parent.cpu_ms);
+        let (parent, parent_error) = parent.value;
         let before: u64 = files.iter().map(|f| f.bytes.len() as u64).sum();
         let signed = measure(|| -> Result<(), PipelineError> {
             for f in files.iter_mut() {
                 f.bytes = credentials
                     .signer
-                    .sign(&f.bytes, f.format, generator)
+                    .sign(&f.bytes, f.format, generator, parent.as_ref())
                     .map_err(|e| {
                         PipelineError::Internal(format!("signing {} {}px: {e}", f.format, f.width))
                     })?;
             }
             Ok(())
         });
-        let mut s = stage(Stage::Provenance, signed.wall_ms, signed.cpu_ms, price);
+        let mut s = stage(
+            Stage::Provenance,
+            parent_wall_ms + signed.wall_ms,
+            parent_cpu_ms + signed.cpu_ms,
+            price,
+        );
         s.bytes_in = before;
         s.bytes_out = files.iter().map(|f| f.bytes.len() as u64).sum();
         s.detail = serde_json::json!({
@@ -233,6 +254,11 @@ pub(crate) fn render(
                 "bytes_added": s.bytes_out.saturating_sub(before),
                 "signature_reserve": credentials.signer.reserve_size(),
                 "ephemeral_certificate": credentials.ephemeral,
+                "parent_manifest": parent.as_ref().map(|p| serde_json::json!({
+                    "label": p.manifest_label(),
+                    "bytes": p.manifest_bytes(),
+                })),
+                "parent_error": parent_error,
             }
         });
         stages.push(s);
@@ -405,6 +431,7 @@ mod tests {
             webp_quality: None,
             watermark: None,
             safety: Default::default(),
+            provenance: Default::default(),
         }
     }
 

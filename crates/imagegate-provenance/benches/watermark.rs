@@ -5,7 +5,7 @@
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use imagegate_provenance::{detect, embed, luma_plane, Payload, WatermarkKey};
+use imagegate_provenance::{detect, embed, luma_plane, Payload, WatermarkKey, DEFAULT_PSNR_DB};
 
 /// A deterministic textured picture (gradients and noise), `side` px square.
 fn textured(side: u32) -> image::RgbImage {
@@ -34,12 +34,12 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("embed {side}px"), |b| {
             b.iter_batched(
                 || picture.clone(),
-                |mut p| embed(&mut p, &key, payload, 46.0),
+                |mut p| embed(&mut p, &key, payload, DEFAULT_PSNR_DB),
                 criterion::BatchSize::LargeInput,
             )
         });
         let mut marked = picture.clone();
-        embed(&mut marked, &key, payload, 46.0);
+        embed(&mut marked, &key, payload, DEFAULT_PSNR_DB);
         c.bench_function(&format!("detect {side}px"), |b| {
             b.iter(|| detect(&luma_plane(&marked), &key))
         });

@@ -44,6 +44,7 @@ fn main() {
         webp_quality: None,
         watermark: None,
         safety: Default::default(),
+        provenance: Default::default(),
     };
     let tmp = tempfile::tempdir().expect("temp dir");
 

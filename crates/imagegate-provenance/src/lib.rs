@@ -22,7 +22,7 @@ pub use config::{
 
 pub use credentials::{
     generate_development_ca, read_credentials, CredentialsReport, DevelopmentCredentials,
-    Generator, Signer, TRAINED_ALGORITHMIC_MEDIA,
+    Generator, IngredientReport, Parent, Signer, TRAINED_ALGORITHMIC_MEDIA,
 };
 pub use error::ProvenanceError;
 pub use watermark::{

@@ -58,6 +58,7 @@ fn main() {
         webp_quality: None,
         watermark: None,
         safety: Default::default(),
+        provenance: Default::default(),
     };
 
     let started = Instant::now();

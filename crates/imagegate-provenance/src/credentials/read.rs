@@ -24,9 +24,30 @@ pub struct CredentialsReport {
     pub digital_source_type: Option<String>,
     /// Validation codes that are failures (empty when the manifest validates).
     pub failures: Vec<String>,
+    /// The active manifest's ingredients: for a provider that signed its output,
+    /// its manifest as the `parentOf` ingredient.
+    pub ingredients: Vec<IngredientReport>,
     /// The manifest store as the c2pa crate reports it.
     #[schema(value_type = Object)]
     pub manifest_store: Option<serde_json::Value>,
+}
+
+/// One ingredient of a manifest, and what its own manifest (if any) claims.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct IngredientReport {
+    pub title: Option<String>,
+    /// `parentOf`, `componentOf` or `inputTo`.
+    pub relationship: Option<String>,
+    /// The label of the ingredient's own active manifest, when it had one.
+    pub manifest: Option<String>,
+    /// That manifest's claim generator (the provider's software).
+    pub claim_generator: Option<String>,
+    /// That manifest's first action and its `softwareAgent`.
+    pub action: Option<String>,
+    pub software_agent: Option<String>,
+    /// The ingredient manifest's validation failures as recorded when it was
+    /// added (empty when it validated).
+    pub failures: Vec<String>,
 }
 
 /// Reads `file`'s manifest (format guessed by the c2pa crate from `mime`),
@@ -56,6 +77,7 @@ pub fn read_credentials(
         action: None,
         digital_source_type: None,
         failures: Vec::new(),
+        ingredients: Vec::new(),
         manifest_store: None,
     };
     let reader = match c2pa::Reader::from_context(context).with_stream(mime, Cursor::new(file)) {
@@ -79,15 +101,11 @@ pub fn read_credentials(
     let active = store["active_manifest"]
         .as_str()
         .and_then(|label| store["manifests"].get(label));
-    let first_action = active.and_then(|m| {
-        m["assertions"].as_array()?.iter().find_map(|a| {
-            a["label"]
-                .as_str()
-                .filter(|l| l.starts_with("c2pa.actions"))
-                .and_then(|_| a["data"]["actions"].get(0))
-        })
-    });
-    let text = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    let first_action = active.and_then(first_action_of);
+    let ingredients = active
+        .and_then(|m| m["ingredients"].as_array())
+        .map(|all| all.iter().map(|i| ingredient_report(&store, i)).collect())
+        .unwrap_or_default();
     let failures = reader
         .validation_status()
         .unwrap_or_default()
@@ -107,6 +125,47 @@ pub fn read_credentials(
         action: text(first_action.and_then(|a| a.get("action"))),
         digital_source_type: text(first_action.and_then(|a| a.get("digitalSourceType"))),
         failures,
+        ingredients,
         manifest_store: Some(store),
     })
+}
+
+fn text(v: Option<&serde_json::Value>) -> Option<String> {
+    v.and_then(|v| v.as_str()).map(str::to_string)
+}
+
+/// The first action of a manifest's first actions assertion.
+fn first_action_of(manifest: &serde_json::Value) -> Option<&serde_json::Value> {
+    manifest["assertions"].as_array()?.iter().find_map(|a| {
+        a["label"]
+            .as_str()
+            .filter(|l| l.starts_with("c2pa.actions"))
+            .and_then(|_| a["data"]["actions"].get(0))
+    })
+}
+
+/// An ingredient as the c2pa crate's JSON report shows it, with its own active
+/// manifest looked up in the same store.
+fn ingredient_report(
+    store: &serde_json::Value,
+    ingredient: &serde_json::Value,
+) -> IngredientReport {
+    let label = text(ingredient.get("active_manifest"));
+    let manifest = label.as_deref().and_then(|l| store["manifests"].get(l));
+    let action = manifest.and_then(first_action_of);
+    // Ingredient v3 records results per manifest; older ones a flat status list.
+    let failures = ingredient["validation_results"]["activeManifest"]["failure"]
+        .as_array()
+        .or_else(|| ingredient["validation_status"].as_array())
+        .map(|codes| codes.iter().filter_map(|c| text(c.get("code"))).collect())
+        .unwrap_or_default();
+    IngredientReport {
+        title: text(ingredient.get("title")),
+        relationship: text(ingredient.get("relationship")),
+        claim_generator: text(manifest.and_then(|m| m["claim_generator_info"].get(0)?.get("name"))),
+        action: text(action.and_then(|a| a.get("action"))),
+        software_agent: text(action.and_then(|a| a["softwareAgent"].get("name"))),
+        manifest: label,
+        failures,
+    }
 }

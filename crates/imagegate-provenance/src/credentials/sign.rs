@@ -1,5 +1,6 @@
 //! Signing one delivered file.
 
+use super::parent::{Parent, PARENT_LABEL};
 use super::{mime, TRAINED_ALGORITHMIC_MEDIA};
 use crate::ProvenanceError;
 use imagegate_core::ImageFormat;
@@ -88,15 +89,42 @@ impl Signer {
         self.reserve
     }
 
-    /// `file` (an encoded `format` image) with a C2PA manifest embedded: a
-    /// `c2pa.created` action of digital source type `trainedAlgorithmicMedia` by
-    /// `generator`, claimed by imagegate.
+    /// The provider's manifest in `source` (its output as it arrived), read once
+    /// per render and given to [`Signer::sign`] for every variant; `None` when the
+    /// output carries none.
+    pub fn parent_of(&self, source: &[u8]) -> Result<Option<Parent>, ProvenanceError> {
+        Parent::from_provider_output(source, &self.context)
+    }
+
+    /// `file` (an encoded `format` image) with a C2PA manifest embedded, claimed
+    /// by imagegate. Without a `parent`, its first action is `c2pa.created` of
+    /// digital source type `trainedAlgorithmicMedia` by `generator`. With one (the
+    /// provider signed its output), the provider's manifest is the `parentOf`
+    /// ingredient and the first action is `c2pa.opened` of it, with the same
+    /// source type and agent: C2PA forbids `created` beside a parent.
     pub fn sign(
         &self,
         file: &[u8],
         format: ImageFormat,
         generator: &Generator,
+        parent: Option<&Parent>,
     ) -> Result<Vec<u8>, ProvenanceError> {
+        let agent = serde_json::json!({
+            "name": format!("{}/{}", generator.provider, generator.model),
+        });
+        let first_action = match parent {
+            None => serde_json::json!({
+                "action": "c2pa.created",
+                "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+                "softwareAgent": agent,
+            }),
+            Some(_) => serde_json::json!({
+                "action": "c2pa.opened",
+                "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+                "softwareAgent": agent,
+                "parameters": {"ingredientIds": [PARENT_LABEL]},
+            }),
+        };
         let definition = serde_json::json!({
             "claim_generator_info": [{
                 "name": "imagegate",
@@ -105,18 +133,15 @@ impl Signer {
             "format": mime(format),
             "assertions": [{
                 "label": "c2pa.actions",
-                "data": {"actions": [{
-                    "action": "c2pa.created",
-                    "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
-                    "softwareAgent": {
-                        "name": format!("{}/{}", generator.provider, generator.model),
-                    },
-                }]},
+                "data": {"actions": [first_action]},
             }],
         });
         let mut builder = c2pa::Builder::from_shared_context(&self.context)
             .with_definition(definition.to_string())
             .map_err(|e| ProvenanceError::C2pa(e.to_string()))?;
+        if let Some(parent) = parent {
+            builder.add_ingredient(parent.ingredient.clone());
+        }
         let mut source = Cursor::new(file);
         let mut dest = Cursor::new(Vec::with_capacity(file.len() + self.reserve + 4096));
         builder
