@@ -2,7 +2,8 @@
 //! the response leaves (a paid miss's row the moment its provider is paid, see
 //! `charges`); plus what makes replicas act as one: the leases of cross-replica single
 //! flight, budget reservations and request rates per key; and the queue of deferred
-//! jobs (`jobs`).
+//! jobs (`jobs`), with the batches some of them are sent in to providers' batch APIs
+//! (`upstream_batches`).
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -28,6 +29,7 @@ mod sqlite_writer;
 mod status;
 #[cfg(test)]
 mod testing;
+mod upstream_batches;
 mod write_tx;
 mod writer;
 
@@ -48,6 +50,7 @@ pub use origin::OriginRow;
 pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
 pub use status::RequestStatus;
+pub use upstream_batches::{LineOutcome, UpstreamBatch, UpstreamLine, UpstreamStatus};
 
 use backend::{with_pool, Pool};
 use chrono::{SecondsFormat, Utc};
