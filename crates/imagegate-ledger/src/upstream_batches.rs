@@ -737,10 +737,21 @@ mod tests {
         assert_eq!(taken[0].upstream_id.as_deref(), Some("batch_abc"));
         assert_eq!(taken[0].input_file_id.as_deref(), Some("file-abc"));
         assert_eq!(taken[0].status, UpstreamStatus::Submitted);
-        assert!(reopened.upstream_polled(&batch.id, "r2", "in_progress").await.unwrap());
-        assert!(!reopened.upstream_polled(&batch.id, "r1", "in_progress").await.unwrap());
+        assert!(reopened
+            .upstream_polled(&batch.id, "r2", "in_progress")
+            .await
+            .unwrap());
+        assert!(!reopened
+            .upstream_polled(&batch.id, "r1", "in_progress")
+            .await
+            .unwrap());
         reopened
-            .end_upstream_batch(&batch.id, UpstreamStatus::Completed, Some("completed"), None)
+            .end_upstream_batch(
+                &batch.id,
+                UpstreamStatus::Completed,
+                Some("completed"),
+                None,
+            )
             .await
             .unwrap();
         assert!(reopened

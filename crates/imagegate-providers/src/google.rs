@@ -242,8 +242,10 @@ impl GoogleProvider {
             .header("x-goog-api-key", self.key.expose())
             .json(&body);
         let (parsed, value): (GenerateContentResponse, _) =
-            helpers::send_json(&self.config.name, &self.endpoint, post, |a| self.error_from(a))
-                .await?;
+            helpers::send_json(&self.config.name, &self.endpoint, post, |a| {
+                self.error_from(a)
+            })
+            .await?;
         self.read_content(&parsed, &value)
     }
 

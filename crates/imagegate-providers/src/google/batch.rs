@@ -52,8 +52,10 @@ impl GoogleProvider {
             .get(format!("{}/{name}", self.endpoint.base_url))
             .header("x-goog-api-key", self.key.expose());
         let (op, _): (Operation, _) =
-            helpers::send_json(&self.config.name, &self.endpoint, get, |a| self.error_from(a))
-                .await?;
+            helpers::send_json(&self.config.name, &self.endpoint, get, |a| {
+                self.error_from(a)
+            })
+            .await?;
         Ok(op)
     }
 
@@ -204,7 +206,9 @@ impl BatchApi for GoogleProvider {
                     let result = self.inlined_result(model, item);
                     results.insert(key, result);
                 }
-                _ => tracing::warn!(provider = %self.config.name, batch = upstream_id, position = n, "a batch response for a request we did not send"),
+                _ => {
+                    tracing::warn!(provider = %self.config.name, batch = upstream_id, position = n, "a batch response for a request we did not send")
+                }
             }
         }
         Ok(results)

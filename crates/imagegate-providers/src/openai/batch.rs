@@ -58,8 +58,10 @@ impl OpenAiProvider {
     async fn batch_object(&self, id: &str) -> Result<Batch, ProviderError> {
         let get = self.batch_get(&format!("/batches/{id}"));
         let (batch, _): (Batch, _) =
-            helpers::send_json(&self.config.name, &self.endpoint, get, |a| self.error_from(a))
-                .await?;
+            helpers::send_json(&self.config.name, &self.endpoint, get, |a| {
+                self.error_from(a)
+            })
+            .await?;
         Ok(batch)
     }
 
@@ -114,7 +116,11 @@ impl OpenAiProvider {
             .unwrap_or_else(|| ("error".into(), "neither a response nor an error".into()));
         LineResult::Failed(ProviderError::Upstream {
             provider: name.clone(),
-            message: format!("batch line {}: {code}: {}", line.custom_id, helpers::truncate(&message, 300)),
+            message: format!(
+                "batch line {}: {code}: {}",
+                line.custom_id,
+                helpers::truncate(&message, 300)
+            ),
         })
     }
 }
@@ -167,10 +173,7 @@ impl BatchApi for OpenAiProvider {
             if line.request.model != model {
                 return Err(ProviderError::Config {
                     provider: name.clone(),
-                    message: format!(
-                        "batch of {model} has a line for {}",
-                        line.request.model
-                    ),
+                    message: format!("batch of {model} has a line for {}", line.request.model),
                 });
             }
             let input = InputLine {
@@ -221,7 +224,10 @@ impl BatchApi for OpenAiProvider {
         let name = &self.config.name;
         let batch = self.batch_object(upstream_id).await?;
         // Each line carries one base64 image at most as large as a live answer.
-        let limit = self.endpoint.max_body.saturating_mul(custom_ids.len().max(1));
+        let limit = self
+            .endpoint
+            .max_body
+            .saturating_mul(custom_ids.len().max(1));
         let mut results = BTreeMap::new();
         for file in [&batch.output_file_id, &batch.error_file_id]
             .into_iter()
@@ -249,8 +255,10 @@ impl BatchApi for OpenAiProvider {
     async fn cancel(&self, upstream_id: &str) -> Result<BatchPoll, ProviderError> {
         let post = self.batch_post(&format!("/batches/{upstream_id}/cancel"));
         let (batch, _): (Batch, _) =
-            helpers::send_json(&self.config.name, &self.endpoint, post, |a| self.error_from(a))
-                .await?;
+            helpers::send_json(&self.config.name, &self.endpoint, post, |a| {
+                self.error_from(a)
+            })
+            .await?;
         Ok(poll_of(&batch))
     }
 }

@@ -892,8 +892,14 @@ multiplier = 3.0
     let q = |provider, model, rate| {
         surged.quote_at_rate(provider, model, size("1024x1024"), None, at, rate)
     };
-    assert_eq!(q("openai", "gpt-image-2", Rate::Live).unwrap().micros, Micros(120_000));
-    assert_eq!(q("openai", "gpt-image-2", Rate::Batch).unwrap().micros, Micros(20_000));
+    assert_eq!(
+        q("openai", "gpt-image-2", Rate::Live).unwrap().micros,
+        Micros(120_000)
+    );
+    assert_eq!(
+        q("openai", "gpt-image-2", Rate::Batch).unwrap().micros,
+        Micros(20_000)
+    );
     assert!(matches!(
         q("bfl", "flux-2-pro", Rate::Batch),
         Err(PriceError::NoBatchPrice { .. })
@@ -904,6 +910,9 @@ multiplier = 3.0
             "[[model]]\nprovider = \"openai\"\nmodel = \"x\"\nsource = \"t\"\nas_of = 2026-12-01\nbatch_discount_pct = {bad}\npricing = {{ type = \"per_image\", prices = [{{ usd = 0.04 }}] }}\n"
         );
         let err = PriceBook::from_toml_str(&text).expect_err(bad);
-        assert!(err.to_string().contains("batch_discount_pct"), "{bad}: {err}");
+        assert!(
+            err.to_string().contains("batch_discount_pct"),
+            "{bad}: {err}"
+        );
     }
 }

@@ -130,13 +130,15 @@ async fn a_batch_is_inlined_polled_through_its_states_and_read_back_in_order() {
         line("job_b", "something refused"),
         line("job_c", "an unlucky line"),
     ];
-    let submitted = api.submit(MODEL, "ub_test", &lines).await.expect("submitted");
+    let submitted = api
+        .submit(MODEL, "ub_test", &lines)
+        .await
+        .expect("submitted");
     assert_eq!(submitted.upstream_id, "batches/abc123");
     assert_eq!(submitted.input_file_id, None);
-    let sent: serde_json::Value = serde_json::from_slice(
-        &server.received_requests().await.expect("recording on")[0].body,
-    )
-    .expect("json");
+    let sent: serde_json::Value =
+        serde_json::from_slice(&server.received_requests().await.expect("recording on")[0].body)
+            .expect("json");
     assert_eq!(sent["batch"]["displayName"], "ub_test");
     let requests = &sent["batch"]["inputConfig"]["requests"]["requests"];
     assert_eq!(requests.as_array().map(Vec::len), Some(3));
@@ -220,7 +222,10 @@ async fn an_expired_batch_keeps_what_it_finished_and_cancel_is_a_post() {
     );
     let ids = vec!["job_a".to_string(), "job_b".to_string()];
     let results = api.results("batches/abc123", MODEL, &ids).await.unwrap();
-    assert!(matches!(results.get("job_a"), Some(LineResult::Generated(_))));
+    assert!(matches!(
+        results.get("job_a"),
+        Some(LineResult::Generated(_))
+    ));
     assert!(!results.contains_key("job_b"));
     // Cancel answers with the state after it.
     assert_eq!(
@@ -248,7 +253,8 @@ async fn rate_limits_carry_the_retry_delay_and_a_failed_batch_says_why() {
         .await;
     let mut failed = operation("BATCH_STATE_FAILED", None);
     failed["done"] = serde_json::json!(true);
-    failed["error"] = serde_json::json!({"code": 3, "message": "Request payload size exceeds the limit."});
+    failed["error"] =
+        serde_json::json!({"code": 3, "message": "Request payload size exceeds the limit."});
     Mock::given(method("GET"))
         .and(path("/v1beta/batches/abc123"))
         .respond_with(ResponseTemplate::new(200).set_body_json(failed))

@@ -5,11 +5,11 @@
 //! `custom_id`, expiry with partial results, cancel, and the failures in OpenAI's
 //! words.
 
+use imagegate_core::Size;
 use imagegate_providers::openai::{OpenAiConfig, OpenAiProvider};
 use imagegate_providers::{
     BatchLine, BatchState, LineResult, Provider, ProviderError, ProviderRequest,
 };
-use imagegate_core::Size;
 use std::time::Duration;
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -135,10 +135,10 @@ async fn a_batch_uploads_jsonl_moves_through_its_statuses_and_maps_results_by_cu
     let image = png(32, 32);
     Mock::given(method("GET"))
         .and(path("/v1/files/file-out/content"))
-        .respond_with(ResponseTemplate::new(200).set_body_string(format!(
-            "{}\n",
-            output_line("job_a", &image)
-        )))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string(format!("{}\n", output_line("job_a", &image))),
+        )
         .mount(&server)
         .await;
     let refused = serde_json::json!({
@@ -214,7 +214,10 @@ async fn a_batch_uploads_jsonl_moves_through_its_statuses_and_maps_results_by_cu
         }
         assert_eq!(polled.state, BatchState::Working);
     }
-    assert_eq!(seen, ["validating", "in_progress", "finalizing", "completed"]);
+    assert_eq!(
+        seen,
+        ["validating", "in_progress", "finalizing", "completed"]
+    );
 
     let ids: Vec<String> = lines.iter().map(|l| l.custom_id.clone()).collect();
     let mut results = api
@@ -280,14 +283,27 @@ async fn an_expired_batch_returns_the_lines_it_finished() {
         api.poll("batch_abc123").await.unwrap().state,
         BatchState::Expired
     );
-    let ids = vec!["job_a".to_string(), "job_b".to_string(), "job_c".to_string()];
-    let results = api.results("batch_abc123", "gpt-image-2", &ids).await.unwrap();
-    assert!(matches!(results.get("job_a"), Some(LineResult::Generated(_))));
+    let ids = vec![
+        "job_a".to_string(),
+        "job_b".to_string(),
+        "job_c".to_string(),
+    ];
+    let results = api
+        .results("batch_abc123", "gpt-image-2", &ids)
+        .await
+        .unwrap();
+    assert!(matches!(
+        results.get("job_a"),
+        Some(LineResult::Generated(_))
+    ));
     match results.get("job_b") {
         Some(LineResult::Failed(e)) => assert!(e.to_string().contains("batch_expired"), "{e}"),
         other => panic!("job_b: {other:?}"),
     }
-    assert!(!results.contains_key("job_c"), "a line never reported has no result");
+    assert!(
+        !results.contains_key("job_c"),
+        "a line never reported has no result"
+    );
 }
 
 #[tokio::test]
@@ -335,16 +351,20 @@ async fn errors_are_typed_rate_limits_wait_and_the_key_never_leaks() {
         .await;
     Mock::given(method("GET"))
         .and(path("/v1/batches/batch_500"))
-        .respond_with(ResponseTemplate::new(500).set_body_json(serde_json::json!({"error": {
+        .respond_with(
+            ResponseTemplate::new(500).set_body_json(serde_json::json!({"error": {
             "message": "The server had an error while processing your request.",
-            "type": "server_error", "param": null, "code": null}})))
+            "type": "server_error", "param": null, "code": null}})),
+        )
         .mount(&server)
         .await;
     Mock::given(method("GET"))
         .and(path("/v1/batches/batch_401"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(serde_json::json!({"error": {
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(serde_json::json!({"error": {
             "message": format!("Incorrect API key provided: {KEY}."),
-            "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})))
+            "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})),
+        )
         .mount(&server)
         .await;
     Mock::given(method("GET"))
