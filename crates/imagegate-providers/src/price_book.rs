@@ -677,7 +677,7 @@ impl PriceBook {
                 ),
             ),
         };
-        self.finish(entry, provider, model, list, detail, at, rate)
+        self.finish(entry, model, list, detail, at, rate)
     }
 
     /// The actual fee of a finished call from the usage the provider reported.
@@ -822,7 +822,7 @@ impl PriceBook {
                 )
             }
         };
-        self.finish(entry, provider, model, list, detail, at, rate)
+        self.finish(entry, model, list, detail, at, rate)
     }
 
     /// The surge multiplier in force for `provider`/`model` at `at`: the largest of
@@ -866,16 +866,17 @@ impl PriceBook {
         Ok(entry)
     }
 
+    /// `entry` was found by its provider kind, so its `provider` is the caller's.
     fn finish(
         &self,
         entry: &PriceEntry,
-        provider: &str,
         model: &str,
         list_micros: f64,
         detail: String,
         at: DateTime<Utc>,
         rate: Rate,
     ) -> Result<Quote, PriceError> {
+        let provider = entry.provider.as_str();
         let adapter_premium_pct = match split_adapter(model) {
             (_, Some(_)) => entry.adapter_premium_pct.unwrap_or(0.0),
             (_, None) => 0.0,
