@@ -675,3 +675,238 @@ async fn post_json_status(url: String, body: serde_json::Value) -> (u16, serde_j
     let r = client().post(url).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
+
+/// OpenAI's Files and Batches API for images, as a local server: the uploaded JSONL
+/// is read for its `custom_id`s, the batch stays `in_progress` until the test lets
+/// it finish, then (after one 429 with `Retry-After`) goes `finalizing` and
+/// `completed`, and its output file answers every line with an image and the token
+/// usage OpenAI reports (https://platform.openai.com/docs/api-reference/batch).
+#[derive(Clone, Default)]
+struct OpenAiBatches(std::sync::Arc<std::sync::Mutex<BatchesState>>);
+
+#[derive(Default)]
+struct BatchesState {
+    uploads: Vec<Vec<String>>,
+    created: u32,
+    polls: u32,
+    finish: bool,
+    rate_limited: bool,
+    finalized: bool,
+}
+
+impl OpenAiBatches {
+    fn with<T>(&self, f: impl FnOnce(&mut BatchesState) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+}
+
+fn openai_batch(status: &str, output: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "id": "batch_1", "object": "batch", "endpoint": "/v1/images/generations",
+        "errors": null, "input_file_id": "file-in-1", "completion_window": "24h",
+        "status": status, "output_file_id": output, "error_file_id": null,
+        "created_at": 1_776_800_000, "expires_at": 1_776_886_400,
+        "request_counts": {"total": 1, "completed": 0, "failed": 0}, "metadata": {}
+    })
+}
+
+impl wiremock::Respond for OpenAiBatches {
+    fn respond(&self, request: &wiremock::Request) -> wiremock::ResponseTemplate {
+        use wiremock::ResponseTemplate as R;
+        let path = request.url.path().to_string();
+        let method = request.method.as_str().to_string();
+        self.with(|s| match (method.as_str(), path.as_str()) {
+            ("POST", "/v1/files") => {
+                let body = String::from_utf8_lossy(&request.body).to_string();
+                let ids = body
+                    .lines()
+                    .filter(|l| l.starts_with('{'))
+                    .map(|l| {
+                        let line: serde_json::Value = serde_json::from_str(l).unwrap();
+                        assert_eq!(line["url"], "/v1/images/generations", "{line}");
+                        line["custom_id"].as_str().unwrap().to_string()
+                    })
+                    .collect();
+                s.uploads.push(ids);
+                R::new(200).set_body_json(serde_json::json!({
+                    "id": "file-in-1", "object": "file", "bytes": body.len(),
+                    "created_at": 1_776_800_000, "filename": "input.jsonl", "purpose": "batch"
+                }))
+            }
+            ("POST", "/v1/batches") => {
+                s.created += 1;
+                R::new(200).set_body_json(openai_batch("validating", None))
+            }
+            ("GET", "/v1/batches/batch_1") => {
+                s.polls += 1;
+                if !s.finish {
+                    let status = if s.polls == 1 { "validating" } else { "in_progress" };
+                    return R::new(200).set_body_json(openai_batch(status, None));
+                }
+                if !s.rate_limited {
+                    s.rate_limited = true;
+                    return R::new(429).insert_header("retry-after", "1").set_body_json(
+                        serde_json::json!({"error": {"message": "Rate limit reached",
+                            "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+                    );
+                }
+                if !s.finalized {
+                    s.finalized = true;
+                    return R::new(200).set_body_json(openai_batch("finalizing", None));
+                }
+                R::new(200).set_body_json(openai_batch("completed", Some("file-out-1")))
+            }
+            ("GET", "/v1/files/file-out-1/content") => {
+                let mut png = std::io::Cursor::new(Vec::new());
+                image::RgbImage::from_fn(256, 256, |x, y| {
+                    image::Rgb([(x % 256) as u8, (y % 256) as u8, 120])
+                })
+                .write_to(&mut png, image::ImageFormat::Png)
+                .unwrap();
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(png.into_inner());
+                let lines: Vec<String> = s
+                    .uploads
+                    .iter()
+                    .flatten()
+                    .map(|id| {
+                        // 4 text input tokens at $5/M and 1766 image output tokens at
+                        // $30/M: $0.053, the live price of a 1024x1024 medium image.
+                        serde_json::json!({
+                            "id": format!("batch_req_{id}"), "custom_id": id,
+                            "response": {"status_code": 200, "request_id": "req_1", "body": {
+                                "created": 1_776_800_100, "data": [{"b64_json": b64}],
+                                "quality": "medium", "size": "1024x1024",
+                                "usage": {"total_tokens": 1770, "input_tokens": 4,
+                                    "output_tokens": 1766,
+                                    "input_tokens_details": {"text_tokens": 4, "image_tokens": 0},
+                                    "output_tokens_details": {"image_tokens": 1766, "text_tokens": 0}}
+                            }},
+                            "error": null
+                        })
+                        .to_string()
+                    })
+                    .collect();
+                R::new(200).set_body_string(lines.join("\n") + "\n")
+            }
+            _ => R::new(404).set_body_json(serde_json::json!({"error": {
+                "message": format!("no route {method} {path}"), "type": "invalid_request_error",
+                "param": null, "code": null}})),
+        })
+    }
+}
+
+async fn until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "{what}: not after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A job with a day and more to spare, for a model whose provider has a batch API,
+/// goes through that API at half the live price: one upstream batch, charged at the
+/// batch price when its result is read, the image published as a live one's. A
+/// kill -9 while the batch is polled loses nothing: the restarted server resumes
+/// polling the same batch and submits nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_with_time_to_spare_goes_through_the_openai_batch_api_at_half_price() {
+    let upstream = wiremock::MockServer::start().await;
+    let batches = OpenAiBatches::default();
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(batches.clone())
+        .mount(&upstream)
+        .await;
+    let site = Site::new(|dir| {
+        format!(
+            "{}upstream_poll_ms = 200\n\n[[providers]]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
+             api_key_env = \"IMAGEGATE_TEST_OPENAI_KEY\"\ntimeout_secs = 5\n",
+            config(dir, ""),
+            upstream.uri()
+        )
+    });
+    let env = [("IMAGEGATE_TEST_OPENAI_KEY", "sk-test-upstream")];
+    let server = site.serve(&env);
+
+    let request = serde_json::json!({
+        "prompt": "a lighthouse keeper's ledger, ink on paper",
+        "model": "openai/gpt-image-2",
+        "size": "1024x1024",
+        "deliver_by": "30h",
+    });
+    let (status, job, _) = post_image(&server, request).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let live = usd(&job["cost"]["live_provider_usd"]);
+    let planned = usd(&job["cost"]["planned_provider_usd"]);
+    assert!(close(live, 0.053), "{job}");
+    assert!(
+        close(planned, live / 2.0),
+        "planned at the batch price: {job}"
+    );
+
+    // Submitted once and polled; then the server dies mid-poll.
+    until(
+        "the upstream batch is polled",
+        Duration::from_secs(30),
+        || batches.with(|s| s.created == 1 && s.polls >= 2),
+    )
+    .await;
+    assert_eq!(
+        get_json(server.url(&format!("/v1/jobs/{id}"))).await["status"],
+        "running"
+    );
+    server.kill();
+    let polls_before = batches.with(|s| s.polls);
+
+    let server = site.serve(&env);
+    until(
+        "the restarted server polls the same batch",
+        Duration::from_secs(30),
+        || batches.with(|s| s.polls > polls_before),
+    )
+    .await;
+    batches.with(|s| s.finish = true);
+    let done = until_final(&server, &id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    batches.with(|s| {
+        assert_eq!(s.created, 1, "one upstream batch, never submitted again");
+        assert_eq!(s.uploads, vec![vec![id.clone()]]);
+        assert!(s.rate_limited && s.finalized);
+    });
+
+    // Charged at the batch price: half the live quote.
+    let cost = &done["cost"];
+    assert!(close(usd(&cost["provider_usd"]), live / 2.0), "{done}");
+    assert!(
+        close(usd(&cost["saved_usd"]), live - live / 2.0),
+        "the ledger keeps the live equivalent: {done}"
+    );
+    let ledger = ledger(&site).await;
+    let key = done["image_id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(ledger.paid_generations(key).await.unwrap(), 1);
+    let rows = ledger.request_rows(&id).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].cache, rows[0].status),
+        (
+            imagegate_ledger::CacheOutcome::Miss,
+            imagegate_ledger::RequestStatus::Ok
+        )
+    );
+    let recorded = ledger.upstream_batches().await.unwrap();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0].upstream_id.as_deref(), Some("batch_1"));
+    assert_eq!(recorded[0].input_file_id.as_deref(), Some("file-in-1"));
+    assert_eq!(
+        recorded[0].status,
+        imagegate_ledger::UpstreamStatus::Completed
+    );
+
+    // Published and served like a live miss: classified, encoded, stored.
+    let image = &done["image"];
+    assert_eq!(image["safety"]["action"], "allow", "{image}");
+    let url = image["images"][0]["url"].as_str().unwrap();
+    assert_eq!(client().get(url).send().await.unwrap().status(), 200);
+    server.stop();
+}

@@ -212,11 +212,22 @@ impl Ledger {
     /// Queues a job. A caller's identical pending request (same content key and
     /// owner, outside a batch) is one job: the pending one is returned with false.
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<(Job, bool), LedgerError> {
+        self.enqueue(job, None).await
+    }
+
+    /// [`enqueue_job`](Self::enqueue_job), planned for `upstream`'s batch API when
+    /// given (see `upstream_batches`).
+    pub(crate) async fn enqueue(
+        &self,
+        job: &NewJob,
+        upstream: Option<(&str, &str)>,
+    ) -> Result<(Job, bool), LedgerError> {
         let now = self.pool.now_ms_sql();
         let sql = format!(
             "INSERT INTO jobs (id, api_key, content_key, request, status, deliver_by, \
-             run_after, created_at, live_micros, planned_micros, batch, custom_id, webhook_url) \
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, {now}, $7, $8, $9, $10, $11) \
+             run_after, created_at, live_micros, planned_micros, batch, custom_id, webhook_url, \
+             upstream_provider, upstream_model) \
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, {now}, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT DO NOTHING"
         );
         // Twice: the pending twin that refused the insert may finish before it is read.
@@ -235,6 +246,8 @@ impl Ledger {
                     .bind(&job.batch)
                     .bind(&job.custom_id)
                     .bind(&job.webhook_url)
+                    .bind(upstream.map(|u| u.0))
+                    .bind(upstream.map(|u| u.1))
                     .execute(p)
                     .await
                     .map(|r| r.rows_affected())
@@ -368,7 +381,8 @@ impl Ledger {
     /// Claims up to `limit` jobs for `holder` for `ttl`: queued jobs whose planned
     /// moment has come (earliest first), and running jobs whose worker's lease ran
     /// out (taken over). Jobs whose deadline passed are left to
-    /// [`Ledger::expire_overdue_jobs`].
+    /// [`Ledger::expire_overdue_jobs`]; jobs planned for a provider's batch API to
+    /// the upstream worker.
     pub async fn claim_jobs(
         &self,
         holder: &str,
@@ -389,6 +403,7 @@ impl Ledger {
              lease_expires_at = {db_now} + $2, attempts = attempts + 1, \
              started_at = COALESCE(started_at, {db_now}) \
              WHERE id IN (SELECT id FROM jobs WHERE deliver_by > $3 AND \
+             upstream_provider IS NULL AND \
              ((status = 'queued' AND run_after <= $3) OR \
               (status = 'running' AND lease_expires_at <= {db_now})) \
              ORDER BY run_after, id LIMIT $4{skip_locked}) \

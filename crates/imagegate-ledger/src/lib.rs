@@ -2,7 +2,8 @@
 //! the response leaves (a paid miss's row the moment its provider is paid, see
 //! `charges`); plus what makes replicas act as one: the leases of cross-replica single
 //! flight, budget reservations and request rates per key; and the queue of deferred
-//! jobs (`jobs`).
+//! jobs (`jobs`), with the batches some of them are sent in to providers' batch APIs
+//! (`upstream_batches`).
 //! SQLite (WAL, synchronous=FULL) by default, PostgreSQL when several replicas share
 //! one ledger; the same query code runs on both (see `backend`).
 //!
@@ -31,6 +32,7 @@ mod status;
 #[cfg(test)]
 mod testing;
 mod webhooks;
+mod upstream_batches;
 mod write_tx;
 mod writer;
 
@@ -54,6 +56,7 @@ pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMO
 pub use savings::{DeferralSavings, DeliveryLever, SavingsByLever};
 pub use status::RequestStatus;
 pub use webhooks::{WebhookAttempt, WebhookDelivery, WebhookNext, WebhookRecord, WebhookStatus};
+pub use upstream_batches::{LineOutcome, UpstreamBatch, UpstreamLine, UpstreamStatus};
 
 use backend::{with_pool, Pool};
 use chrono::{SecondsFormat, Utc};

@@ -1,6 +1,7 @@
-//! A miss, made: the picture (from a provider, paid; or from the caller), the render
-//! on the CPU pool, publishing, and the bill. It runs in a task of its own (see
-//! `single_flight`), so it finishes and records its costs whoever still waits.
+//! A miss, made: the picture (from a provider, paid; from a provider's batch, paid
+//! already; or from the caller), the render on the CPU pool, publishing, and the
+//! bill. It runs in a task of its own (see `single_flight`), so it finishes and
+//! records its costs whoever still waits.
 //!
 //! Money is settled as it is spent: the provider's charge goes into the ledger the
 //! moment the provider answers (`tab`); a failure after that settles the bill as
@@ -22,7 +23,7 @@ use imagegate_core::{
     StageCost,
 };
 use imagegate_imaging::DecodeLimits;
-use imagegate_ledger::{CacheOutcome, RequestRecord, RequestStatus};
+use imagegate_ledger::{CacheOutcome, ChargeId, RequestRecord, RequestStatus};
 use imagegate_providers::Policy;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +43,15 @@ pub(crate) enum Source {
     },
     /// The caller's own picture (`imagegate process`).
     Upload(Bytes),
+    /// A provider's answer to one line of its batch API (`deferred::upstream`),
+    /// paid already: its charge is in the ledger (`charge`, with the paid `stage`),
+    /// so the bill settles that row; every stage after it is a live miss's.
+    PaidUpstream {
+        origin: Origin,
+        bytes: Bytes,
+        charge: ChargeId,
+        stage: StageCost,
+    },
 }
 
 /// Everything one production needs, owned: it outlives the request that made it.
@@ -107,6 +117,9 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
         wall_ms: 0.0,
     };
     let mut tab = Tab::new(pipeline.ledger().clone(), request, started, reservation);
+    if let Source::PaidUpstream { charge, stage, .. } = &source {
+        tab.adopt(*charge, stage.clone());
+    }
     let location = match mode {
         CacheMode::Bypass => Location::Bypass {
             nonce: format!("{:016x}", rand::random::<u64>()),
@@ -137,6 +150,7 @@ async fn make(pipeline: &Pipeline, order: Order) -> Result<Arc<Manifest>, Pipeli
                     (origin, bytes, None)
                 }
                 (_, Source::Upload(bytes)) => (Origin::upload(), bytes, None),
+                (_, Source::PaidUpstream { origin, bytes, .. }) => (origin, bytes, None),
                 (
                     _,
                     Source::Provider {

@@ -51,6 +51,14 @@ impl Tab {
         }
     }
 
+    /// Takes over a charge already in the ledger with its paid `stage` (a line of a
+    /// provider's batch, charged when its result was read): the bill settles that
+    /// row instead of opening another.
+    pub(crate) fn adopt(&mut self, charge: ChargeId, stage: StageCost) {
+        self.all.push(stage);
+        self.charge = Some(charge);
+    }
+
     /// The request row's facts, to fill in as they become known.
     pub(crate) fn request_mut(&mut self) -> &mut RequestRecord {
         &mut self.request

@@ -26,8 +26,10 @@
 //!
 //! The API takes no negative prompt; that request field is not sent.
 
+pub mod batch;
+
 use crate::helpers::{self, Answer, ApiKey};
-use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
+use crate::{BatchApi, Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::{ModelClass, Size};
@@ -72,6 +74,14 @@ pub struct GoogleConfig {
     pub max_response_bytes: u64,
     #[serde(default = "default_models")]
     pub models: Vec<ModelOffer>,
+    /// Send deferred jobs with a day to spare through Gemini's batch mode
+    /// (`google::batch`) at its discount.
+    #[serde(default = "default_batch")]
+    pub batch: bool,
+}
+
+fn default_batch() -> bool {
+    true
 }
 
 fn default_name() -> String {
@@ -105,6 +115,7 @@ impl Default for GoogleConfig {
             timeout_secs: default_timeout_secs(),
             max_response_bytes: helpers::default_max_response_bytes(),
             models: default_models(),
+            batch: default_batch(),
         }
     }
 }
@@ -188,17 +199,14 @@ impl GoogleProvider {
         )
     }
 
-    async fn generate_content(
-        &self,
-        request: &ProviderRequest,
-    ) -> Result<(Vec<u8>, Usage), ProviderError> {
-        let name = &self.config.name;
+    /// The generateContent body for `request` (live, or one inlined batch request).
+    fn content_request<'a>(&self, request: &'a ProviderRequest) -> GenerateContentRequest<'a> {
         let ratio = helpers::closest_aspect_ratio(
             request.size.width,
             request.size.height,
             GEMINI_ASPECT_RATIOS,
         );
-        let body = GenerateContentRequest {
+        GenerateContentRequest {
             contents: vec![Content {
                 role: "user",
                 parts: vec![TextPart {
@@ -216,7 +224,14 @@ impl GoogleProvider {
                         .then(|| image_size_tier(request.size)),
                 },
             },
-        };
+        }
+    }
+
+    async fn generate_content(
+        &self,
+        request: &ProviderRequest,
+    ) -> Result<(Vec<u8>, Usage), ProviderError> {
+        let body = self.content_request(request);
         let post = self
             .endpoint
             .client
@@ -227,8 +242,21 @@ impl GoogleProvider {
             .header("x-goog-api-key", self.key.expose())
             .json(&body);
         let (parsed, value): (GenerateContentResponse, _) =
-            helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
+            helpers::send_json(&self.config.name, &self.endpoint, post, |a| {
+                self.error_from(a)
+            })
+            .await?;
+        self.read_content(&parsed, &value)
+    }
 
+    /// The image and usage of a generateContent answer (live, or one inlined batch
+    /// response).
+    fn read_content(
+        &self,
+        parsed: &GenerateContentResponse,
+        value: &serde_json::Value,
+    ) -> Result<(Vec<u8>, Usage), ProviderError> {
+        let name = &self.config.name;
         if let Some(reason) = parsed
             .prompt_feedback
             .as_ref()
@@ -301,6 +329,27 @@ impl GoogleProvider {
     }
 }
 
+impl GoogleProvider {
+    fn generation(
+        &self,
+        model: &str,
+        bytes: Vec<u8>,
+        mut usage: Usage,
+    ) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
+        let sniffed = helpers::sniff_image(name, &bytes)?;
+        usage.width = sniffed.width;
+        usage.height = sniffed.height;
+        Ok(Generation {
+            bytes: Bytes::from(bytes),
+            media_type: sniffed.media_type.to_string(),
+            provider: name.clone(),
+            model: model.to_string(),
+            usage,
+        })
+    }
+}
+
 #[async_trait]
 impl Provider for GoogleProvider {
     fn name(&self) -> &str {
@@ -320,18 +369,12 @@ impl Provider for GoogleProvider {
     }
 
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
-        let name = &self.config.name;
-        let (bytes, mut usage) = self.generate_content(request).await?;
-        let sniffed = helpers::sniff_image(name, &bytes)?;
-        usage.width = sniffed.width;
-        usage.height = sniffed.height;
-        Ok(Generation {
-            bytes: Bytes::from(bytes),
-            media_type: sniffed.media_type.to_string(),
-            provider: name.clone(),
-            model: request.model.clone(),
-            usage,
-        })
+        let (bytes, usage) = self.generate_content(request).await?;
+        self.generation(&request.model, bytes, usage)
+    }
+
+    fn batch(&self) -> Option<&dyn BatchApi> {
+        self.config.batch.then_some(self as &dyn BatchApi)
     }
 }
 

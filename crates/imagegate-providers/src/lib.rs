@@ -5,10 +5,13 @@
 //! Adapters turn our [`ProviderRequest`] into a provider's wire format and its answer
 //! into a [`Generation`] with the usage the provider reported; they carry no prices
 //! (the price book does) and never decode pixels (the imaging crate does, with
-//! limits). The shared send-and-map code lives once in `helpers`. The `local` provider
-//! draws deterministic procedural images so the whole service runs offline.
+//! limits). The shared send-and-map code lives once in `helpers`. Providers with a
+//! batch API (OpenAI, Gemini) also expose it as a [`BatchApi`] (`batch`). The
+//! `local` provider draws deterministic procedural images so the whole service runs
+//! offline.
 
 pub mod automatic1111;
+pub mod batch;
 pub mod bfl;
 pub mod breaker;
 pub mod fal;
@@ -22,8 +25,9 @@ pub mod replicate;
 pub mod router;
 pub mod stability;
 
+pub use batch::{BatchApi, BatchLine, BatchPoll, BatchState, LineResult, Submitted};
 pub use live_prices::{LivePrices, Reloaded};
-pub use price_book::{ModelStatus, PriceBook, PriceError, Quote};
+pub use price_book::{ModelStatus, PriceBook, PriceError, Quote, Rate};
 pub use router::{
     Charge, Decision, Estimate, Policy, RouteError, Routed, Router, RouterConfig, SkipReason,
 };
@@ -226,6 +230,11 @@ pub trait Provider: Send + Sync {
     /// Generates one image. Dropping the future abandons the call; queue-style
     /// adapters then cancel the prediction upstream where the provider can.
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError>;
+    /// The provider's batch API, when it has one and it is enabled: the same
+    /// generations within a completion window, at the price book's batch price.
+    fn batch(&self) -> Option<&dyn BatchApi> {
+        None
+    }
 }
 
 /// Provider configuration, one table per provider in `[[providers]]`.

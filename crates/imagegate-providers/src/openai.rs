@@ -22,8 +22,10 @@
 //! DALL·E 2/3 and gpt-image-1, 1-mini and 1.5 are retired (see config/pricing.toml);
 //! the router never sends them here.
 
+pub mod batch;
+
 use crate::helpers::{self, Answer, ApiKey};
-use crate::{Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
+use crate::{BatchApi, Generation, ModelOffer, Provider, ProviderError, ProviderRequest, Usage};
 use async_trait::async_trait;
 use bytes::Bytes;
 use imagegate_core::{ModelClass, Size};
@@ -68,6 +70,14 @@ pub struct OpenAiConfig {
     pub quality: BTreeMap<String, String>,
     #[serde(default = "default_models")]
     pub models: Vec<ModelOffer>,
+    /// Send deferred jobs with a day to spare through the Batch API (`openai::batch`)
+    /// at its discount; off for OpenAI-compatible endpoints that lack one.
+    #[serde(default = "default_batch")]
+    pub batch: bool,
+}
+
+fn default_batch() -> bool {
+    true
 }
 
 fn default_name() -> String {
@@ -100,6 +110,7 @@ impl Default for OpenAiConfig {
             max_response_bytes: helpers::default_max_response_bytes(),
             quality: BTreeMap::new(),
             models: default_models(),
+            batch: default_batch(),
         }
     }
 }
@@ -156,19 +167,15 @@ impl Provider for OpenAiProvider {
         self.endpoint.timeout
     }
 
+    fn batch(&self) -> Option<&dyn BatchApi> {
+        self.config.batch.then_some(self as &dyn BatchApi)
+    }
+
     async fn generate(&self, request: &ProviderRequest) -> Result<Generation, ProviderError> {
         let name = &self.config.name;
-        let model = request.model.as_str();
-        let (w, h) = wire_size(model, request.size);
-        let quality = self.quality_for(model);
-        let body = CreateImageRequest {
-            model,
-            prompt: &request.prompt,
-            n: 1,
-            size: format!("{w}x{h}"),
-            quality,
-        };
-        tracing::debug!(provider = %name, model, size = %body.size, "openai images/generations");
+        let body = self.image_request(request);
+        let quality = body.quality;
+        tracing::debug!(provider = %name, model = %request.model, size = %body.size, "openai images/generations");
         let post = self
             .endpoint
             .client
@@ -177,6 +184,34 @@ impl Provider for OpenAiProvider {
             .json(&body);
         let (parsed, value): (ImagesResponse, _) =
             helpers::send_json(name, &self.endpoint, post, |a| self.error_from(a)).await?;
+        self.read_images(&request.model, quality, &parsed, &value)
+    }
+}
+
+impl OpenAiProvider {
+    /// The Images API request for `request` (live, or one line of a batch).
+    fn image_request<'a>(&'a self, request: &'a ProviderRequest) -> CreateImageRequest<'a> {
+        let model = request.model.as_str();
+        let (w, h) = wire_size(model, request.size);
+        CreateImageRequest {
+            model,
+            prompt: &request.prompt,
+            n: 1,
+            size: format!("{w}x{h}"),
+            quality: self.quality_for(model),
+        }
+    }
+
+    /// A generation from an Images API answer (the live response, or one line of a
+    /// batch's output file).
+    fn read_images(
+        &self,
+        model: &str,
+        quality: Option<&str>,
+        parsed: &ImagesResponse,
+        value: &serde_json::Value,
+    ) -> Result<Generation, ProviderError> {
+        let name = &self.config.name;
         let first = parsed
             .data
             .first()
@@ -231,13 +266,11 @@ impl Provider for OpenAiProvider {
             bytes: Bytes::from(bytes),
             media_type: sniffed.media_type.to_string(),
             provider: name.clone(),
-            model: request.model.clone(),
+            model: model.to_string(),
             usage,
         })
     }
-}
 
-impl OpenAiProvider {
     fn error_from(&self, answer: &Answer) -> ProviderError {
         let parsed = serde_json::from_slice::<ErrorResponse>(&answer.body).ok();
         if let Some(e) = &parsed {

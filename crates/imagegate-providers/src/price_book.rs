@@ -10,8 +10,11 @@
 //! a finished call from the usage the provider reported. Both take the instant `at`
 //! so the surge in force is decided by the caller's (injectable) clock.
 //!
+//! A call through a provider's batch API is priced at [`Rate::Batch`]: the entry's
+//! `batch_discount_pct` off and no surge; an entry without one has no batch price.
+//!
 //! Arithmetic runs in `f64` micro-dollars and rounds once, at the end, to the nearest
-//! micro-dollar: cost = base × (1 + premium%) × surge × (1 − discount%).
+//! micro-dollar: cost = base × (1 + premium%) × surge × (1 − batch%) × (1 − discount%).
 
 use crate::Usage;
 pub use audit::{audit, unpriced_offers, Finding, Offered};
@@ -63,6 +66,10 @@ pub enum PriceError {
         model: String,
         what: &'static str,
     },
+    /// The entry has no `batch_discount_pct`: its batch price is unknown, so nothing
+    /// is sent to the provider's batch API on a guess.
+    #[error("{provider}/{model} has no batch price (batch_discount_pct)")]
+    NoBatchPrice { provider: String, model: String },
     #[error("{provider}/{model} has no adapter_premium_pct, so fine-tuned adapter {adapter:?} cannot be priced")]
     NoAdapterPrice {
         provider: String,
@@ -221,6 +228,11 @@ pub struct PriceEntry {
     /// Quality tier assumed when a quote or a usage names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_quality: Option<String>,
+    /// What the provider's batch API takes off the live price, in percent (OpenAI's
+    /// Batch API and Gemini's batch mode: 50). None: no batch price is known, and no
+    /// job goes to the batch API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_discount_pct: Option<f64>,
     /// Extra percentage charged for a fine-tuned adapter (`model@adapter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_premium_pct: Option<f64>,
@@ -392,6 +404,15 @@ struct PriceBookFile {
     discount: Vec<toml::Spanned<Discount>>,
 }
 
+/// Which of a model's prices applies: a live call's, or a call through the
+/// provider's batch API (the entry's `batch_discount_pct` off, no surge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rate {
+    Live,
+    Batch,
+}
+
 /// The expected or actual fee of one call, and how it was reached.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Quote {
@@ -414,6 +435,9 @@ pub struct QuoteBasis {
     pub surge_multiplier: f64,
     #[serde(skip_serializing_if = "is_zero")]
     pub discount_pct: f64,
+    /// Taken off for a call through the provider's batch API.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub batch_discount_pct: f64,
     pub source: String,
     pub as_of: NaiveDate,
 }
@@ -581,6 +605,19 @@ impl PriceBook {
         quality: Option<&str>,
         at: DateTime<Utc>,
     ) -> Result<Quote, PriceError> {
+        self.quote_at_rate(provider, model, size, quality, at, Rate::Live)
+    }
+
+    /// [`quote`](Self::quote) at `rate`.
+    pub fn quote_at_rate(
+        &self,
+        provider: &str,
+        model: &str,
+        size: Size,
+        quality: Option<&str>,
+        at: DateTime<Utc>,
+        rate: Rate,
+    ) -> Result<Quote, PriceError> {
         let entry = self.lookup(provider, model)?;
         let quality = quality.or(entry.default_quality.as_deref());
         let (list, detail) = match &entry.pricing {
@@ -640,7 +677,7 @@ impl PriceBook {
                 ),
             ),
         };
-        self.finish(entry, provider, model, list, detail, at)
+        self.finish(entry, model, list, detail, at, rate)
     }
 
     /// The actual fee of a finished call from the usage the provider reported.
@@ -662,6 +699,18 @@ impl PriceBook {
         model: &str,
         usage: &Usage,
         at: DateTime<Utc>,
+    ) -> Result<Quote, PriceError> {
+        self.charge_at_rate(provider, model, usage, at, Rate::Live)
+    }
+
+    /// [`charge_quote`](Self::charge_quote) at `rate`.
+    pub fn charge_at_rate(
+        &self,
+        provider: &str,
+        model: &str,
+        usage: &Usage,
+        at: DateTime<Utc>,
+        rate: Rate,
     ) -> Result<Quote, PriceError> {
         let entry = self.lookup(provider, model)?;
         let missing = |what: &'static str| PriceError::MissingUsage {
@@ -773,7 +822,7 @@ impl PriceBook {
                 )
             }
         };
-        self.finish(entry, provider, model, list, detail, at)
+        self.finish(entry, model, list, detail, at, rate)
     }
 
     /// The surge multiplier in force for `provider`/`model` at `at`: the largest of
@@ -817,24 +866,40 @@ impl PriceBook {
         Ok(entry)
     }
 
+    /// `entry` was found by its provider kind, so its `provider` is the caller's.
     fn finish(
         &self,
         entry: &PriceEntry,
-        provider: &str,
         model: &str,
         list_micros: f64,
         detail: String,
         at: DateTime<Utc>,
+        rate: Rate,
     ) -> Result<Quote, PriceError> {
+        let provider = entry.provider.as_str();
         let adapter_premium_pct = match split_adapter(model) {
             (_, Some(_)) => entry.adapter_premium_pct.unwrap_or(0.0),
             (_, None) => 0.0,
         };
-        let surge_multiplier = self.surge_multiplier(provider, model, at);
+        // A batch runs when the provider chooses, at its one batch price: surge
+        // windows price live calls only.
+        let (surge_multiplier, batch_discount_pct) = match rate {
+            Rate::Live => (self.surge_multiplier(provider, model, at), 0.0),
+            Rate::Batch => (
+                1.0,
+                entry
+                    .batch_discount_pct
+                    .ok_or_else(|| PriceError::NoBatchPrice {
+                        provider: provider.to_string(),
+                        model: entry.model.clone(),
+                    })?,
+            ),
+        };
         let discount_pct = self.discount_pct(provider, model);
         let total = list_micros
             * (1.0 + adapter_premium_pct / 100.0)
             * surge_multiplier
+            * (1.0 - batch_discount_pct / 100.0)
             * (1.0 - discount_pct / 100.0);
         let micros = micros_of(total);
         Ok(Quote {
@@ -848,6 +913,7 @@ impl PriceBook {
                 adapter_premium_pct,
                 surge_multiplier,
                 discount_pct,
+                batch_discount_pct,
                 source: entry.source.clone(),
                 as_of: entry.as_of.0,
             },

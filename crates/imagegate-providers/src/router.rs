@@ -655,6 +655,12 @@ impl Router {
         &self.prices
     }
 
+    /// The configured provider named `name` (for its batch API, which the deferred
+    /// planner calls directly).
+    pub fn provider(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.iter().find(|p| p.name() == name)
+    }
+
     /// The router's own limit on one call to `provider`.
     pub fn attempt_timeout(&self, provider: &str) -> Option<Duration> {
         self.attempt_timeouts.get(provider).copied()

@@ -21,6 +21,14 @@ pub struct DeferredConfig {
     pub max_window_hours: u64,
     /// Claims of one job before it is failed (a job that keeps killing its worker).
     pub max_attempts: u32,
+    /// Send jobs whose deadline leaves the provider's completion window (24 h) and
+    /// `margin_secs` to its batch API, where it has one and the price book prices it
+    /// (`batch_discount_pct`), instead of running them live.
+    pub upstream: bool,
+    /// Most jobs in one upstream batch.
+    pub upstream_max_lines: u32,
+    /// How often an open upstream batch is polled.
+    pub upstream_poll_ms: u64,
 }
 
 impl Default for DeferredConfig {
@@ -32,6 +40,9 @@ impl Default for DeferredConfig {
             margin_secs: 600,
             max_window_hours: 7 * 24,
             max_attempts: 5,
+            upstream: true,
+            upstream_max_lines: 500,
+            upstream_poll_ms: 60_000,
         }
     }
 }

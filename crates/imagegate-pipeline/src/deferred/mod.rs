@@ -4,6 +4,13 @@
 //! same [`Pipeline::generate`] a live request takes: cached, classified, watermarked,
 //! encoded, stored and costed alike, its ledger rows under the job's id.
 //!
+//! A job whose deadline leaves a day to spare, for a model whose provider has a batch
+//! API the price book prices (OpenAI Batch, Gemini batch mode: half the live price),
+//! goes there instead (`upstream`): grouped with others of its model, submitted,
+//! polled, charged at the batch price the moment its result is read, then rendered
+//! and published as a live miss would be. A line that came to nothing runs live
+//! before its deadline.
+//!
 //! Cache and single flight still hold. A deferred request whose key is published is
 //! answered at once as a hit. A caller's identical pending requests are one job;
 //! other callers' identical jobs are jobs of their own that share one generation
@@ -14,6 +21,7 @@
 
 pub mod config;
 mod plan;
+mod upstream;
 mod worker;
 
 pub use config::DeferredConfig;
@@ -145,7 +153,7 @@ impl Pipeline {
         );
         let book = self.prices().current();
         let edges = plan::window_edges(book.surges(), now, latest);
-        let chosen = if published {
+        let mut chosen = if published {
             plan::Plan {
                 at: now,
                 quote: Some(Micros::ZERO),
@@ -153,6 +161,22 @@ impl Pipeline {
         } else {
             plan::cheapest(now, &edges, |at| quote_at(at).ok().flatten())
         };
+        // The provider's batch API when the deadline leaves it time and it is cheaper
+        // than the best live moment (an unknown live price ranks last). A key under a
+        // spending limit stays live, where each call is reserved against it first.
+        let limited = self.inner.budgets.is_limited(ctx.api_key.as_deref());
+        let upstream = live
+            .chosen
+            .as_ref()
+            .filter(|_| !published && !limited && config.upstream)
+            .and_then(|c| upstream::plan(self, c, gen.size, now, deliver_by))
+            .filter(|u| chosen.quote.is_none_or(|q| u.quote < q));
+        if let Some(u) = &upstream {
+            chosen = plan::Plan {
+                at: now,
+                quote: Some(u.quote),
+            };
+        }
         let job = NewJob {
             api_key: ctx.api_key.clone(),
             content_key: key,
@@ -166,10 +190,23 @@ impl Pipeline {
             custom_id: line.map(|l| l.custom_id.clone()),
             webhook_url: req.webhook_url.clone(),
         };
-        let (job, created) = self.ledger().enqueue_job(&job).await?;
+        let (job, created) = match &upstream {
+            Some(u) => {
+                self.ledger()
+                    .enqueue_upstream_job(&job, &u.provider, &u.model)
+                    .await?
+            }
+            None => self.ledger().enqueue_job(&job).await?,
+        };
         if created {
-            metrics::counter!("imagegate_deferred_jobs_accepted_total").increment(1);
-            tracing::info!(job = %job.id, key = %key, run_after = %job.run_after, deliver_by = %job.deliver_by, "deferred job queued");
+            let route = if upstream.is_some() {
+                "upstream_batch"
+            } else {
+                "live"
+            };
+            metrics::counter!("imagegate_deferred_jobs_accepted_total", "route" => route)
+                .increment(1);
+            tracing::info!(job = %job.id, key = %key, run_after = %job.run_after, deliver_by = %job.deliver_by, route, "deferred job queued");
         }
         Ok(Deferred::Queued {
             job: Box::new(job),
@@ -183,9 +220,15 @@ impl Pipeline {
         Ok(content_key(&gen, &profile))
     }
 
-    /// Starts this replica's deferred-job worker (none when `[deferred] workers` is 0).
+    /// Starts this replica's deferred-job workers, live and upstream (none when
+    /// `[deferred] workers` is 0).
     pub fn run_deferred_jobs(&self) -> Option<tokio::task::JoinHandle<()>> {
-        (self.config().deferred.workers > 0).then(|| tokio::spawn(worker::run(self.clone())))
+        (self.config().deferred.workers > 0).then(|| {
+            let (live, upstream) = (self.clone(), self.clone());
+            tokio::spawn(async move {
+                tokio::join!(worker::run(live), upstream::run(upstream));
+            })
+        })
     }
 }
 

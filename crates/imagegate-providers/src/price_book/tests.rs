@@ -814,3 +814,105 @@ fn reported_costs_and_the_listing() {
         .as_array()
         .is_some_and(|a| a.iter().any(|l| l["status"] == "retired")));
 }
+
+#[test]
+fn batch_prices_are_half_the_live_price_without_surge_and_unknown_without_an_entry() {
+    let shipped = book();
+    let at = tuesday(12, 0);
+    let live = shipped
+        .quote("openai", "gpt-image-2", size("1024x1024"), None, at)
+        .expect("quoted");
+    let batch = shipped
+        .quote_at_rate(
+            "openai",
+            "gpt-image-2",
+            size("1024x1024"),
+            None,
+            at,
+            Rate::Batch,
+        )
+        .expect("a batch price");
+    assert_eq!(live.micros, Micros(53_000));
+    assert_eq!(batch.micros, Micros(26_500));
+    assert_eq!(batch.basis.batch_discount_pct, 50.0);
+    let usage = Usage {
+        images: 1,
+        width: 1024,
+        height: 1024,
+        quality: Some("medium".into()),
+        input_text_tokens: Some(4),
+        output_image_tokens: Some(1766),
+        ..Usage::default()
+    };
+    let live_charge = shipped
+        .charge_quote("openai", "gpt-image-2", &usage, at)
+        .unwrap();
+    let batch_charge = shipped
+        .charge_at_rate("openai", "gpt-image-2", &usage, at, Rate::Batch)
+        .unwrap();
+    assert_eq!(live_charge.micros, Micros(53_000));
+    assert_eq!(batch_charge.micros, Micros(26_500));
+    let gemini = shipped
+        .quote_at_rate(
+            "google",
+            "gemini-3.1-flash-image",
+            size("1024x1024"),
+            None,
+            at,
+            Rate::Batch,
+        )
+        .unwrap();
+    assert_eq!(gemini.micros, Micros(33_600));
+
+    // Surge windows price live calls only; a model without a batch price has none.
+    let surged = PriceBook::from_toml_str(
+        r#"
+[[model]]
+provider = "openai"
+model = "gpt-image-2"
+source = "test"
+as_of = 2026-12-01
+batch_discount_pct = 50.0
+pricing = { type = "per_image", prices = [{ usd = 0.04 }] }
+
+[[model]]
+provider = "bfl"
+model = "flux-2-pro"
+source = "test"
+as_of = 2026-12-01
+pricing = { type = "per_image", prices = [{ usd = 0.03 }] }
+
+[[surge]]
+start = "00:00"
+end = "00:00"
+multiplier = 3.0
+"#,
+    )
+    .expect("parses");
+    let q = |provider, model, rate| {
+        surged.quote_at_rate(provider, model, size("1024x1024"), None, at, rate)
+    };
+    assert_eq!(
+        q("openai", "gpt-image-2", Rate::Live).unwrap().micros,
+        Micros(120_000)
+    );
+    assert_eq!(
+        q("openai", "gpt-image-2", Rate::Batch).unwrap().micros,
+        Micros(20_000)
+    );
+    assert!(matches!(
+        q("bfl", "flux-2-pro", Rate::Batch),
+        Err(PriceError::NoBatchPrice { .. })
+    ));
+
+    for bad in ["-5.0", "150.0", "nan"] {
+        let text = format!(
+            "[[model]]\nprovider = \"openai\"\nmodel = \"x\"\nsource = \"t\"\nas_of = 2026-12-01\nbatch_discount_pct = {bad}\npricing = {{ type = \"per_image\", prices = [{{ usd = 0.04 }}] }}\n"
+        );
+        let err = PriceBook::from_toml_str(&text).expect_err(bad);
+        assert!(
+            err.to_string().contains("batch_discount_pct"),
+            "{bad}: {err}"
+        );
+    }
+}

@@ -28,6 +28,8 @@ pub enum BookFault {
 pub enum EntryFault {
     #[error("{field} must be a non-negative number, not {value}")]
     NotAPrice { field: &'static str, value: f64 },
+    #[error("batch_discount_pct must be within 0..=100, not {0}")]
+    BatchDiscountPct(f64),
     #[error("provider and model must not be empty")]
     EmptyName,
     #[error("model must not contain '@' (it marks a fine-tuned adapter)")]
@@ -74,6 +76,11 @@ pub(super) fn validate_entry(e: &PriceEntry) -> Result<(), EntryFault> {
     }
     if let Some(p) = e.adapter_premium_pct {
         price("adapter_premium_pct", p)?;
+    }
+    if let Some(p) = e.batch_discount_pct {
+        if !(p.is_finite() && (0.0..=100.0).contains(&p)) {
+            return Err(EntryFault::BatchDiscountPct(p));
+        }
     }
     if let Some(p) = e.usd_per_reported_credit {
         price("usd_per_reported_credit", p)?;
