@@ -553,6 +553,9 @@ async fn deliver(
     let ctx = RequestContext {
         request_id: job.id.clone(),
         api_key: job.api_key.clone(),
+        // The picture stays readable from the provider's output file, and its
+        // charge is recorded once per line: nothing to keep in the ledger.
+        survives_restart: false,
     };
     let origin = Origin {
         provider: generation.provider.clone(),
