@@ -31,8 +31,8 @@ mod sqlite_writer;
 mod status;
 #[cfg(test)]
 mod testing;
-mod webhooks;
 mod upstream_batches;
+mod webhooks;
 mod write_tx;
 mod writer;
 
@@ -55,8 +55,8 @@ pub use price_books::PublishedBook;
 pub use reservations::{BudgetWindow, ReservationId, Reserve, SpendLimit, ANONYMOUS_BUCKET};
 pub use savings::{DeferralSavings, DeliveryLever, SavingsByLever};
 pub use status::RequestStatus;
-pub use webhooks::{WebhookAttempt, WebhookDelivery, WebhookNext, WebhookRecord, WebhookStatus};
 pub use upstream_batches::{LineOutcome, UpstreamBatch, UpstreamLine, UpstreamStatus};
+pub use webhooks::{WebhookAttempt, WebhookDelivery, WebhookNext, WebhookRecord, WebhookStatus};
 
 use backend::{with_pool, Pool};
 use chrono::{SecondsFormat, Utc};
