@@ -41,6 +41,13 @@ async fn warm_defers_a_template_set_and_the_report_shows_each_lever() {
         "{refused:?}"
     );
 
+    let capped = site.cli(&["warm", file, "--deliver-by", "2h", "--budget-usd", "1"]);
+    assert!(!capped.status.success());
+    assert!(
+        String::from_utf8_lossy(&capped.stderr).contains("[budgets]"),
+        "{capped:?}"
+    );
+
     let queued = site.cli(&["warm", file, "--deliver-by", "2h", "--format", "json"]);
     assert!(queued.status.success(), "{queued:?}");
     let summary = json_of(&queued);

@@ -117,6 +117,13 @@ pub async fn run(mut config: PipelineConfig, args: Args) -> Result<ExitCode> {
     if let Some(by) = &args.deliver_by {
         imagegate_pipeline::deferred::parse_deliver_by(by, chrono::Utc::now())
             .map_err(|e| anyhow::anyhow!("--deliver-by: {e}"))?;
+        // The run spends nothing now; the jobs are paid when they run, under the
+        // key's [budgets], which a run-wide cap here could not hold.
+        anyhow::ensure!(
+            args.budget_usd.is_none(),
+            "--budget-usd caps what this run spends now; with --deliver-by the jobs are paid \
+             later, under the key's [budgets] limits"
+        );
     }
     if args.dry_run || args.deliver_by.is_some() {
         // A dry run reads manifests and prices only, and deferring only queues. The
