@@ -377,7 +377,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{on_both_backends, TestDb};
+    use crate::testing::{self, on_both_backends, TestDb};
     use crate::{JobEnd, JobStatus, NewJob};
     use imagegate_core::Micros;
 
@@ -409,15 +409,11 @@ mod tests {
         }
         let line = |batch: &str| NewJob {
             api_key: Some("k".into()),
-            content_key: "ab".repeat(32).parse().unwrap(),
-            request: "{}".into(),
             deliver_by: expires,
             run_after: Utc::now() + chrono::Duration::hours(1),
-            live_micros: Some(Micros(1)),
-            planned_micros: Some(Micros(1)),
             batch: Some(batch.into()),
             custom_id: Some("a".into()),
-            webhook_url: None,
+            ..testing::new_job(0xab)
         };
         let (stuck_line, _) = ledger.enqueue_job(&line("batch_stuck")).await.unwrap();
         let (ok_line, _) = ledger.enqueue_job(&line("batch_ok")).await.unwrap();

@@ -576,7 +576,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{on_both_backends, TestDb};
+    use crate::testing::{self, key, on_both_backends, TestDb};
     use crate::{CacheOutcome, RequestRecord, RequestStatus};
     use imagegate_core::StageCost;
     use std::collections::HashSet;
@@ -594,23 +594,10 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
-    fn key(n: u8) -> ContentKey {
-        format!("{:02x}", n).repeat(32).parse().unwrap()
-    }
-
     fn new_job(k: u8, owner: Option<&str>) -> NewJob {
-        let now = Utc::now();
         NewJob {
             api_key: owner.map(str::to_string),
-            content_key: key(k),
-            request: format!(r#"{{"prompt":"job {k}"}}"#),
-            deliver_by: now + chrono::Duration::hours(24),
-            run_after: now,
-            live_micros: Some(Micros(40_000)),
-            planned_micros: Some(Micros(20_000)),
-            batch: None,
-            custom_id: None,
-            webhook_url: None,
+            ..testing::new_job(k)
         }
     }
 

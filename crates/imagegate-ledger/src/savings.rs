@@ -150,10 +150,10 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{on_both_backends, TestDb};
+    use crate::testing::{self, on_both_backends, TestDb};
     use crate::{CacheOutcome, JobEnd, NewJob, RequestRecord, RequestStatus};
     use chrono::Utc;
-    use imagegate_core::{ContentKey, Stage, StageCost};
+    use imagegate_core::{Stage, StageCost};
     use std::time::Duration;
 
     on_both_backends!(deferral_savings_value_paid_jobs_and_count_the_rest);
@@ -162,15 +162,8 @@ mod tests {
         let ledger = db.open().await;
         let job = |n: u8, live: Option<i64>| NewJob {
             api_key: Some("k".into()),
-            content_key: format!("{n:02x}").repeat(32).parse::<ContentKey>().unwrap(),
-            request: "{}".into(),
-            deliver_by: Utc::now() + chrono::Duration::hours(1),
-            run_after: Utc::now(),
             live_micros: live.map(Micros),
-            planned_micros: None,
-            batch: None,
-            custom_id: None,
-            webhook_url: None,
+            ..testing::new_job(n)
         };
         for (n, live) in [
             (1, Some(40_000)),

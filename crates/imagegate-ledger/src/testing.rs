@@ -1,9 +1,36 @@
 //! Test support: every ledger test body runs once on SQLite and once on PostgreSQL.
 
 use crate::backend::with_pool;
-use crate::{Ledger, LedgerConfig, RequestRecord};
-use imagegate_core::StageCost;
+use crate::{Ledger, LedgerConfig, NewJob, RequestRecord};
+use imagegate_core::{ContentKey, Micros, StageCost};
 use imagegate_testkit::postgres::TestSchema;
+
+/// Content key `n` (`nn` repeated), for fixtures.
+pub(crate) fn key(n: u8) -> ContentKey {
+    format!("{n:02x}")
+        .repeat(32)
+        .parse()
+        .expect("64 hex digits")
+}
+
+/// A job for key `n`, due now and by a day from now, quoted 4 cents live and 2 at its
+/// planned moment, anonymous and outside any batch; tests override what they are
+/// about with struct update syntax.
+pub(crate) fn new_job(n: u8) -> NewJob {
+    let now = chrono::Utc::now();
+    NewJob {
+        api_key: None,
+        content_key: key(n),
+        request: format!(r#"{{"prompt":"job {n}"}}"#),
+        deliver_by: now + chrono::Duration::hours(24),
+        run_after: now,
+        live_micros: Some(Micros(40_000)),
+        planned_micros: Some(Micros(20_000)),
+        batch: None,
+        custom_id: None,
+        webhook_url: None,
+    }
+}
 
 /// A fresh, empty database on one backend, removed when dropped.
 pub(crate) enum TestDb {

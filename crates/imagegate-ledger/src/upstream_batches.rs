@@ -607,9 +607,9 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{on_both_backends, TestDb};
+    use crate::testing::{self, on_both_backends, TestDb};
     use crate::{CacheOutcome, JobEnd, JobStatus};
-    use imagegate_core::{ContentKey, Micros, Stage};
+    use imagegate_core::{Micros, Stage};
 
     on_both_backends!(
         upstream_jobs_are_left_to_the_upstream_worker_and_batched_once,
@@ -620,23 +620,12 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(60);
 
-    fn key(n: u8) -> ContentKey {
-        format!("{:02x}", n).repeat(32).parse().unwrap()
-    }
-
     fn new_job(k: u8) -> NewJob {
-        let now = Utc::now();
         NewJob {
-            api_key: None,
-            content_key: key(k),
-            request: format!(r#"{{"prompt":"job {k}"}}"#),
-            deliver_by: now + chrono::Duration::hours(30),
-            run_after: now,
+            deliver_by: Utc::now() + chrono::Duration::hours(30),
             live_micros: Some(Micros(53_000)),
             planned_micros: Some(Micros(26_500)),
-            batch: None,
-            custom_id: None,
-            webhook_url: None,
+            ..testing::new_job(k)
         }
     }
 

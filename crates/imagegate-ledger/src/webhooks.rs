@@ -93,6 +93,12 @@ pub struct WebhookRecord {
 
 const FINAL_JOB_STATUSES: &str = "('succeeded', 'failed', 'expired', 'cancelled')";
 
+/// How far back the dispatcher looks for ended jobs without a delivery. Every
+/// replica looks every second, so a job's delivery is opened within a second of its
+/// end while any replica runs; the window only keeps that scan from growing with
+/// every job that ever had a webhook.
+const OPEN_WITHIN: Duration = Duration::from_secs(7 * 24 * 3600);
+
 fn at(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
@@ -102,8 +108,9 @@ fn ttl_ms(ttl: Duration) -> i64 {
 }
 
 impl Ledger {
-    /// Opens a delivery for every ended job with a webhook URL that has none yet;
-    /// returns how many it opened. Safe to run from every replica at once.
+    /// Opens a delivery for every job that ended with a webhook URL in the last
+    /// [`OPEN_WITHIN`] and has none yet; returns how many it opened. Safe to run
+    /// from every replica at once.
     pub async fn open_webhook_deliveries(&self) -> Result<u64, LedgerError> {
         let now = self.pool.now_ms_sql();
         let sql = format!(
@@ -111,12 +118,16 @@ impl Ledger {
              next_attempt_at, created_at) \
              SELECT 'msg_' || substr(j.id, 5), j.id, j.webhook_url, 'job.' || j.status, \
              'pending', 0, {now}, {now} FROM jobs j \
-             WHERE j.webhook_url IS NOT NULL AND j.status IN {FINAL_JOB_STATUSES} \
-             AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = j.id) \
+             WHERE j.webhook_url IS NOT NULL AND j.finished_at >= {now} - $1 \
+             AND j.status IN {FINAL_JOB_STATUSES} AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.job_id = j.id) \
              ON CONFLICT DO NOTHING"
         );
         with_pool!(&self.pool, p => {
-            sqlx::query(&sql).execute(p).await.map(|r| r.rows_affected())
+            sqlx::query(&sql)
+                .bind(ttl_ms(OPEN_WITHIN))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
         })
         .map_err(|e| self.db(e))
     }
@@ -329,9 +340,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{on_both_backends, TestDb};
+    use crate::testing::{self, on_both_backends, TestDb};
     use crate::{JobEnd, NewJob};
-    use imagegate_core::{ContentKey, Micros};
 
     on_both_backends!(
         an_ended_job_opens_one_delivery_whoever_looks,
@@ -343,18 +353,9 @@ mod tests {
     const LONG: Duration = Duration::from_secs(60);
 
     fn job(n: u8, webhook: Option<&str>) -> NewJob {
-        let now = Utc::now();
         NewJob {
-            api_key: None,
-            content_key: format!("{n:02x}").repeat(32).parse::<ContentKey>().unwrap(),
-            request: format!(r#"{{"prompt":"hook {n}"}}"#),
-            deliver_by: now + chrono::Duration::hours(1),
-            run_after: now,
-            live_micros: Some(Micros(1)),
-            planned_micros: Some(Micros(1)),
-            batch: None,
-            custom_id: None,
             webhook_url: webhook.map(str::to_string),
+            ..testing::new_job(n)
         }
     }
 

@@ -36,8 +36,8 @@ CREATE TABLE webhook_attempts (
 -- A key's default webhook for its deferred jobs (a job's own webhook_url wins).
 ALTER TABLE api_keys ADD COLUMN webhook_url TEXT;
 
--- What the dispatcher scans for ended jobs that still need a delivery opened.
-CREATE INDEX jobs_with_webhook ON jobs (status) WHERE webhook_url IS NOT NULL;
+-- What the dispatcher scans for recently ended jobs that still need a delivery opened.
+CREATE INDEX jobs_with_webhook ON jobs (finished_at) WHERE webhook_url IS NOT NULL;
 
 -- A deferred job's provider output, kept from the moment it was paid for until its
 -- files are published, so a worker that dies in between (kill -9, a lost machine)
